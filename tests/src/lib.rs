@@ -1,0 +1,69 @@
+//! Helpers for wave's workspace-level tests: they start real servers (S3 on s3s-fs and
+//! Garage, Prometheus) and real TLS material on 127.0.0.1, and stop them on Drop.
+//!
+//! The servers are installed by `scripts/install-test-deps.sh`; a missing one is a test
+//! failure with a message saying how to install it, never a silent skip.
+
+pub mod prometheus;
+pub mod s3;
+pub mod tls;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+
+/// Path of a binary built from this workspace (`wave-agent`, `wave-webhook`).
+///
+/// Integration tests of this crate cannot use `CARGO_BIN_EXE_*` for another package's
+/// binaries, so they look next to the test executable, where cargo puts them.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary knows its own path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binaries live in target/<profile>/deps");
+    let bin = profile_dir.join(name);
+    assert!(
+        bin.is_file(),
+        "{} is missing: build the workspace binaries first (`cargo build --workspace --bins`)",
+        bin.display()
+    );
+    bin
+}
+
+/// Path of an external tool installed by `scripts/install-test-deps.sh` (or on PATH).
+pub fn tool(name: &str) -> PathBuf {
+    let tools = std::env::var_os("WAVE_TOOLS_DIR")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/wave-tools")));
+    let candidates = tools
+        .into_iter()
+        .flat_map(|t| [t.join("bin").join(name), t.join("venv/bin").join(name)])
+        .chain(
+            std::env::var_os("PATH")
+                .into_iter()
+                .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+                .map(|dir| dir.join(name)),
+        );
+    for candidate in candidates {
+        if candidate.is_file() {
+            return candidate;
+        }
+    }
+    panic!("`{name}` is not installed: run scripts/install-test-deps.sh");
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago, for servers that cannot bind port 0.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("the loopback interface has free ports")
+}
+
+/// Root of the workspace, for tests that read manifests, examples or the README.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the tests crate sits in the workspace root")
+        .to_path_buf()
+}

@@ -1,0 +1,314 @@
+//! What a cluster admin applies: every file under `manifests/` is checked by the tool made
+//! for it (kubernetes-validate, kubectl kustomize, promtool, the webhook itself), and the
+//! rendered webhook configuration carries the selectors and policies of SPEC 4.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Service;
+use serde_json::Value;
+use wave_tests::{tool, workspace_bin, workspace_root};
+
+fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).expect("manifests/ is readable") {
+        let path = entry.expect("directory entry").path();
+        if path.is_dir() {
+            files_under(&path, out);
+        } else {
+            out.push(path);
+        }
+    }
+}
+
+fn manifest_files() -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    files_under(&workspace_root().join("manifests"), &mut files);
+    files.sort();
+    files
+}
+
+fn yaml_documents(text: &str) -> Vec<Value> {
+    serde_saphyr::from_multiple::<Value>(text)
+        .expect("valid YAML")
+        .into_iter()
+        .filter(|doc| !doc.is_null())
+        .collect()
+}
+
+/// Files whose every document is a Kubernetes object (apiVersion + kind).
+fn kubernetes_files() -> Vec<PathBuf> {
+    manifest_files()
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .filter(|p| {
+            let docs = yaml_documents(&std::fs::read_to_string(p).expect("readable manifest"));
+            !docs.is_empty() && docs.iter().all(|d| d.get("apiVersion").is_some() && d.get("kind").is_some())
+        })
+        .collect()
+}
+
+fn run(command: &mut Command) -> String {
+    let output = command.output().unwrap_or_else(|e| panic!("running {command:?}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "{command:?} failed:\n{text}");
+    text
+}
+
+#[test]
+fn every_file_under_manifests_is_checked_by_some_test() {
+    let kubernetes = kubernetes_files();
+    let root = workspace_root().join("manifests");
+    let others: Vec<_> = manifest_files()
+        .into_iter()
+        .filter(|p| !kubernetes.contains(p))
+        .map(|p| p.strip_prefix(&root).expect("under manifests/").to_path_buf())
+        .collect();
+    // Each of these has its own test below; a new kind of file needs one too.
+    let known = ["config.yaml", "examples/iam-policy.json", "examples/prometheus-scrape.yml"];
+    let unknown: Vec<_> = others.iter().filter(|p| !known.iter().any(|k| Path::new(k) == *p)).collect();
+    assert!(unknown.is_empty(), "files under manifests/ that no test checks: {unknown:?}");
+    assert!(kubernetes.len() >= 12, "expected the SPEC 4 set, found {kubernetes:?}");
+}
+
+#[test]
+fn every_kubernetes_manifest_passes_kubernetes_validate_strict() {
+    let validate = tool("kubernetes-validate");
+    let files = kubernetes_files();
+    // The oldest version the webhook is built against (k8s-openapi v1_33) and the newest
+    // the validator ships.
+    for version in ["1.33.0", "1.37.0"] {
+        let output = run(Command::new(&validate)
+            .args(["--strict", "--kubernetes-version", version])
+            .args(&files));
+        assert!(!output.contains("ERROR") && !output.contains("FAIL"), "{output}");
+        for built_in in ["deployment/wave-webhook", "mutatingwebhookconfiguration/wave-webhook", "deployment/ltystore-10k-p1"] {
+            assert!(output.contains(&format!("passed for resource {built_in}")), "{built_in} was not validated:\n{output}");
+        }
+    }
+}
+
+fn rendered() -> Vec<Value> {
+    let root = workspace_root();
+    yaml_documents(&run(Command::new("kubectl").arg("kustomize").arg(root.join("manifests"))))
+}
+
+fn object<T: serde::de::DeserializeOwned>(docs: &[Value], kind: &str, name: &str) -> T {
+    let doc = docs
+        .iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("kustomize output has no {kind} {name}"));
+    serde_json::from_value(doc.clone()).unwrap_or_else(|e| panic!("{kind} {name} does not deserialize: {e}"))
+}
+
+#[test]
+fn kustomize_renders_the_webhook_configuration_of_spec_4() {
+    let docs = rendered();
+    let config: MutatingWebhookConfiguration = object(&docs, "MutatingWebhookConfiguration", "wave-webhook");
+    let annotations = config.metadata.annotations.clone().unwrap_or_default();
+    assert_eq!(
+        annotations.get("cert-manager.io/inject-ca-from").map(String::as_str),
+        Some("wave-system/wave-webhook")
+    );
+    let webhooks = config.webhooks.expect("one webhook");
+    assert_eq!(webhooks.len(), 1);
+    let hook = &webhooks[0];
+    assert_eq!(hook.admission_review_versions, vec!["v1".to_string()]);
+    assert_eq!(hook.side_effects, "None");
+    assert_eq!(hook.failure_policy.as_deref(), Some("Fail"));
+    assert_eq!(hook.timeout_seconds, Some(5));
+    assert_eq!(hook.reinvocation_policy.as_deref(), Some("IfNeeded"));
+
+    let rules = hook.rules.as_ref().expect("rules");
+    assert_eq!(rules.len(), 1);
+    assert_eq!(rules[0].operations.as_deref(), Some(&["CREATE".to_string()][..]));
+    assert_eq!(rules[0].resources.as_deref(), Some(&["pods".to_string()][..]));
+    assert_eq!(rules[0].api_groups.as_deref(), Some(&[String::new()][..]));
+
+    let objects = hook.object_selector.as_ref().expect("objectSelector");
+    let expressions = objects.match_expressions.as_ref().expect("matchExpressions");
+    assert!(expressions.iter().any(|e| e.key == "testId" && e.operator == "Exists"), "{expressions:?}");
+
+    let namespaces = hook.namespace_selector.as_ref().expect("namespaceSelector");
+    let excluded = namespaces
+        .match_expressions
+        .iter()
+        .flatten()
+        .find(|e| e.key == "kubernetes.io/metadata.name" && e.operator == "NotIn")
+        .expect("a NotIn on the namespace name");
+    for ns in ["wave-system", "kube-system"] {
+        assert!(excluded.values.iter().flatten().any(|v| v == ns), "{ns} not excluded");
+    }
+
+    let service_ref = hook.client_config.service.as_ref().expect("service reference");
+    assert_eq!(service_ref.name, "wave-webhook");
+    assert_eq!(service_ref.namespace, "wave-system");
+    assert_eq!(service_ref.path.as_deref(), Some("/mutate"));
+    assert_eq!(service_ref.port, Some(443));
+}
+
+#[test]
+fn kustomize_renders_a_hardened_webhook_deployment_behind_its_service() {
+    let docs = rendered();
+    let deployment: Deployment = object(&docs, "Deployment", "wave-webhook");
+    assert_eq!(deployment.metadata.namespace.as_deref(), Some("wave-system"));
+    let spec = deployment.spec.expect("spec");
+    assert_eq!(spec.replicas, Some(2));
+    let pod = spec.template.spec.expect("pod spec");
+    assert!(pod.topology_spread_constraints.as_ref().is_some_and(|c| !c.is_empty()));
+    assert_eq!(pod.security_context.as_ref().and_then(|s| s.run_as_non_root), Some(true));
+    let container = &pod.containers[0];
+    let security = container.security_context.as_ref().expect("container securityContext");
+    assert_eq!(security.read_only_root_filesystem, Some(true));
+    assert_eq!(security.allow_privilege_escalation, Some(false));
+    assert_eq!(
+        security.capabilities.as_ref().and_then(|c| c.drop.clone()),
+        Some(vec!["ALL".to_string()])
+    );
+    assert!(container.readiness_probe.is_some() && container.liveness_probe.is_some());
+    assert!(container.resources.as_ref().and_then(|r| r.requests.as_ref()).is_some());
+
+    // Service 443 → the container port the webhook listens on.
+    let service: Service = object(&docs, "Service", "wave-webhook");
+    let port = service
+        .spec
+        .and_then(|s| s.ports)
+        .and_then(|ports| ports.into_iter().find(|p| p.port == 443))
+        .expect("port 443");
+    let target = match port.target_port.expect("targetPort") {
+        k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(name) => name,
+        other => panic!("targetPort should name the container port, got {other:?}"),
+    };
+    let container_port = container
+        .ports
+        .iter()
+        .flatten()
+        .find(|p| p.name.as_deref() == Some(target.as_str()))
+        .expect("the Service's targetPort names a container port");
+    let args = container.args.clone().unwrap_or_default();
+    assert!(
+        args.iter().any(|a| *a == format!("--listen=0.0.0.0:{}", container_port.container_port)),
+        "the webhook listens where the Service sends: {args:?}"
+    );
+
+    // The pieces refer to each other by the names kustomize produced.
+    assert!(docs.iter().any(|d| d["kind"] == "PodDisruptionBudget"));
+    let certificate = docs
+        .iter()
+        .find(|d| d["kind"] == "Certificate")
+        .expect("a cert-manager Certificate");
+    let secret = certificate["spec"]["secretName"].as_str().expect("secretName");
+    let volumes = pod.volumes.expect("volumes");
+    assert!(volumes.iter().any(|v| v.secret.as_ref().and_then(|s| s.secret_name.as_deref()) == Some(secret)));
+    let config_map = volumes
+        .iter()
+        .find_map(|v| v.config_map.as_ref())
+        .expect("a ConfigMap volume");
+    let rendered_map = docs
+        .iter()
+        .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == config_map.name.as_str())
+        .expect("the ConfigMap the Deployment mounts is rendered");
+    assert!(rendered_map["data"]["config.yaml"].is_string());
+    let role = docs.iter().find(|d| d["kind"] == "ClusterRole").expect("a ClusterRole");
+    let resources = role["rules"][0]["resources"].to_string();
+    assert!(resources.contains("replicasets") && resources.contains("deployments"), "{resources}");
+}
+
+#[test]
+fn shipped_webhook_config_is_accepted_by_the_webhook() {
+    let root = workspace_root();
+    let output = run(Command::new(workspace_bin("wave-webhook"))
+        .arg("inject")
+        .arg("--config")
+        .arg(root.join("manifests/config.yaml"))
+        .arg("-f")
+        .arg(root.join("manifests/examples/loadtest-linux.yaml")));
+    assert!(output.contains("TOTAL_PLAYERS"), "{output}");
+}
+
+#[test]
+fn webhook_deployment_args_are_accepted_by_the_cli() {
+    let docs = rendered();
+    let deployment: Deployment = object(&docs, "Deployment", "wave-webhook");
+    let pod = deployment.spec.expect("spec").template.spec.expect("pod spec");
+    let args = pod.containers[0].args.clone().expect("args");
+    assert_eq!(args[0], "serve");
+    let help = run(Command::new(workspace_bin("wave-webhook")).args(["serve", "--help"]));
+    for arg in &args[1..] {
+        let flag = arg.split('=').next().expect("a flag");
+        assert!(help.contains(flag), "wave-webhook serve does not accept {flag}:\n{help}");
+    }
+}
+
+#[test]
+fn prometheus_scrape_config_passes_promtool() {
+    let root = workspace_root();
+    let output = run(Command::new(tool("promtool"))
+        .args(["check", "config", "--syntax-only"])
+        .arg(root.join("manifests/examples/prometheus-scrape.yml")));
+    assert!(output.contains("SUCCESS"), "{output}");
+}
+
+#[test]
+fn podmonitor_and_scrape_config_keep_every_wave_metrics_port() {
+    let root = workspace_root();
+    let monitor = yaml_documents(&std::fs::read_to_string(root.join("manifests/examples/podmonitor.yaml")).expect("podmonitor"));
+    let endpoint = &monitor[0]["spec"]["podMetricsEndpoints"][0];
+    assert!(endpoint.get("port").is_none(), "a named port would scrape only one container");
+    let scrape = std::fs::read_to_string(root.join("manifests/examples/prometheus-scrape.yml")).expect("scrape config");
+    for text in [endpoint.to_string(), scrape] {
+        assert!(text.contains("wave-metrics(-[0-9]+)?"), "{text}");
+    }
+}
+
+#[test]
+fn iam_policy_reads_scripts_and_writes_results_only() {
+    let root = workspace_root();
+    let policy: Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("manifests/examples/iam-policy.json")).expect("policy file"),
+    )
+    .expect("the policy is JSON");
+    let statements = policy["Statement"].as_array().expect("statements");
+    for statement in statements {
+        assert_eq!(statement["Effect"], "Allow");
+        let actions: Vec<&str> = match &statement["Action"] {
+            Value::String(a) => vec![a.as_str()],
+            Value::Array(a) => a.iter().filter_map(Value::as_str).collect(),
+            other => panic!("unexpected Action {other}"),
+        };
+        let resource = statement["Resource"].as_str().expect("one resource per statement");
+        for action in actions {
+            assert!(!action.contains('*'), "wildcard action {action}");
+            match action {
+                "s3:GetObject" => assert!(resource.ends_with("/scripts/*"), "{resource}"),
+                "s3:PutObject" | "s3:AbortMultipartUpload" => assert!(resource.ends_with("/results/*"), "{resource}"),
+                "s3:ListBucket" => assert!(statement["Condition"].to_string().contains("scripts/*")),
+                other => panic!("the supervisor does not need {other}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn dockerfiles_package_the_binaries_the_build_produces() {
+    let root = workspace_root();
+    for (dockerfile, bin) in [("Dockerfile.webhook", "wave-webhook"), ("Dockerfile.agent", "wave-agent")] {
+        let text = std::fs::read_to_string(root.join(dockerfile)).expect("Dockerfile");
+        assert!(text.contains(&format!("-p {bin} --bin {bin}")), "{dockerfile} builds {bin}");
+        assert!(text.contains(&format!("ENTRYPOINT [\"/usr/local/bin/{bin}\"]")), "{dockerfile} runs {bin}");
+        assert!(text.contains("nonroot") && text.contains("USER 65532"), "{dockerfile} runs as non-root");
+        // The binary exists under that name in this build and answers its CLI.
+        run(Command::new(workspace_bin(bin)).arg("--help"));
+    }
+    // The agent image's default command is what the webhook's init container runs.
+    let agent = std::fs::read_to_string(root.join("Dockerfile.agent")).expect("Dockerfile.agent");
+    assert!(agent.contains("CMD [\"install\", \"/wave/bin\"]"));
+    let dir = tempfile::tempdir().expect("temp dir");
+    run(Command::new(workspace_bin("wave-agent")).arg("install").arg(dir.path()));
+    run(Command::new(dir.path().join("wave-agent")).arg("--help"));
+}

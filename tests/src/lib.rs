@@ -4,6 +4,7 @@
 //! The servers are installed by `scripts/install-test-deps.sh`; a missing one is a test
 //! failure with a message saying how to install it, never a silent skip.
 
+pub mod apiserver;
 pub mod kubelet;
 pub mod prometheus;
 pub mod s3;

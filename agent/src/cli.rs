@@ -1,0 +1,213 @@
+//! Command line of `wave-agent`: every option is a flag and an environment variable, the
+//! variables being the ones the webhook injects (SPEC 2.1), so a pod needs no arguments and a
+//! local run needs only flags.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::builder::BoolishValueParser;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// `wave-agent`: the supervisor that runs a wave test's agents inside one container.
+#[derive(Debug, Parser)]
+#[command(name = "wave-agent", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Fetch the test script, run the agents, upload their results and serve metrics.
+    Run(Box<RunArgs>),
+    /// Copy this executable into DIR (what the `wave-install` init container runs).
+    Install(InstallArgs),
+}
+
+/// Options of `wave-agent run`.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// Test id; labels every metric and names the results.
+    #[arg(long, env = "TEST_ID", default_value = "local")]
+    pub test_id: String,
+
+    /// Players in the whole test (all pods); recorded in summary.json.
+    #[arg(long, env = "TOTAL_PLAYERS")]
+    pub total_players: Option<u64>,
+
+    /// Players each agent simulates; passed to every agent.
+    #[arg(long, env = "PLAYERS_PER_AGENT", default_value_t = 100)]
+    pub players_per_agent: u64,
+
+    /// Agent processes to run in this container.
+    #[arg(long, env = "WAVE_AGENTS", default_value_t = 1)]
+    pub agents: u32,
+
+    /// Index of this container in the pod (the `c<i>` in agent ids and result paths).
+    #[arg(long, env = "WAVE_CONTAINER_INDEX", default_value_t = 0)]
+    pub container_index: u32,
+
+    /// Where the script comes from: `s3://bucket/prefix/`, a single `.tar.gz`/`.tgz`/`.zip`
+    /// object, or `file:///path/`. Without it `<work>/script/` is used as it is.
+    #[arg(long, env = "WAVE_SCRIPT_URL")]
+    pub script_url: Option<String>,
+
+    /// Where results go: `s3://bucket/prefix/` or `file:///path/`; files land under
+    /// `<url><pod>/c<container>/`. Without it results stay in `<work>/results/`.
+    #[arg(long, env = "WAVE_RESULTS_URL")]
+    pub results_url: Option<String>,
+
+    /// Port of the metrics and probe server (`/metrics`, `/healthz`, `/readyz`).
+    #[arg(long, env = "WAVE_METRICS_PORT", default_value_t = 9102)]
+    pub metrics_port: u16,
+
+    /// Address the metrics server binds to.
+    #[arg(long, env = "WAVE_METRICS_ADDRESS", default_value = "0.0.0.0")]
+    pub metrics_address: std::net::IpAddr,
+
+    /// Pod name, part of agent ids and result paths; defaults to the host name.
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
+
+    /// Work directory: `script/` and `results/` live here (an emptyDir in a pod, so it
+    /// survives container restarts).
+    #[arg(long, env = "WAVE_WORK_DIR", default_value = "/wave/work")]
+    pub work_dir: PathBuf,
+
+    /// When an ended agent is started again.
+    #[arg(long, env = "WAVE_RESTART", value_enum, default_value_t = RestartPolicy::OnFailure)]
+    pub restart: RestartPolicy,
+
+    /// Restarts per agent before it is marked failed.
+    #[arg(long, env = "WAVE_MAX_RESTARTS", default_value_t = 5)]
+    pub max_restarts: u32,
+
+    /// How often new or changed result files are uploaded.
+    #[arg(long, env = "WAVE_UPLOAD_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub upload_interval: Duration,
+
+    /// Grace period between SIGTERM and SIGKILL for agents on shutdown; the final upload
+    /// then gets as long again.
+    #[arg(long, env = "WAVE_STOP_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    pub stop_timeout: Duration,
+
+    /// Exit once every agent has ended (0 if all succeeded, else 1) instead of staying up.
+    #[arg(long, env = "WAVE_EXIT_ON_COMPLETE", default_value_t = false,
+          value_parser = BoolishValueParser::new(), num_args = 0..=1, default_missing_value = "true")]
+    pub exit_on_complete: bool,
+
+    /// Use path-style S3 addressing (most S3-compatible servers need it).
+    #[arg(long, env = "WAVE_S3_PATH_STYLE", default_value_t = false,
+          value_parser = BoolishValueParser::new(), num_args = 0..=1, default_missing_value = "true")]
+    pub s3_path_style: bool,
+
+    /// Request checksums of the S3 client: `when-required` turns off the aws-chunked
+    /// uploads that Garage and other S3-compatible stores reject.
+    #[arg(long, env = "WAVE_S3_CHECKSUM", value_enum, default_value_t = S3Checksum::WhenSupported)]
+    pub s3_checksum: S3Checksum,
+
+    /// Agent command and its arguments; defaults to `<work>/script/run`.
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<OsString>,
+}
+
+/// Options of `wave-agent install`.
+#[derive(Debug, Clone, Args)]
+pub struct InstallArgs {
+    /// Directory that receives the `wave-agent` executable (created if missing).
+    pub dir: PathBuf,
+}
+
+/// When an agent that ended is started again (supervisord's `autorestart`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RestartPolicy {
+    /// An ended agent stays ended.
+    Never,
+    /// Restart after a non-zero exit or a death by signal.
+    OnFailure,
+    /// Restart after any exit, success included.
+    Always,
+}
+
+/// The S3 client's request checksum behaviour (`WAVE_S3_CHECKSUM`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum S3Checksum {
+    /// The SDK's default: checksums on every request that supports them.
+    WhenSupported,
+    /// Checksums only where the S3 API requires them.
+    WhenRequired,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, humantime::DurationError> {
+    humantime::parse_duration(text)
+}
+
+impl RunArgs {
+    /// The pod name used in agent ids and result paths: `POD_NAME`, else the host name.
+    pub fn pod(&self) -> String {
+        self.pod_name.clone().unwrap_or_else(|| {
+            nix::unistd::gethostname()
+                .ok()
+                .and_then(|name| name.into_string().ok())
+                .unwrap_or_else(|| "localhost".to_owned())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<RunArgs, clap::Error> {
+        let cli = Cli::try_parse_from(
+            ["wave-agent", "run"]
+                .iter()
+                .chain(args)
+                .map(|s| s.to_string()),
+        )?;
+        match cli.command {
+            Command::Run(run) => Ok(*run),
+            Command::Install(_) => unreachable!("parsed `run`"),
+        }
+    }
+
+    #[test]
+    fn takes_the_command_after_double_dash() {
+        let run = parse(&["--agents", "3", "--", "sh", "-c", "echo --agents"]).expect("valid");
+        assert_eq!(run.agents, 3);
+        assert_eq!(run.command, ["sh", "-c", "echo --agents"]);
+    }
+
+    #[test]
+    fn reads_durations_and_policies() {
+        let run = parse(&[
+            "--upload-interval",
+            "1m 30s",
+            "--stop-timeout",
+            "500ms",
+            "--restart",
+            "always",
+            "--s3-checksum",
+            "when-required",
+            "--exit-on-complete",
+        ])
+        .expect("valid");
+        assert_eq!(run.upload_interval, Duration::from_secs(90));
+        assert_eq!(run.stop_timeout, Duration::from_millis(500));
+        assert_eq!(run.restart, RestartPolicy::Always);
+        assert_eq!(run.s3_checksum, S3Checksum::WhenRequired);
+        assert!(run.exit_on_complete);
+    }
+
+    #[test]
+    fn rejects_an_unknown_restart_policy() {
+        let err = parse(&["--restart", "sometimes"]).expect_err("invalid policy");
+        assert!(err.to_string().contains("sometimes"), "{err}");
+    }
+
+    #[test]
+    fn rejects_a_duration_without_unit() {
+        assert!(parse(&["--stop-timeout", "20"]).is_err());
+    }
+}

@@ -1,0 +1,148 @@
+//! Reaping of orphaned descendants.
+//!
+//! As PID 1 of a container (or as a child subreaper elsewhere) the supervisor inherits every
+//! process whose parent dies, for instance an agent's background job after the agent exits.
+//! Those must be waited for or they stay zombies. The agents themselves are waited for by
+//! tokio, which must keep their exit statuses, so `waitpid(-1)` is off limits: on SIGCHLD
+//! the reaper lists the supervisor's children from `/proc` and waits only for those that are
+//! not tracked agents.
+
+use std::collections::HashSet;
+use std::io;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::task::JoinHandle;
+
+/// Pids of the agent processes that tokio waits for; the reaper leaves them alone.
+///
+/// Spawning an agent and recording its pid happen under this lock (see [`Tracked::lock`]),
+/// so the reaper can never see an agent's zombie before it is recorded.
+#[derive(Debug, Default)]
+pub struct Tracked {
+    pids: Mutex<HashSet<i32>>,
+}
+
+impl Tracked {
+    /// Holds the set; spawn an agent and insert its pid while holding it.
+    pub fn lock(&self) -> MutexGuard<'_, HashSet<i32>> {
+        self.pids
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Makes this process the reaper of its orphaned descendants when it is not PID 1.
+pub fn become_subreaper() -> nix::Result<()> {
+    nix::sys::prctl::set_child_subreaper(true)
+}
+
+/// Starts the task that reaps orphans on every SIGCHLD (and once at start).
+pub fn spawn_reaper(tracked: Arc<Tracked>) -> io::Result<JoinHandle<()>> {
+    let mut sigchld = signal(SignalKind::child())?;
+    Ok(tokio::spawn(async move {
+        loop {
+            reap_orphans(&tracked);
+            if sigchld.recv().await.is_none() {
+                break;
+            }
+        }
+    }))
+}
+
+/// Waits for every exited child that is not a tracked agent; returns the pids reaped.
+pub fn reap_orphans(tracked: &Tracked) -> Vec<i32> {
+    let agents = tracked.lock();
+    let mut reaped = Vec::new();
+    for pid in children_of_self() {
+        if agents.contains(&pid) {
+            continue;
+        }
+        while let Ok(status) = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)) {
+            match status {
+                WaitStatus::StillAlive => break,
+                WaitStatus::Exited(..) | WaitStatus::Signaled(..) => {
+                    reaped.push(pid);
+                    break;
+                }
+                _ => continue,
+            }
+        }
+    }
+    reaped
+}
+
+/// Pids of this process's children, from `/proc/self/task/*/children`, or by scanning
+/// `/proc` on kernels built without that file.
+fn children_of_self() -> Vec<i32> {
+    match children_from_tasks() {
+        Ok(pids) => pids,
+        Err(_) => children_from_proc_scan(),
+    }
+}
+
+fn children_from_tasks() -> io::Result<Vec<i32>> {
+    let mut pids = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task")? {
+        let text = std::fs::read_to_string(task?.path().join("children"))?;
+        pids.extend(
+            text.split_ascii_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok()),
+        );
+    }
+    Ok(pids)
+}
+
+fn children_from_proc_scan() -> Vec<i32> {
+    let me = std::process::id() as i32;
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| crate::metrics::ProcStat::parse(&stat))
+                .is_some_and(|stat| stat.ppid == me)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    fn is_zombie(pid: i32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| crate::metrics::ProcStat::parse(&s))
+            .is_some_and(|s| s.state == 'Z')
+    }
+
+    #[test]
+    #[expect(
+        clippy::zombie_processes,
+        reason = "the reaper under test waits for it"
+    )]
+    fn reaps_an_exited_untracked_child_but_not_a_tracked_one() {
+        let tracked = Tracked::default();
+        let mut agent = Command::new("true").spawn().expect("spawn true");
+        let agent_pid = agent.id() as i32;
+        tracked.lock().insert(agent_pid);
+        let orphan = Command::new("true").spawn().expect("spawn true");
+        let orphan_pid = orphan.id() as i32;
+        // Let both exit and become zombies.
+        while !(is_zombie(agent_pid) && is_zombie(orphan_pid)) {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let reaped = reap_orphans(&tracked);
+        assert!(reaped.contains(&orphan_pid), "{reaped:?}");
+        assert!(!reaped.contains(&agent_pid));
+        assert!(agent.wait().expect("the agent's status was kept").success());
+    }
+}

@@ -1,0 +1,1724 @@
+//! The mutation itself: a pure function from a pod (and its owner's replicas) to a verdict.
+//!
+//! It reads the `testId` label and the `waveloadtest.io/*` annotations, checks every one of
+//! them, and computes the JSON Patch that makes the pod a sized, configured test machine
+//! (SPEC 1.3). The patch is the diff between the pod and a mutated typed copy, so it applies
+//! to the pod exactly as the API server sent it. Running the mutation on its own output
+//! yields an empty patch: everything wave adds is recognised as wave's on the way back.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, ObjectFieldSelector, Pod,
+    PodSpec, ResourceRequirements, Toleration, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
+use crate::catalog::{Amount, MachineType, closest};
+use crate::config::{Config, Os, SupervisorMode, check_bucket};
+use crate::resources::{
+    ResourcePolicy, agents_per_container, format_cpu, format_memory, parse_cpu_millis,
+    parse_memory_bytes, share,
+};
+
+/// The label that marks a pod as a test machine: `<test-id>` or `<test-id>--<part>`.
+pub const TEST_ID_LABEL: &str = "testId";
+/// Prefix of every annotation wave reads.
+pub const ANNOTATION_PREFIX: &str = "waveloadtest.io/";
+/// Every annotation wave reads, without the prefix.
+pub const ANNOTATIONS: [&str; 10] = [
+    "inject",
+    "total-players",
+    "players-per-agent",
+    "agents",
+    "machine-type",
+    "os",
+    "resources",
+    "script",
+    "results",
+    "supervisor",
+];
+
+/// Volume holding the injected `wave-agent` binary.
+pub const BIN_VOLUME: &str = "wave-bin";
+/// Where [`BIN_VOLUME`] is mounted in every container.
+pub const BIN_DIR: &str = "/wave/bin";
+/// Volume holding the supervisor's work dir (script, results); survives container restarts.
+pub const WORK_VOLUME: &str = "wave-work";
+/// Where [`WORK_VOLUME`] is mounted in every container.
+pub const WORK_DIR: &str = "/wave/work";
+/// Name of the init container that installs the supervisor.
+pub const INSTALL_CONTAINER: &str = "wave-install";
+/// Extended resource the EKS VPC resource controller uses to give Windows pods an IP.
+pub const WINDOWS_IP_RESOURCE: &str = "vpc.amazonaws.com/PrivateIPv4Address";
+
+const OS_SELECTOR: &str = "kubernetes.io/os";
+const INSTANCE_TYPE_SELECTOR: &str = "node.kubernetes.io/instance-type";
+
+/// What the server knows about the replicas of the pod's owner (for `TOTAL_PLAYERS`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OwnerReplicas {
+    /// Replicas of the owning Deployment (or ReplicaSet when it has no Deployment).
+    Known(u32),
+    /// The pod has no ReplicaSet or Deployment owner.
+    NoOwner,
+    /// The owner could not be read; the text says why.
+    Unavailable(String),
+}
+
+/// The outcome of admitting one pod.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// Allowed unchanged: not a test machine, or opted out.
+    Skip {
+        /// Why nothing is done, for logs.
+        reason: &'static str,
+    },
+    /// Allowed with this patch (empty when the pod is already mutated) and these warnings.
+    Patch {
+        /// JSON Patch to apply to the pod.
+        patch: json_patch::Patch,
+        /// Admission warnings for the user (values of theirs that wave kept).
+        warnings: Vec<String>,
+    },
+    /// Refused; the message names the annotation or label at fault.
+    Deny(Denial),
+}
+
+/// Why a pod is refused: the annotation (or label) at fault and the problem with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{subject}: {problem}")]
+pub struct Denial {
+    /// The annotation, label or field the user has to change, e.g. `waveloadtest.io/agents`.
+    pub subject: String,
+    /// What is wrong, written for the person reading kubectl output.
+    pub problem: String,
+}
+
+fn deny_annotation(name: &str, problem: impl Into<String>) -> Denial {
+    Denial {
+        subject: format!("{ANNOTATION_PREFIX}{name}"),
+        problem: problem.into(),
+    }
+}
+
+fn annotation<'a>(pod: &'a Pod, name: &str) -> Option<&'a str> {
+    let annotations = pod.metadata.annotations.as_ref()?;
+    annotations
+        .iter()
+        .find(|(k, _)| k.strip_prefix(ANNOTATION_PREFIX) == Some(name))
+        .map(|(_, v)| v.as_str())
+}
+
+fn test_id_label(pod: &Pod) -> Option<&str> {
+    pod.metadata
+        .labels
+        .as_ref()?
+        .get(TEST_ID_LABEL)
+        .map(String::as_str)
+}
+
+/// True when the pod will be mutated and needs its owner's replicas: it is labelled, not
+/// opted out, and has no `waveloadtest.io/total-players`. False means the server never
+/// has to ask the API server about this pod.
+pub fn wants_owner_replicas(pod: &Pod, _config: &Config) -> bool {
+    test_id_label(pod).is_some()
+        && annotation(pod, "inject") != Some("false")
+        && annotation(pod, "total-players").is_none()
+}
+
+/// Admits one pod: skip, patch or deny (SPEC 1.1–1.6). Pure: no I/O.
+pub fn mutate(pod: &Pod, replicas: OwnerReplicas, config: &Config) -> Verdict {
+    let Some(label) = test_id_label(pod) else {
+        return Verdict::Skip {
+            reason: "no testId label",
+        };
+    };
+    let settings = match Settings::read(pod, label, &replicas, config) {
+        Ok(Some(settings)) => settings,
+        Ok(None) => {
+            return Verdict::Skip {
+                reason: "opted out with waveloadtest.io/inject: \"false\"",
+            };
+        }
+        Err(denial) => return Verdict::Deny(denial),
+    };
+    let mut out = pod.clone();
+    let mut warnings = Vec::new();
+    if let Err(denial) = apply(&mut out, &settings, config, &mut warnings) {
+        return Verdict::Deny(denial);
+    }
+    let before = serde_json::to_value(pod).expect("a Pod always serializes to JSON");
+    let after = serde_json::to_value(&out).expect("a Pod always serializes to JSON");
+    Verdict::Patch {
+        patch: json_patch::diff(&before, &after),
+        warnings,
+    }
+}
+
+/// Everything the annotations, label and config decide, checked.
+struct Settings<'a> {
+    test_id: &'a str,
+    part: &'a str,
+    total_players: u64,
+    players_per_agent: u32,
+    agents: u32,
+    machine_type: &'a str,
+    machine: &'a MachineType,
+    os: Os,
+    resources: ResourcePolicy,
+    script: String,
+    results: String,
+    supervisor: SupervisorMode,
+}
+
+/// The raw `waveloadtest.io/*` annotation values of a pod.
+#[derive(Default)]
+struct Raw<'a> {
+    inject: Option<&'a str>,
+    total_players: Option<&'a str>,
+    players_per_agent: Option<&'a str>,
+    agents: Option<&'a str>,
+    machine_type: Option<&'a str>,
+    os: Option<&'a str>,
+    resources: Option<&'a str>,
+    script: Option<&'a str>,
+    results: Option<&'a str>,
+    supervisor: Option<&'a str>,
+}
+
+impl<'a> Raw<'a> {
+    fn read(pod: &'a Pod) -> Result<Self, Denial> {
+        let mut raw = Self::default();
+        let Some(annotations) = pod.metadata.annotations.as_ref() else {
+            return Ok(raw);
+        };
+        for (key, value) in annotations {
+            let Some(name) = key.strip_prefix(ANNOTATION_PREFIX) else {
+                continue;
+            };
+            let slot = match name {
+                "inject" => &mut raw.inject,
+                "total-players" => &mut raw.total_players,
+                "players-per-agent" => &mut raw.players_per_agent,
+                "agents" => &mut raw.agents,
+                "machine-type" => &mut raw.machine_type,
+                "os" => &mut raw.os,
+                "resources" => &mut raw.resources,
+                "script" => &mut raw.script,
+                "results" => &mut raw.results,
+                "supervisor" => &mut raw.supervisor,
+                unknown => {
+                    let hint = closest(unknown, ANNOTATIONS)
+                        .map(|s| format!("did you mean {ANNOTATION_PREFIX}{s}?"))
+                        .unwrap_or_else(|| {
+                            format!("known: {ANNOTATION_PREFIX}{{{}}}", ANNOTATIONS.join(","))
+                        });
+                    return Err(deny_annotation(
+                        unknown,
+                        format!("unknown annotation ({hint})"),
+                    ));
+                }
+            };
+            *slot = Some(value.as_str());
+        }
+        Ok(raw)
+    }
+}
+
+/// A positive decimal integer, digits only.
+fn positive(name: &str, value: &str) -> Result<u64, Denial> {
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(deny_annotation(
+            name,
+            format!("{value:?} is not a positive integer"),
+        ));
+    }
+    match value.parse::<u64>() {
+        Ok(0) => Err(deny_annotation(
+            name,
+            "must be a positive integer, got \"0\"",
+        )),
+        Ok(n) => Ok(n),
+        Err(_) => Err(deny_annotation(name, format!("{value} is too large"))),
+    }
+}
+
+fn positive_u32(name: &str, value: &str) -> Result<u32, Denial> {
+    let n = positive(name, value)?;
+    u32::try_from(n).map_err(|_| deny_annotation(name, format!("{value} is too large")))
+}
+
+/// Checks an `s3://bucket/prefix/` URL given in an annotation.
+fn store_url(name: &str, url: &str) -> Result<String, Denial> {
+    let Some(rest) = url.strip_prefix("s3://") else {
+        return Err(deny_annotation(
+            name,
+            format!("{url:?} is not an s3:// URL (expected s3://bucket/prefix/)"),
+        ));
+    };
+    let bucket = rest.split('/').next().unwrap_or_default();
+    check_bucket(bucket).map_err(|problem| deny_annotation(name, problem))?;
+    if !url.ends_with('/') {
+        return Err(deny_annotation(
+            name,
+            format!("{url:?} must end with / (it is a prefix: s3://bucket/prefix/)"),
+        ));
+    }
+    Ok(url.to_string())
+}
+
+fn check_test_id(id: &str) -> Result<(), Denial> {
+    let problem = if id.is_empty() {
+        "the test id (the text before the first \"--\") is empty".to_string()
+    } else if !id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        format!("test id {id:?} has characters outside [A-Za-z0-9._-] (it becomes part of S3 keys)")
+    } else {
+        return Ok(());
+    };
+    Err(Denial {
+        subject: format!("label {TEST_ID_LABEL}"),
+        problem,
+    })
+}
+
+impl<'a> Settings<'a> {
+    /// Reads and checks everything; `None` when the pod opts out.
+    fn read(
+        pod: &'a Pod,
+        label: &'a str,
+        replicas: &OwnerReplicas,
+        config: &'a Config,
+    ) -> Result<Option<Self>, Denial> {
+        let raw = Raw::read(pod)?;
+        match raw.inject {
+            Some("false") => return Ok(None),
+            None | Some("true") => {}
+            Some(other) => {
+                return Err(deny_annotation(
+                    "inject",
+                    format!("{other:?} is neither \"true\" nor \"false\""),
+                ));
+            }
+        }
+        let (test_id, part) = label.split_once("--").unwrap_or((label, ""));
+        check_test_id(test_id)?;
+
+        let players_per_agent = match raw.players_per_agent {
+            Some(v) => positive_u32("players-per-agent", v)?,
+            None => config.players_per_agent,
+        };
+        let agents = match raw.agents {
+            Some(v) => positive_u32("agents", v)?,
+            None => config.agents,
+        };
+        let total_players = match raw.total_players {
+            Some(v) => positive("total-players", v)?,
+            None => derive_total_players(replicas, agents, players_per_agent)?,
+        };
+        let machine_type = raw.machine_type.unwrap_or(&config.machine_type);
+        let Some(machine) = config.catalog.get(machine_type) else {
+            let hint = config
+                .catalog
+                .suggest(machine_type)
+                .map(|s| format!(" (did you mean {s}?)"))
+                .unwrap_or_default();
+            return Err(deny_annotation(
+                "machine-type",
+                format!("unknown machine type {machine_type:?}{hint}"),
+            ));
+        };
+        let os = match raw.os {
+            Some(v) => Os::parse(v).ok_or_else(|| {
+                let hint = closest(v, ["linux", "windows"])
+                    .map(|s| format!("; did you mean {s}?"))
+                    .unwrap_or_default();
+                deny_annotation(
+                    "os",
+                    format!("unknown OS {v:?} (expected linux or windows{hint})"),
+                )
+            })?,
+            None => node_selector(pod, OS_SELECTOR)
+                .and_then(Os::parse)
+                .unwrap_or(Os::Linux),
+        };
+        let resources = match raw.resources {
+            Some(v) => v.parse().map_err(|()| {
+                deny_annotation(
+                    "resources",
+                    format!(
+                        "unknown resources policy {v:?} (expected {})",
+                        ResourcePolicy::EXPECTED
+                    ),
+                )
+            })?,
+            None => config.resources,
+        };
+        let supervisor = match raw.supervisor {
+            Some(v) => SupervisorMode::parse(v).ok_or_else(|| {
+                deny_annotation(
+                    "supervisor",
+                    format!(
+                        "unknown supervisor mode {v:?} (expected {})",
+                        SupervisorMode::EXPECTED
+                    ),
+                )
+            })?,
+            None => config.supervisor,
+        };
+        let script = match raw.script {
+            Some(v) => store_url("script", v)?,
+            None => format!("s3://{}/scripts/{test_id}/", config.bucket),
+        };
+        let results = match raw.results {
+            Some(v) => store_url("results", v)?,
+            None => format!("s3://{}/results/{test_id}/", config.bucket),
+        };
+        Ok(Some(Self {
+            test_id,
+            part,
+            total_players,
+            players_per_agent,
+            agents,
+            machine_type,
+            machine,
+            os,
+            resources,
+            script,
+            results,
+            supervisor,
+        }))
+    }
+}
+
+fn derive_total_players(
+    replicas: &OwnerReplicas,
+    agents: u32,
+    players_per_agent: u32,
+) -> Result<u64, Denial> {
+    match replicas {
+        OwnerReplicas::Known(0) => Err(deny_annotation(
+            "total-players",
+            "not set, and the owner has 0 replicas to derive it from; set the annotation",
+        )),
+        OwnerReplicas::Known(r) => u64::from(*r)
+            .checked_mul(u64::from(agents))
+            .and_then(|n| n.checked_mul(u64::from(players_per_agent)))
+            .ok_or_else(|| deny_annotation("total-players", "derived value is too large")),
+        OwnerReplicas::NoOwner => Err(deny_annotation(
+            "total-players",
+            "not set, and the pod has no Deployment or ReplicaSet owner to derive it from \
+             (replicas × agents × players-per-agent); set the annotation",
+        )),
+        OwnerReplicas::Unavailable(why) => Err(deny_annotation(
+            "total-players",
+            format!(
+                "not set, and the owner's replicas could not be read: {why}; set the annotation or retry"
+            ),
+        )),
+    }
+}
+
+fn node_selector<'a>(pod: &'a Pod, key: &str) -> Option<&'a str> {
+    pod.spec
+        .as_ref()?
+        .node_selector
+        .as_ref()?
+        .get(key)
+        .map(String::as_str)
+}
+
+/// The value wave gives an environment variable.
+enum EnvValue {
+    Plain(String),
+    Field(&'static str),
+}
+
+/// Applies the settings to a copy of the pod, collecting warnings for the user's values kept.
+fn apply(
+    pod: &mut Pod,
+    s: &Settings<'_>,
+    config: &Config,
+    warnings: &mut Vec<String>,
+) -> Result<(), Denial> {
+    let spec = pod.spec.get_or_insert_with(PodSpec::default);
+    let per_container = agents_per_container(s.agents, spec.containers.len())
+        .map_err(|e| deny_annotation("agents", e.to_string()))?;
+    let amount = share(
+        s.resources,
+        s.machine,
+        config.daemonset_overhead,
+        s.agents,
+        per_container,
+    )
+    .map_err(|e| {
+        deny_annotation(
+            "agents",
+            format!("{e} on {} ({} resources)", s.machine_type, s.resources),
+        )
+    })?;
+
+    for (index, container) in spec.containers.iter_mut().enumerate() {
+        let port = u16::try_from(index)
+            .ok()
+            .and_then(|i| config.metrics_port_base.checked_add(i))
+            .ok_or_else(|| Denial {
+                subject: "spec.containers".to_string(),
+                problem: format!(
+                    "container {index} would get a metrics port above 65535; lower metrics-port-base in the webhook config"
+                ),
+            })?;
+        let env = [
+            ("TEST_ID", EnvValue::Plain(s.test_id.to_string())),
+            (
+                "TOTAL_PLAYERS",
+                EnvValue::Plain(s.total_players.to_string()),
+            ),
+            (
+                "PLAYERS_PER_AGENT",
+                EnvValue::Plain(s.players_per_agent.to_string()),
+            ),
+            ("WAVE_TEST_PART", EnvValue::Plain(s.part.to_string())),
+            ("WAVE_AGENTS", EnvValue::Plain(per_container.to_string())),
+            ("WAVE_CONTAINER_INDEX", EnvValue::Plain(index.to_string())),
+            (
+                "WAVE_MACHINE_TYPE",
+                EnvValue::Plain(s.machine_type.to_string()),
+            ),
+            ("WAVE_SCRIPT_URL", EnvValue::Plain(s.script.clone())),
+            ("WAVE_RESULTS_URL", EnvValue::Plain(s.results.clone())),
+            ("WAVE_METRICS_PORT", EnvValue::Plain(port.to_string())),
+            ("POD_NAME", EnvValue::Field("metadata.name")),
+            ("POD_NAMESPACE", EnvValue::Field("metadata.namespace")),
+            ("POD_UID", EnvValue::Field("metadata.uid")),
+            ("NODE_NAME", EnvValue::Field("spec.nodeName")),
+        ];
+        for (name, value) in env {
+            set_env(container, name, value, warnings);
+        }
+        if let Some(amount) = amount {
+            set_resources(container, amount, warnings);
+        }
+        if index == 0 && s.os == Os::Windows && config.windows_private_ipv4_address {
+            set_windows_ip(container);
+        }
+        set_metrics_port(container, index, port, warnings);
+        if s.supervisor != SupervisorMode::Off {
+            wrap(container, s.supervisor)?;
+        }
+    }
+
+    let selector = spec.node_selector.get_or_insert_with(BTreeMap::new);
+    set_selector(selector, OS_SELECTOR, s.os.as_str(), warnings);
+    if config.instance_type_selector {
+        set_selector(selector, INSTANCE_TYPE_SELECTOR, s.machine_type, warnings);
+    }
+    let wanted = config.tolerations(s.os);
+    if !wanted.is_empty() {
+        let tolerations = spec.tolerations.get_or_insert_with(Vec::new);
+        for t in wanted {
+            if !tolerations.iter().any(|have| same_toleration(have, t)) {
+                tolerations.push(t.clone());
+            }
+        }
+    }
+    if s.supervisor != SupervisorMode::Off {
+        add_volume(spec, WORK_VOLUME);
+    }
+    if s.supervisor == SupervisorMode::Inject {
+        add_volume(spec, BIN_VOLUME);
+        add_install_container(spec, &config.supervisor_image);
+    }
+
+    let annotations = pod.metadata.annotations.get_or_insert_with(BTreeMap::new);
+    for (key, value) in [
+        ("prometheus.io/scrape", "true".to_string()),
+        ("prometheus.io/port", config.metrics_port_base.to_string()),
+        ("prometheus.io/path", "/metrics".to_string()),
+    ] {
+        match annotations.get(key) {
+            Some(have) if *have != value => warnings.push(format!(
+                "annotation {key} keeps the pod's value {have:?}; wave would set {value:?}"
+            )),
+            Some(_) => {}
+            None => {
+                annotations.insert(key.to_string(), value);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn set_env(container: &mut Container, name: &str, value: EnvValue, warnings: &mut Vec<String>) {
+    let env = container.env.get_or_insert_with(Vec::new);
+    if let Some(have) = env.iter().find(|e| e.name == name) {
+        let same = match &value {
+            EnvValue::Plain(v) => {
+                have.value_from.is_none() && have.value.as_deref().unwrap_or_default() == v
+            }
+            EnvValue::Field(path) => have
+                .value_from
+                .as_ref()
+                .and_then(|from| from.field_ref.as_ref())
+                .is_some_and(|f| f.field_path == *path),
+        };
+        if !same {
+            let wave = match &value {
+                EnvValue::Plain(v) => format!("{v:?}"),
+                EnvValue::Field(path) => format!("the downward API field {path}"),
+            };
+            warnings.push(format!(
+                "container {:?}: env {name} keeps the pod's own value; wave would set {wave}",
+                container.name
+            ));
+        }
+        return;
+    }
+    env.push(match value {
+        EnvValue::Plain(v) => EnvVar {
+            name: name.to_string(),
+            value: Some(v),
+            value_from: None,
+        },
+        EnvValue::Field(path) => EnvVar {
+            name: name.to_string(),
+            value: None,
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    api_version: None,
+                    field_path: path.to_string(),
+                }),
+                ..EnvVarSource::default()
+            }),
+        },
+    });
+}
+
+/// Requests and equal limits for cpu and memory; a resource the container already requests
+/// or limits is left as it is (with a warning unless it already equals wave's share).
+fn set_resources(container: &mut Container, amount: Amount, warnings: &mut Vec<String>) {
+    let name = container.name.clone();
+    let resources = container
+        .resources
+        .get_or_insert_with(ResourceRequirements::default);
+    let wanted = [
+        (
+            "cpu",
+            format_cpu(amount.cpu_millis),
+            parse_cpu_millis as fn(&str) -> Option<u64>,
+            amount.cpu_millis,
+        ),
+        (
+            "memory",
+            format_memory(amount.memory_mib),
+            parse_memory_bytes,
+            amount.memory_mib << 20,
+        ),
+    ];
+    for (resource, quantity, parse, value) in wanted {
+        let request = resources.requests.as_ref().and_then(|r| r.get(resource));
+        let limit = resources.limits.as_ref().and_then(|l| l.get(resource));
+        if request.is_none() && limit.is_none() {
+            for map in [&mut resources.requests, &mut resources.limits] {
+                map.get_or_insert_with(BTreeMap::new)
+                    .insert(resource.to_string(), Quantity(quantity.clone()));
+            }
+            continue;
+        }
+        let is_wave = |q: Option<&Quantity>| q.and_then(|q| parse(&q.0)) == Some(value);
+        if !(is_wave(request) && is_wave(limit)) {
+            let show = |q: Option<&Quantity>| q.map_or("none", |q| q.0.as_str()).to_string();
+            warnings.push(format!(
+                "container {name:?}: keeps its own {resource} request {} and limit {}; wave would set {quantity}",
+                show(request),
+                show(limit),
+            ));
+        }
+    }
+}
+
+fn set_windows_ip(container: &mut Container) {
+    let resources = container
+        .resources
+        .get_or_insert_with(ResourceRequirements::default);
+    for map in [&mut resources.requests, &mut resources.limits] {
+        map.get_or_insert_with(BTreeMap::new)
+            .entry(WINDOWS_IP_RESOURCE.to_string())
+            .or_insert_with(|| Quantity("1".to_string()));
+    }
+}
+
+fn set_metrics_port(
+    container: &mut Container,
+    index: usize,
+    port: u16,
+    warnings: &mut Vec<String>,
+) {
+    let name = if index == 0 {
+        "wave-metrics".to_string()
+    } else {
+        format!("wave-metrics-{index}")
+    };
+    let container_name = &container.name;
+    let ports = container.ports.get_or_insert_with(Vec::new);
+    let port = i32::from(port);
+    if let Some(have) = ports
+        .iter()
+        .find(|p| p.name.as_deref() == Some(name.as_str()))
+    {
+        if have.container_port != port {
+            warnings.push(format!(
+                "container {container_name:?}: port {name} keeps the pod's number {}; wave would use {port}",
+                have.container_port
+            ));
+        }
+    } else if let Some(have) = ports.iter().find(|p| p.container_port == port) {
+        warnings.push(format!(
+            "container {container_name:?}: port {port} is already declared{}, so wave does not add {name}",
+            have.name.as_ref().map(|n| format!(" as {n:?}")).unwrap_or_default()
+        ));
+    } else {
+        ports.push(ContainerPort {
+            name: Some(name),
+            container_port: port,
+            ..ContainerPort::default()
+        });
+    }
+}
+
+/// True when the command already starts the supervisor (`.../wave-agent run ...`).
+fn runs_supervisor(command: &[String]) -> bool {
+    let program = command.first().map_or("", |p| {
+        let base = p.rsplit(['/', '\\']).next().unwrap_or(p);
+        base.strip_suffix(".exe").unwrap_or(base)
+    });
+    program == "wave-agent" && command.get(1).map(String::as_str) == Some("run")
+}
+
+/// Wraps the container's command in the supervisor and mounts its volumes.
+fn wrap(container: &mut Container, mode: SupervisorMode) -> Result<(), Denial> {
+    if !runs_supervisor(container.command.as_deref().unwrap_or_default()) {
+        let command = container.command.take().unwrap_or_default();
+        let args = container.args.take().unwrap_or_default();
+        if command.is_empty() && !args.is_empty() {
+            return Err(deny_annotation(
+                "supervisor",
+                format!(
+                    "container {:?} sets args but no command, so its image ENTRYPOINT cannot be wrapped \
+                     by the supervisor; set command as well, or use waveloadtest.io/supervisor: \"off\"",
+                    container.name
+                ),
+            ));
+        }
+        let program = match mode {
+            SupervisorMode::Inject => format!("{BIN_DIR}/wave-agent"),
+            _ => "wave-agent".to_string(),
+        };
+        let mut wrapped = vec![program, "run".to_string()];
+        if !command.is_empty() {
+            wrapped.push("--".to_string());
+            wrapped.extend(command);
+            wrapped.extend(args);
+        }
+        container.command = Some(wrapped);
+    }
+    if mode == SupervisorMode::Inject {
+        add_mount(container, BIN_VOLUME, BIN_DIR, true);
+    }
+    add_mount(container, WORK_VOLUME, WORK_DIR, false);
+    Ok(())
+}
+
+fn add_mount(container: &mut Container, volume: &str, path: &str, read_only: bool) {
+    let mounts = container.volume_mounts.get_or_insert_with(Vec::new);
+    if mounts
+        .iter()
+        .any(|m| m.name == volume || m.mount_path == path)
+    {
+        return;
+    }
+    mounts.push(VolumeMount {
+        name: volume.to_string(),
+        mount_path: path.to_string(),
+        read_only: read_only.then_some(true),
+        ..VolumeMount::default()
+    });
+}
+
+fn add_volume(spec: &mut PodSpec, name: &str) {
+    let volumes = spec.volumes.get_or_insert_with(Vec::new);
+    if volumes.iter().any(|v| v.name == name) {
+        return;
+    }
+    volumes.push(Volume {
+        name: name.to_string(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Volume::default()
+    });
+}
+
+fn add_install_container(spec: &mut PodSpec, image: &str) {
+    let init = spec.init_containers.get_or_insert_with(Vec::new);
+    if init.iter().any(|c| c.name == INSTALL_CONTAINER) {
+        return;
+    }
+    let small = |cpu: &str, memory: &str| {
+        BTreeMap::from([
+            ("cpu".to_string(), Quantity(cpu.to_string())),
+            ("memory".to_string(), Quantity(memory.to_string())),
+        ])
+    };
+    init.push(Container {
+        name: INSTALL_CONTAINER.to_string(),
+        image: Some(image.to_string()),
+        command: Some(vec![
+            "wave-agent".to_string(),
+            "install".to_string(),
+            BIN_DIR.to_string(),
+        ]),
+        resources: Some(ResourceRequirements {
+            requests: Some(small("100m", "64Mi")),
+            limits: Some(small("100m", "64Mi")),
+            ..ResourceRequirements::default()
+        }),
+        volume_mounts: Some(vec![VolumeMount {
+            name: BIN_VOLUME.to_string(),
+            mount_path: BIN_DIR.to_string(),
+            ..VolumeMount::default()
+        }]),
+        ..Container::default()
+    });
+}
+
+fn set_selector(
+    selector: &mut BTreeMap<String, String>,
+    key: &str,
+    value: &str,
+    warnings: &mut Vec<String>,
+) {
+    match selector.get(key) {
+        Some(have) if have != value => warnings.push(format!(
+            "nodeSelector {key} keeps the pod's value {have:?}; wave would set {value:?}"
+        )),
+        Some(_) => {}
+        None => {
+            selector.insert(key.to_string(), value.to_string());
+        }
+    }
+}
+
+/// Tolerations equal in effect (an empty operator means `Equal`).
+fn same_toleration(a: &Toleration, b: &Toleration) -> bool {
+    let op = |t: &Toleration| t.operator.clone().unwrap_or_else(|| "Equal".to_string());
+    a.key == b.key
+        && op(a) == op(b)
+        && a.value == b.value
+        && a.effect == b.effect
+        && a.toleration_seconds == b.toleration_seconds
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::apps::v1::Deployment;
+    use serde_json::json;
+
+    const SEED: &str = include_str!("../tests/fixtures/seed-deployment.yaml");
+    const TEST_ID: &str = "2e9103ae-3268-11ed-b5cf-0242ac110033";
+
+    fn seed_deployment() -> Deployment {
+        serde_saphyr::from_str(SEED).expect("the seed fixture is a Deployment")
+    }
+
+    /// The pod the seed's Deployment creates, as its ReplicaSet sends it.
+    fn seed_pod() -> Pod {
+        let template = seed_deployment().spec.expect("spec").template;
+        Pod {
+            metadata: template.metadata.expect("template metadata"),
+            spec: template.spec,
+            status: None,
+        }
+    }
+
+    /// The seed's pod with `n` agent containers (`...-c1`..`-cn`) that set nothing wave sets.
+    fn mk_pod(n: usize) -> Pod {
+        let mut pod = seed_pod();
+        let spec = pod.spec.as_mut().expect("spec");
+        let template = spec.containers[0].clone();
+        spec.containers = (1..=n)
+            .map(|i| Container {
+                name: format!("All-service-ltystore-10k-p1-c{i}"),
+                env: None,
+                resources: None,
+                ..template.clone()
+            })
+            .collect();
+        pod
+    }
+
+    fn annotate(mut pod: Pod, key: &str, value: &str) -> Pod {
+        pod.metadata
+            .annotations
+            .get_or_insert_with(BTreeMap::new)
+            .insert(key.to_string(), value.to_string());
+        pod
+    }
+
+    fn wave(pod: Pod, name: &str, value: &str) -> Pod {
+        annotate(pod, &format!("{ANNOTATION_PREFIX}{name}"), value)
+    }
+
+    fn apply_patch(pod: &Pod, patch: &json_patch::Patch) -> Pod {
+        let mut value = serde_json::to_value(pod).expect("pod to json");
+        json_patch::patch(&mut value, patch).expect("patch applies to the pod");
+        serde_json::from_value(value).expect("patched pod is still a Pod")
+    }
+
+    fn admit(pod: &Pod, replicas: OwnerReplicas, config: &Config) -> (Pod, Vec<String>) {
+        match mutate(pod, replicas, config) {
+            Verdict::Patch { patch, warnings } => (apply_patch(pod, &patch), warnings),
+            other => panic!("expected a patch, got {other:?}"),
+        }
+    }
+
+    fn mutated(pod: &Pod) -> (Pod, Vec<String>) {
+        admit(pod, OwnerReplicas::Known(480), &Config::default())
+    }
+
+    fn denied(pod: &Pod) -> String {
+        match mutate(pod, OwnerReplicas::Known(480), &Config::default()) {
+            Verdict::Deny(d) => d.to_string(),
+            other => panic!("expected a denial, got {other:?}"),
+        }
+    }
+
+    fn env<'a>(c: &'a Container, name: &str) -> Option<&'a str> {
+        c.env
+            .as_ref()?
+            .iter()
+            .find(|e| e.name == name)?
+            .value
+            .as_deref()
+    }
+
+    fn containers(pod: &Pod) -> &[Container] {
+        &pod.spec.as_ref().expect("spec").containers
+    }
+
+    fn quantity<'a>(c: &'a Container, which: &str, resource: &str) -> &'a str {
+        let r = c.resources.as_ref().expect("resources");
+        let map = if which == "requests" {
+            &r.requests
+        } else {
+            &r.limits
+        };
+        map.as_ref()
+            .and_then(|m| m.get(resource))
+            .map(|q| q.0.as_str())
+            .unwrap_or_else(|| panic!("{} has no {which} {resource}", c.name))
+    }
+
+    fn selector(pod: &Pod) -> &BTreeMap<String, String> {
+        pod.spec
+            .as_ref()
+            .and_then(|s| s.node_selector.as_ref())
+            .expect("nodeSelector")
+    }
+
+    #[test]
+    fn seed_deployment_gives_480000_total_players() {
+        let replicas = seed_deployment()
+            .spec
+            .and_then(|s| s.replicas)
+            .expect("replicas");
+        assert_eq!(replicas, 480);
+        let (pod, _) = admit(
+            &mk_pod(1),
+            OwnerReplicas::Known(replicas as u32),
+            &Config::default(),
+        );
+        let c = &containers(&pod)[0];
+        assert_eq!(env(c, "TOTAL_PLAYERS"), Some("480000"));
+        assert_eq!(env(c, "PLAYERS_PER_AGENT"), Some("100"));
+        assert_eq!(env(c, "TEST_ID"), Some(TEST_ID));
+        assert_eq!(env(c, "WAVE_TEST_PART"), Some("p1"));
+        assert_eq!(env(c, "WAVE_AGENTS"), Some("10"));
+        assert_eq!(env(c, "WAVE_MACHINE_TYPE"), Some("r5.xlarge"));
+    }
+
+    #[test]
+    fn seed_pod_as_written_keeps_its_env_without_warnings() {
+        let (pod, warnings) = mutated(&seed_pod());
+        let c = &containers(&pod)[0];
+        assert_eq!(env(c, "TOTAL_PLAYERS"), Some("480000"));
+        assert!(
+            warnings.iter().all(|w| !w.contains("env")),
+            "the seed's env equals wave's: {warnings:?}"
+        );
+    }
+
+    #[test]
+    fn env_is_appended_in_spec_order_after_the_users_own() {
+        let mut pod = mk_pod(1);
+        pod.spec.as_mut().expect("spec").containers[0].env = Some(vec![EnvVar {
+            name: "MY_VAR".to_string(),
+            value: Some("x".to_string()),
+            value_from: None,
+        }]);
+        let (pod, _) = mutated(&pod);
+        let names: Vec<_> = containers(&pod)[0]
+            .env
+            .as_ref()
+            .expect("env")
+            .iter()
+            .map(|e| e.name.as_str())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "MY_VAR",
+                "TEST_ID",
+                "TOTAL_PLAYERS",
+                "PLAYERS_PER_AGENT",
+                "WAVE_TEST_PART",
+                "WAVE_AGENTS",
+                "WAVE_CONTAINER_INDEX",
+                "WAVE_MACHINE_TYPE",
+                "WAVE_SCRIPT_URL",
+                "WAVE_RESULTS_URL",
+                "WAVE_METRICS_PORT",
+                "POD_NAME",
+                "POD_NAMESPACE",
+                "POD_UID",
+                "NODE_NAME",
+            ]
+        );
+    }
+
+    #[test]
+    fn pod_identity_comes_from_the_downward_api() {
+        let (pod, _) = mutated(&mk_pod(1));
+        let c = &containers(&pod)[0];
+        for (name, path) in [
+            ("POD_NAME", "metadata.name"),
+            ("POD_NAMESPACE", "metadata.namespace"),
+            ("POD_UID", "metadata.uid"),
+            ("NODE_NAME", "spec.nodeName"),
+        ] {
+            let var = c
+                .env
+                .as_ref()
+                .and_then(|e| e.iter().find(|e| e.name == name))
+                .unwrap_or_else(|| panic!("{name} is set"));
+            let field = var
+                .value_from
+                .as_ref()
+                .and_then(|f| f.field_ref.as_ref())
+                .map(|f| f.field_path.as_str());
+            assert_eq!(field, Some(path), "{name}");
+        }
+    }
+
+    #[test]
+    fn users_env_value_is_kept_with_a_warning() {
+        let mut pod = mk_pod(1);
+        pod.spec.as_mut().expect("spec").containers[0].env = Some(vec![EnvVar {
+            name: "TOTAL_PLAYERS".to_string(),
+            value: Some("5".to_string()),
+            value_from: None,
+        }]);
+        let (pod, warnings) = mutated(&pod);
+        assert_eq!(env(&containers(&pod)[0], "TOTAL_PLAYERS"), Some("5"));
+        assert_eq!(
+            warnings,
+            [
+                "container \"All-service-ltystore-10k-p1-c1\": env TOTAL_PLAYERS keeps the pod's own value; wave would set \"480000\""
+            ]
+        );
+    }
+
+    #[test]
+    fn nominal_gives_each_of_the_seeds_ten_containers_400m_3200mi() {
+        let pod = wave(mk_pod(10), "resources", "nominal");
+        let (pod, warnings) = mutated(&pod);
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(containers(&pod).len(), 10);
+        for (i, c) in containers(&pod).iter().enumerate() {
+            assert_eq!(c.name, format!("All-service-ltystore-10k-p1-c{}", i + 1));
+            for which in ["requests", "limits"] {
+                assert_eq!(quantity(c, which, "cpu"), "400m");
+                assert_eq!(quantity(c, which, "memory"), "3200Mi");
+            }
+            assert_eq!(env(c, "WAVE_AGENTS"), Some("1"));
+            assert_eq!(env(c, "WAVE_CONTAINER_INDEX"), Some(i.to_string().as_str()));
+        }
+    }
+
+    /// Sum of the pod's container requests: (millicores, bytes).
+    fn pod_requests(pod: &Pod) -> (u64, u64) {
+        containers(pod).iter().fold((0, 0), |(cpu, mem), c| {
+            (
+                cpu + parse_cpu_millis(quantity(c, "requests", "cpu")).expect("cpu"),
+                mem + parse_memory_bytes(quantity(c, "requests", "memory")).expect("memory"),
+            )
+        })
+    }
+
+    #[test]
+    fn fit_pod_fits_r5_xlarge_allocatable_minus_overhead_with_one_or_ten_containers() {
+        let config = Config::default();
+        let machine = config.catalog.get("r5.xlarge").expect("r5.xlarge");
+        let alloc = machine.allocatable();
+        let budget_cpu = alloc.cpu_millis - config.daemonset_overhead.cpu_millis;
+        let budget_mem = (alloc.memory_mib - config.daemonset_overhead.memory_mib) << 20;
+        for n in [1, 10] {
+            let (pod, warnings) = mutated(&mk_pod(n));
+            assert!(warnings.is_empty(), "{warnings:?}");
+            let (cpu, mem) = pod_requests(&pod);
+            assert!(cpu <= budget_cpu, "{n} containers: {cpu}m > {budget_cpu}m");
+            assert!(mem <= budget_mem, "{n} containers: {mem} > {budget_mem}");
+            // Nothing worth a container's share is left over.
+            assert!(budget_cpu - cpu < n as u64, "{n}: {cpu}m of {budget_cpu}m");
+            for c in containers(&pod) {
+                assert_eq!(quantity(c, "requests", "cpu"), quantity(c, "limits", "cpu"));
+                assert_eq!(
+                    quantity(c, "requests", "memory"),
+                    quantity(c, "limits", "memory")
+                );
+            }
+        }
+        let (one, _) = mutated(&mk_pod(1));
+        assert_eq!(quantity(&containers(&one)[0], "requests", "cpu"), "3795m");
+    }
+
+    #[test]
+    fn resources_none_leaves_resources_alone() {
+        let (pod, _) = mutated(&wave(mk_pod(2), "resources", "none"));
+        assert!(containers(&pod).iter().all(|c| c.resources.is_none()));
+    }
+
+    #[test]
+    fn users_requests_are_kept_with_a_warning() {
+        let (pod, warnings) = mutated(&seed_pod());
+        let c = &containers(&pod)[0];
+        assert_eq!(quantity(c, "requests", "cpu"), "400m");
+        assert_eq!(quantity(c, "limits", "memory"), "3200Mi");
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(
+            warnings[0]
+                .contains("keeps its own cpu request 400m and limit 400m; wave would set 3795m"),
+            "{warnings:?}"
+        );
+        assert!(warnings[1].contains("memory"), "{warnings:?}");
+    }
+
+    #[test]
+    fn each_container_gets_its_own_named_metrics_port() {
+        let (pod, _) = mutated(&mk_pod(5));
+        for (i, c) in containers(&pod).iter().enumerate() {
+            let port = c.ports.as_ref().expect("ports").last().expect("port");
+            let name = if i == 0 {
+                "wave-metrics".to_string()
+            } else {
+                format!("wave-metrics-{i}")
+            };
+            assert_eq!(port.name.as_deref(), Some(name.as_str()));
+            assert_eq!(port.container_port, 9102 + i as i32);
+            assert_eq!(
+                env(c, "WAVE_METRICS_PORT"),
+                Some((9102 + i).to_string().as_str())
+            );
+        }
+    }
+
+    #[test]
+    fn prometheus_annotations_point_at_the_first_metrics_port() {
+        let (pod, _) = mutated(&mk_pod(1));
+        let a = pod.metadata.annotations.expect("annotations");
+        assert_eq!(a["prometheus.io/scrape"], "true");
+        assert_eq!(a["prometheus.io/port"], "9102");
+        assert_eq!(a["prometheus.io/path"], "/metrics");
+    }
+
+    #[test]
+    fn node_selector_gets_os_and_instance_type() {
+        let (pod, warnings) = mutated(&seed_pod());
+        assert_eq!(selector(&pod)["kubernetes.io/os"], "linux");
+        assert_eq!(
+            selector(&pod)["node.kubernetes.io/instance-type"],
+            "r5.xlarge"
+        );
+        assert!(warnings.iter().all(|w| !w.contains("nodeSelector")));
+    }
+
+    #[test]
+    fn instance_type_selector_can_be_turned_off() {
+        let config = Config {
+            instance_type_selector: false,
+            ..Config::default()
+        };
+        let (pod, _) = admit(&mk_pod(1), OwnerReplicas::Known(1), &config);
+        assert!(!selector(&pod).contains_key("node.kubernetes.io/instance-type"));
+    }
+
+    #[test]
+    fn users_node_selector_is_kept_with_a_warning() {
+        let mut pod = wave(mk_pod(1), "machine-type", "c5.xlarge");
+        pod.spec
+            .as_mut()
+            .and_then(|s| s.node_selector.as_mut())
+            .expect("selector")
+            .insert("node.kubernetes.io/instance-type".into(), "m5.large".into());
+        let (pod, warnings) = mutated(&pod);
+        assert_eq!(
+            selector(&pod)["node.kubernetes.io/instance-type"],
+            "m5.large"
+        );
+        assert_eq!(
+            warnings,
+            [
+                "nodeSelector node.kubernetes.io/instance-type keeps the pod's value \"m5.large\"; wave would set \"c5.xlarge\""
+            ]
+        );
+    }
+
+    #[test]
+    fn windows_pod_gets_selector_toleration_and_private_ip_on_the_first_container() {
+        let mut pod = wave(mk_pod(2), "os", "windows");
+        pod.spec.as_mut().expect("spec").node_selector = None;
+        let (pod, warnings) = mutated(&pod);
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(selector(&pod)["kubernetes.io/os"], "windows");
+        let tolerations = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.tolerations.as_ref())
+            .expect("tolerations");
+        assert_eq!(tolerations.len(), 1);
+        assert_eq!(tolerations[0].key.as_deref(), Some("os"));
+        assert_eq!(tolerations[0].value.as_deref(), Some("windows"));
+        assert_eq!(tolerations[0].effect.as_deref(), Some("NoSchedule"));
+        let [first, second] = containers(&pod) else {
+            panic!("two containers")
+        };
+        assert_eq!(quantity(first, "requests", WINDOWS_IP_RESOURCE), "1");
+        assert_eq!(quantity(first, "limits", WINDOWS_IP_RESOURCE), "1");
+        let second_requests = second.resources.as_ref().and_then(|r| r.requests.as_ref());
+        assert!(
+            !second_requests
+                .expect("requests")
+                .contains_key(WINDOWS_IP_RESOURCE)
+        );
+    }
+
+    #[test]
+    fn os_defaults_to_the_pods_own_os_selector() {
+        let mut pod = mk_pod(1);
+        pod.spec
+            .as_mut()
+            .and_then(|s| s.node_selector.as_mut())
+            .expect("selector")
+            .insert("kubernetes.io/os".into(), "windows".into());
+        let (pod, warnings) = mutated(&pod);
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert!(pod.spec.and_then(|s| s.tolerations).is_some());
+    }
+
+    #[test]
+    fn linux_pod_gets_no_private_ip_or_default_tolerations() {
+        let (pod, _) = mutated(&mk_pod(1));
+        assert!(
+            pod.spec
+                .as_ref()
+                .and_then(|s| s.tolerations.as_ref())
+                .is_none()
+        );
+        let r = containers(&pod)[0].resources.as_ref().expect("resources");
+        assert!(
+            !r.requests
+                .as_ref()
+                .expect("requests")
+                .contains_key(WINDOWS_IP_RESOURCE)
+        );
+    }
+
+    fn with_command(mut pod: Pod, command: Option<&[&str]>, args: Option<&[&str]>) -> Pod {
+        let c = &mut pod.spec.as_mut().expect("spec").containers[0];
+        let own = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();
+        c.command = command.map(own);
+        c.args = args.map(own);
+        pod
+    }
+
+    #[test]
+    fn inject_mode_installs_the_supervisor_and_wraps_command_and_args() {
+        let pod = with_command(mk_pod(2), Some(&["/bin/sh", "-c"]), Some(&["exec ./run"]));
+        let (pod, _) = mutated(&pod);
+        let spec = pod.spec.as_ref().expect("spec");
+        let [first, second] = &spec.containers[..] else {
+            panic!("two containers")
+        };
+        assert_eq!(
+            first.command.as_deref().expect("command"),
+            [
+                "/wave/bin/wave-agent",
+                "run",
+                "--",
+                "/bin/sh",
+                "-c",
+                "exec ./run"
+            ]
+        );
+        assert_eq!(first.args, None);
+        // No command: the supervisor runs <work>/script/run.
+        assert_eq!(
+            second.command.as_deref().expect("command"),
+            ["/wave/bin/wave-agent", "run"]
+        );
+        for c in [first, second] {
+            let mounts = c.volume_mounts.as_ref().expect("mounts");
+            let bin = mounts
+                .iter()
+                .find(|m| m.name == BIN_VOLUME)
+                .expect("wave-bin");
+            assert_eq!(
+                (bin.mount_path.as_str(), bin.read_only),
+                ("/wave/bin", Some(true))
+            );
+            let work = mounts
+                .iter()
+                .find(|m| m.name == WORK_VOLUME)
+                .expect("wave-work");
+            assert_eq!(work.mount_path, "/wave/work");
+        }
+        let volumes = spec.volumes.as_ref().expect("volumes");
+        for name in [BIN_VOLUME, WORK_VOLUME] {
+            let v = volumes.iter().find(|v| v.name == name).expect("volume");
+            assert!(v.empty_dir.is_some(), "{name} is an emptyDir");
+        }
+        let init = spec.init_containers.as_ref().expect("init containers");
+        let install = init
+            .iter()
+            .find(|c| c.name == INSTALL_CONTAINER)
+            .expect("wave-install");
+        assert_eq!(
+            install.image.as_deref(),
+            Some(crate::config::DEFAULT_SUPERVISOR_IMAGE)
+        );
+        assert_eq!(
+            install.command.as_deref().expect("command"),
+            ["wave-agent", "install", "/wave/bin"]
+        );
+        assert_eq!(
+            install.volume_mounts.as_ref().expect("mounts")[0].name,
+            BIN_VOLUME
+        );
+    }
+
+    #[test]
+    fn image_mode_wraps_with_wave_agent_from_path_and_adds_no_init_container() {
+        let pod = with_command(
+            wave(mk_pod(1), "supervisor", "image"),
+            Some(&["./game"]),
+            None,
+        );
+        let (pod, _) = mutated(&pod);
+        let spec = pod.spec.as_ref().expect("spec");
+        assert_eq!(
+            spec.containers[0].command.as_deref().expect("command"),
+            ["wave-agent", "run", "--", "./game"]
+        );
+        assert!(spec.init_containers.is_none());
+        let volumes = spec.volumes.as_ref().expect("volumes");
+        assert!(volumes.iter().all(|v| v.name != BIN_VOLUME));
+    }
+
+    #[test]
+    fn off_mode_leaves_commands_and_volumes_alone() {
+        let pod = with_command(
+            wave(mk_pod(1), "supervisor", "off"),
+            Some(&["./game"]),
+            Some(&["-x"]),
+        );
+        let (pod, _) = mutated(&pod);
+        let spec = pod.spec.as_ref().expect("spec");
+        assert_eq!(
+            spec.containers[0].command.as_deref(),
+            Some(&["./game".to_string()][..])
+        );
+        assert_eq!(
+            spec.containers[0].args.as_deref(),
+            Some(&["-x".to_string()][..])
+        );
+        assert!(spec.init_containers.is_none() && spec.volumes.is_none());
+        assert!(spec.containers[0].volume_mounts.is_none());
+    }
+
+    #[test]
+    fn a_command_that_already_runs_the_supervisor_is_not_wrapped_twice() {
+        let command = ["/opt/wave-agent", "run", "--", "./game"];
+        let pod = with_command(mk_pod(1), Some(&command), None);
+        let (pod, _) = mutated(&pod);
+        assert_eq!(
+            containers(&pod)[0].command.as_deref().expect("command"),
+            command
+        );
+    }
+
+    #[test]
+    fn denies_args_without_command_under_the_supervisor() {
+        let pod = with_command(mk_pod(1), None, Some(&["--level", "3"]));
+        let msg = denied(&pod);
+        assert!(msg.starts_with("waveloadtest.io/supervisor: container \"All-service-ltystore-10k-p1-c1\" sets args but no command"), "{msg}");
+    }
+
+    #[test]
+    fn default_script_and_results_urls_use_the_config_bucket_and_test_id() {
+        let (pod, _) = mutated(&mk_pod(1));
+        let c = &containers(&pod)[0];
+        assert_eq!(
+            env(c, "WAVE_SCRIPT_URL"),
+            Some(format!("s3://wave-loadtest/scripts/{TEST_ID}/").as_str())
+        );
+        assert_eq!(
+            env(c, "WAVE_RESULTS_URL"),
+            Some(format!("s3://wave-loadtest/results/{TEST_ID}/").as_str())
+        );
+    }
+
+    #[test]
+    fn annotated_urls_are_used_when_valid() {
+        let pod = wave(mk_pod(1), "script", "s3://team-bucket/game/v2/");
+        let pod = wave(pod, "results", "s3://team-results/");
+        let (pod, _) = mutated(&pod);
+        let c = &containers(&pod)[0];
+        assert_eq!(env(c, "WAVE_SCRIPT_URL"), Some("s3://team-bucket/game/v2/"));
+        assert_eq!(env(c, "WAVE_RESULTS_URL"), Some("s3://team-results/"));
+    }
+
+    #[test]
+    fn denies_a_script_url_that_is_not_s3() {
+        let msg = denied(&wave(mk_pod(1), "script", "https://example.com/x/"));
+        assert!(
+            msg.starts_with(
+                "waveloadtest.io/script: \"https://example.com/x/\" is not an s3:// URL"
+            ),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn denies_a_results_url_without_trailing_slash() {
+        let msg = denied(&wave(mk_pod(1), "results", "s3://bucket/results"));
+        assert!(
+            msg.starts_with("waveloadtest.io/results: \"s3://bucket/results\" must end with /"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn test_id_label_without_part_gives_an_empty_part() {
+        let mut pod = mk_pod(1);
+        pod.metadata
+            .labels
+            .as_mut()
+            .expect("labels")
+            .insert(TEST_ID_LABEL.into(), "abc.1".into());
+        let (pod, _) = mutated(&pod);
+        assert_eq!(env(&containers(&pod)[0], "TEST_ID"), Some("abc.1"));
+        assert_eq!(env(&containers(&pod)[0], "WAVE_TEST_PART"), Some(""));
+    }
+
+    fn with_label(value: &str) -> Pod {
+        let mut pod = mk_pod(1);
+        pod.metadata
+            .labels
+            .as_mut()
+            .expect("labels")
+            .insert(TEST_ID_LABEL.into(), value.into());
+        pod
+    }
+
+    #[test]
+    fn denies_an_empty_test_id() {
+        let msg = denied(&with_label("--p1"));
+        assert_eq!(
+            msg,
+            "label testId: the test id (the text before the first \"--\") is empty"
+        );
+    }
+
+    #[test]
+    fn denies_a_test_id_with_characters_outside_the_allowed_set() {
+        let msg = denied(&with_label("a/b--p1"));
+        assert!(
+            msg.starts_with("label testId: test id \"a/b\" has characters outside [A-Za-z0-9._-]"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn denies_an_unknown_machine_type_with_a_suggestion() {
+        let msg = denied(&wave(mk_pod(1), "machine-type", "r5.xlarg"));
+        assert_eq!(
+            msg,
+            "waveloadtest.io/machine-type: unknown machine type \"r5.xlarg\" (did you mean r5.xlarge?)"
+        );
+    }
+
+    #[test]
+    fn denies_an_unknown_os() {
+        let msg = denied(&wave(mk_pod(1), "os", "widows"));
+        assert_eq!(
+            msg,
+            "waveloadtest.io/os: unknown OS \"widows\" (expected linux or windows; did you mean windows?)"
+        );
+    }
+
+    #[test]
+    fn denies_an_unknown_resources_policy() {
+        let msg = denied(&wave(mk_pod(1), "resources", "max"));
+        assert_eq!(
+            msg,
+            "waveloadtest.io/resources: unknown resources policy \"max\" (expected fit, nominal or none)"
+        );
+    }
+
+    #[test]
+    fn denies_an_unknown_supervisor_mode() {
+        let msg = denied(&wave(mk_pod(1), "supervisor", "sidecar"));
+        assert_eq!(
+            msg,
+            "waveloadtest.io/supervisor: unknown supervisor mode \"sidecar\" (expected inject, image or off)"
+        );
+    }
+
+    #[test]
+    fn denies_an_unknown_annotation_with_a_suggestion() {
+        let msg = denied(&wave(mk_pod(1), "player-per-agent", "100"));
+        assert_eq!(
+            msg,
+            "waveloadtest.io/player-per-agent: unknown annotation (did you mean waveloadtest.io/players-per-agent?)"
+        );
+    }
+
+    #[test]
+    fn denies_non_numeric_zero_and_negative_numbers() {
+        for (name, value, problem) in [
+            ("agents", "ten", "\"ten\" is not a positive integer"),
+            ("agents", "0", "must be a positive integer, got \"0\""),
+            (
+                "players-per-agent",
+                "-5",
+                "\"-5\" is not a positive integer",
+            ),
+            ("total-players", "1.5", "\"1.5\" is not a positive integer"),
+            ("total-players", "+7", "\"+7\" is not a positive integer"),
+            ("agents", "99999999999", "99999999999 is too large"),
+        ] {
+            let msg = denied(&wave(mk_pod(1), name, value));
+            assert_eq!(msg, format!("waveloadtest.io/{name}: {problem}"));
+        }
+    }
+
+    #[test]
+    fn denies_agents_not_divisible_by_the_container_count() {
+        let msg = denied(&mk_pod(3));
+        assert_eq!(
+            msg,
+            "waveloadtest.io/agents: 10 agents cannot be spread evenly over 3 containers (agents must be a multiple of the container count)"
+        );
+    }
+
+    #[test]
+    fn denies_a_share_under_the_floor() {
+        let msg = denied(&wave(mk_pod(400), "agents", "400"));
+        assert_eq!(
+            msg,
+            "waveloadtest.io/agents: 400 agents in 400 containers leave 9m cpu per container, below the 10m floor (too many agents for the machine) on r5.xlarge (fit resources)"
+        );
+    }
+
+    #[test]
+    fn denies_underivable_total_players_without_an_owner() {
+        match mutate(&mk_pod(1), OwnerReplicas::NoOwner, &Config::default()) {
+            Verdict::Deny(d) => {
+                assert_eq!(d.subject, "waveloadtest.io/total-players");
+                assert!(
+                    d.problem.contains("no Deployment or ReplicaSet owner"),
+                    "{d}"
+                );
+            }
+            other => panic!("expected a denial, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn denies_total_players_when_the_owner_cannot_be_read_and_says_why() {
+        let why = "no API server reachable".to_string();
+        match mutate(
+            &mk_pod(1),
+            OwnerReplicas::Unavailable(why),
+            &Config::default(),
+        ) {
+            Verdict::Deny(d) => {
+                assert_eq!(d.subject, "waveloadtest.io/total-players");
+                assert!(d.problem.contains("no API server reachable"), "{d}");
+            }
+            other => panic!("expected a denial, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn total_players_annotation_needs_no_owner() {
+        let pod = wave(mk_pod(1), "total-players", "1234");
+        let config = Config::default();
+        assert!(!wants_owner_replicas(&pod, &config));
+        let (pod, _) = admit(&pod, OwnerReplicas::NoOwner, &config);
+        assert_eq!(env(&containers(&pod)[0], "TOTAL_PLAYERS"), Some("1234"));
+    }
+
+    #[test]
+    fn wants_owner_replicas_only_for_labelled_pods_without_total_players() {
+        let config = Config::default();
+        assert!(wants_owner_replicas(&mk_pod(1), &config));
+        assert!(!wants_owner_replicas(
+            &wave(mk_pod(1), "inject", "false"),
+            &config
+        ));
+        let mut unlabelled = mk_pod(1);
+        unlabelled.metadata.labels = None;
+        assert!(!wants_owner_replicas(&unlabelled, &config));
+    }
+
+    #[test]
+    fn skips_pods_without_the_label() {
+        let mut pod = mk_pod(1);
+        pod.metadata
+            .labels
+            .as_mut()
+            .expect("labels")
+            .remove(TEST_ID_LABEL);
+        assert!(matches!(
+            mutate(&pod, OwnerReplicas::Known(1), &Config::default()),
+            Verdict::Skip { .. }
+        ));
+    }
+
+    #[test]
+    fn skips_pods_that_opt_out() {
+        let pod = wave(wave(mk_pod(3), "inject", "false"), "agents", "junk");
+        assert!(matches!(
+            mutate(&pod, OwnerReplicas::NoOwner, &Config::default()),
+            Verdict::Skip { .. }
+        ));
+    }
+
+    #[test]
+    fn denies_an_inject_value_other_than_true_or_false() {
+        let msg = denied(&wave(mk_pod(1), "inject", "no"));
+        assert_eq!(
+            msg,
+            "waveloadtest.io/inject: \"no\" is neither \"true\" nor \"false\""
+        );
+    }
+
+    /// Admits a pod, admits the result again, and checks the second patch is empty and the
+    /// second pass warns about nothing the first did not.
+    fn assert_idempotent(pod: Pod) {
+        let config = Config::default();
+        let (once, first) = admit(&pod, OwnerReplicas::Known(480), &config);
+        match mutate(&once, OwnerReplicas::Known(480), &config) {
+            Verdict::Patch { patch, warnings } => {
+                assert!(patch.0.is_empty(), "second pass patched: {patch:?}");
+                for w in &warnings {
+                    assert!(first.contains(w), "new warning on the second pass: {w}");
+                }
+            }
+            other => panic!("expected an empty patch, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn mutation_is_idempotent() {
+        assert_idempotent(seed_pod());
+        assert_idempotent(mk_pod(10));
+        assert_idempotent(wave(mk_pod(2), "os", "windows"));
+        assert_idempotent(wave(
+            with_command(mk_pod(1), Some(&["./game"]), Some(&["-x"])),
+            "supervisor",
+            "image",
+        ));
+        assert_idempotent(wave(mk_pod(5), "resources", "nominal"));
+    }
+
+    #[test]
+    fn idempotent_after_the_api_server_defaults_and_drops_empty_values() {
+        let config = Config::default();
+        let (once, _) = admit(&mk_pod(1), OwnerReplicas::Known(480), &config);
+        // The API server drops an empty env value, defaults fieldRef.apiVersion and the
+        // port protocol before a reinvocation.
+        let mut value = serde_json::to_value(&once).expect("json");
+        let container = &mut value["spec"]["containers"][0];
+        for e in container["env"].as_array_mut().expect("env") {
+            if e["value"] == json!("") {
+                e.as_object_mut().expect("object").remove("value");
+            }
+            if let Some(field) = e.pointer_mut("/valueFrom/fieldRef") {
+                field["apiVersion"] = json!("v1");
+            }
+        }
+        container["ports"][0]["protocol"] = json!("TCP");
+        let defaulted: Pod = serde_json::from_value(value).expect("pod");
+        match mutate(&defaulted, OwnerReplicas::Known(480), &config) {
+            Verdict::Patch { patch, warnings } => {
+                assert!(patch.0.is_empty(), "{patch:?}");
+                assert!(warnings.is_empty(), "{warnings:?}");
+            }
+            other => panic!("expected an empty patch, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn patch_applies_to_the_raw_pod_and_keeps_fields_the_types_do_not_know() {
+        let pod = mk_pod(2);
+        let mut raw = serde_json::to_value(&pod).expect("json");
+        raw["spec"]["someFutureField"] = json!({"keep": true});
+        raw["spec"]["containers"][1]["futureContainerField"] = json!(7);
+        let typed: Pod = serde_json::from_value(raw.clone()).expect("pod");
+        let Verdict::Patch { patch, .. } =
+            mutate(&typed, OwnerReplicas::Known(480), &Config::default())
+        else {
+            panic!("expected a patch")
+        };
+        json_patch::patch(&mut raw, &patch).expect("patch applies to the raw pod");
+        assert_eq!(raw["spec"]["someFutureField"], json!({"keep": true}));
+        assert_eq!(
+            raw["spec"]["containers"][1]["futureContainerField"],
+            json!(7)
+        );
+        let patched: Pod = serde_json::from_value(raw).expect("still a Pod");
+        assert_eq!(
+            env(&containers(&patched)[1], "WAVE_CONTAINER_INDEX"),
+            Some("1")
+        );
+    }
+
+    #[test]
+    fn init_containers_are_left_alone() {
+        let mut pod = mk_pod(1);
+        pod.spec.as_mut().expect("spec").init_containers = Some(vec![Container {
+            name: "setup".into(),
+            image: Some("busybox".into()),
+            ..Container::default()
+        }]);
+        let (pod, _) = mutated(&pod);
+        let init = pod.spec.and_then(|s| s.init_containers).expect("init");
+        assert_eq!(init[0].env, None);
+        assert_eq!(init[0].resources, None);
+        assert_eq!(init[1].name, INSTALL_CONTAINER);
+    }
+}

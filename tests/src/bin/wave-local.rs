@@ -4,6 +4,7 @@
 //! `file://` stores for the script and the results. Progress streams to the terminal,
 //! metrics are served while it runs, results land in a local folder.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -51,15 +52,34 @@ fn main() -> Result<()> {
         .stderr(Stdio::inherit())
         .output()
         .context("running wave-webhook inject")?;
-    ensure!(output.status.success(), "wave-webhook inject denied the manifest");
+    ensure!(
+        output.status.success(),
+        "wave-webhook inject denied the manifest"
+    );
     let injected_path = dir.join("injected.yaml");
     std::fs::write(&injected_path, &output.stdout)?;
-    let deployment: Deployment = serde_saphyr::from_slice(&output.stdout).context("reading the injected Deployment")?;
-    let template = &deployment.spec.as_ref().context("Deployment has no spec")?.template;
-    let name = deployment.metadata.name.clone().unwrap_or_else(|| "wave".into());
-    let namespace = deployment.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+    let deployment: Deployment =
+        serde_saphyr::from_slice(&output.stdout).context("reading the injected Deployment")?;
+    let template = &deployment
+        .spec
+        .as_ref()
+        .context("Deployment has no spec")?
+        .template;
+    let name = deployment
+        .metadata
+        .name
+        .clone()
+        .unwrap_or_else(|| "wave".into());
+    let namespace = deployment
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
     let pod = pod_from_template(template, &format!("{name}-local-0"), &namespace);
-    println!("    the mutated Deployment is in {}", injected_path.display());
+    println!(
+        "    the mutated Deployment is in {}",
+        injected_path.display()
+    );
 
     let local = LocalPod {
         pod: &pod,
@@ -75,8 +95,17 @@ fn main() -> Result<()> {
     local.create_volumes()?;
     let mut containers = local.containers()?;
     let container = containers.first_mut().context("the pod has no container")?;
-    let test_id = container.env_value("TEST_ID").context("the webhook set no TEST_ID")?.to_string();
-    for key in ["TEST_ID", "TOTAL_PLAYERS", "PLAYERS_PER_AGENT", "WAVE_AGENTS", "WAVE_MACHINE_TYPE"] {
+    let test_id = container
+        .env_value("TEST_ID")
+        .context("the webhook set no TEST_ID")?
+        .to_string();
+    for key in [
+        "TEST_ID",
+        "TOTAL_PLAYERS",
+        "PLAYERS_PER_AGENT",
+        "WAVE_AGENTS",
+        "WAVE_MACHINE_TYPE",
+    ] {
         println!("    {key}={}", container.env_value(key).unwrap_or("-"));
     }
 
@@ -87,31 +116,73 @@ fn main() -> Result<()> {
     std::fs::create_dir_all(&results_store)?;
 
     for init in local.init_containers()? {
-        println!("==> init container {}: {} {}", init.container, init.program.display(), init.args.join(" "));
-        let status = init.command().status().with_context(|| format!("running {}", init.program.display()))?;
-        ensure!(status.success(), "init container {} failed: {status}", init.container);
+        println!(
+            "==> init container {}: {} {}",
+            init.container,
+            init.program.display(),
+            init.args.join(" ")
+        );
+        let status = init
+            .command()
+            .status()
+            .with_context(|| format!("running {}", init.program.display()))?;
+        ensure!(
+            status.success(),
+            "init container {} failed: {status}",
+            init.container
+        );
     }
 
     let work_dir = dir.join("volumes").join("wave-work");
-    container.set_env("WAVE_SCRIPT_URL", format!("file://{}/", script_store.display()));
-    container.set_env("WAVE_RESULTS_URL", format!("file://{}/", results_store.display()));
+    container.set_env(
+        "WAVE_SCRIPT_URL",
+        format!("file://{}/", script_store.display()),
+    );
+    container.set_env(
+        "WAVE_RESULTS_URL",
+        format!("file://{}/", results_store.display()),
+    );
     container.set_env("WAVE_WORK_DIR", work_dir.display().to_string());
     container.set_env("WAVE_METRICS_PORT", args.metrics_port.to_string());
     container.set_env("WAVE_UPLOAD_INTERVAL", "2s");
     container.set_env("WAVE_EXIT_ON_COMPLETE", "true");
     container.set_env("WAVE_EXAMPLE_SECONDS", args.seconds.to_string());
-    println!("==> container {}: {} {}", container.container, container.program.display(), container.args.join(" "));
-    println!("    metrics: http://127.0.0.1:{}/metrics", args.metrics_port);
-    let status = container.command().status().context("running the container's command")?;
+    println!(
+        "==> container {}: {} {}",
+        container.container,
+        container.program.display(),
+        container.args.join(" ")
+    );
+    println!(
+        "    metrics: http://127.0.0.1:{}/metrics",
+        args.metrics_port
+    );
+    let status = container
+        .command()
+        .status()
+        .context("running the container's command")?;
 
     println!("==> results in {}", results_store.display());
     let mut files = Vec::new();
     list_files(&results_store, &mut files)?;
+    let mut folders: BTreeMap<PathBuf, Vec<String>> = BTreeMap::new();
     for file in &files {
-        println!("    {}", file.strip_prefix(&results_store).unwrap_or(file).display());
+        let relative = file.strip_prefix(&results_store).unwrap_or(file);
+        let folder = relative.parent().map(Path::to_path_buf).unwrap_or_default();
+        let name = relative
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        folders.entry(folder).or_default().push(name);
+    }
+    for (folder, names) in &folders {
+        println!("    {}/  {}", folder.display(), names.join("  "));
     }
     if !status.success() {
-        bail!("the supervisor exited with {status}: see {}", results_store.display());
+        bail!(
+            "the supervisor exited with {status}: see {}",
+            results_store.display()
+        );
     }
     Ok(())
 }

@@ -18,6 +18,7 @@ use std::time::{Duration, SystemTime};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
+use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -26,13 +27,16 @@ use tracing::{info, warn};
 use crate::cli::RestartPolicy;
 use crate::logs::{StdoutSink, capture};
 use crate::metrics::AgentMetrics;
-use crate::reap::Tracked;
+use crate::reap::{self, Tracked};
 use crate::shutdown::Shutdown;
 
 /// First restart delay; it doubles with every restart.
 const BACKOFF_START: Duration = Duration::from_secs(1);
 /// Longest restart delay.
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// While stopping, how often process groups are checked for leftovers in case no SIGCHLD
+/// announces their end (when the supervisor is not their reaper).
+const GROUP_RECHECK: Duration = Duration::from_millis(200);
 /// How long to wait for agents to go away after SIGKILL.
 const KILL_WAIT: Duration = Duration::from_secs(5);
 /// How long to wait for agents' output pipes to close once the agents have ended (a daemon
@@ -491,11 +495,22 @@ impl Supervisor {
         );
         self.signal_groups(Signal::SIGTERM);
         let deadline = Instant::now() + self.config.stop_timeout;
+        // Agents' children may outlive them: the grace period lasts until every process
+        // group is empty. Its last member is an orphan, so its exit raises SIGCHLD here.
+        let mut sigchld = signal(SignalKind::child()).ok();
+        let mut recheck = tokio::time::interval(GROUP_RECHECK);
         let mut killed = false;
         let mut kill_deadline = None;
-        while self.slots.iter().any(|s| s.alive) {
+        loop {
+            reap::reap_orphans(&self.ctx.tracked);
+            let leaders_alive = self.slots.iter().any(|s| s.alive);
+            if !leaders_alive && (killed || !self.any_group_alive()) {
+                break;
+            }
             tokio::select! {
                 Some(event) = self.events.recv() => self.handle(event, true),
+                () = next_signal(&mut sigchld) => {}
+                _ = recheck.tick() => {}
                 () = tokio::time::sleep_until(deadline), if !killed => {
                     warn!("stop timeout reached: killing the remaining agents");
                     killed = true;
@@ -513,6 +528,13 @@ impl Supervisor {
         }
         // Whatever the agents left behind in their groups goes too.
         self.signal_groups(Signal::SIGKILL);
+    }
+
+    fn any_group_alive(&self) -> bool {
+        self.slots
+            .iter()
+            .filter_map(|s| s.group)
+            .any(|group| killpg(Pid::from_raw(group), None).is_ok())
     }
 
     fn signal_groups(&self, signal: Signal) {
@@ -545,6 +567,15 @@ impl Supervisor {
                  their output keeps going to the log files"
             ),
         }
+    }
+}
+
+async fn next_signal(signal: &mut Option<tokio::signal::unix::Signal>) {
+    match signal {
+        Some(signal) => {
+            signal.recv().await;
+        }
+        None => std::future::pending().await,
     }
 }
 

@@ -1,0 +1,94 @@
+//! A real Prometheus scrapes a running `wave-agent` and sees its agents through PromQL.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use wave_tests::prometheus::Prometheus;
+use wave_tests::{free_port, workspace_bin};
+
+/// A supervisor stopped with SIGTERM on Drop, so its agents go with it.
+struct Supervisor {
+    child: Child,
+    _work: tempfile::TempDir,
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_supervisor(port: u16, test_id: &str, agents: u32) -> Supervisor {
+    let work = tempfile::tempdir().expect("work dir");
+    let child = Command::new(workspace_bin("wave-agent"))
+        .arg("run")
+        .env("TEST_ID", test_id)
+        .env("WAVE_AGENTS", agents.to_string())
+        .env("WAVE_METRICS_PORT", port.to_string())
+        .env("WAVE_METRICS_ADDRESS", "127.0.0.1")
+        .env("WAVE_WORK_DIR", work.path())
+        .env("WAVE_STOP_TIMEOUT", "5s")
+        .env("POD_NAME", "prom-pod")
+        .args(["--", "sleep", "3600"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start wave-agent");
+    Supervisor { child, _work: work }
+}
+
+fn value_of(series: &Value) -> f64 {
+    series["value"][1]
+        .as_str()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no sample value in {series}"))
+}
+
+/// Queries until the single series the query returns has `want` (a scrape may predate the
+/// agents' start), then returns it.
+fn query_until(prometheus: &Prometheus, promql: &str, want: f64) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let result = prometheus.query(promql);
+        if let Some([series]) = result.as_array().map(Vec::as_slice)
+            && value_of(series) == want
+        {
+            return series.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{promql} never returned one series at {want}: {result}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[test]
+fn prometheus_scrapes_the_running_agents_with_their_test_id() {
+    let port = free_port();
+    let _supervisor = start_supervisor(port, "prom-test", 3);
+    let target = format!("127.0.0.1:{port}");
+    let prometheus = Prometheus::start(std::slice::from_ref(&target));
+    prometheus.wait_target_up(&target);
+
+    let running = query_until(&prometheus, r#"wave_agents{state="running"}"#, 3.0);
+    assert_eq!(running["metric"]["test_id"], "prom-test");
+    assert_eq!(running["metric"]["instance"], target.as_str());
+
+    let failed = query_until(&prometheus, r#"wave_agents{state="failed"}"#, 0.0);
+    assert_eq!(failed["metric"]["test_id"], "prom-test");
+    query_until(
+        &prometheus,
+        r#"count(wave_agent_resident_memory_bytes{test_id="prom-test"} > 0)"#,
+        3.0,
+    );
+    query_until(
+        &prometheus,
+        r#"wave_players_configured{test_id="prom-test"}"#,
+        300.0,
+    );
+}

@@ -1,1 +1,160 @@
-fn main() {}
+//! `wave-webhook`: argument parsing and wiring only; the server is `wave_webhook::run`.
+
+use std::io::Read as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use tokio::net::TcpListener;
+use wave_webhook::owners::KubeAccess;
+use wave_webhook::{ServeOptions, config::Config, inject, reload};
+
+/// Mutating admission webhook that turns pods labelled `testId` into sized wave test machines.
+#[derive(Debug, Parser)]
+#[command(name = "wave-webhook", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve AdmissionReviews on POST /mutate over HTTPS, and metrics over plain HTTP.
+    Serve(ServeArgs),
+    /// Print manifests (Pod, Deployment, ReplicaSet, StatefulSet, Job) as the webhook would
+    /// admit them.
+    Inject(InjectArgs),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Configuration YAML, reloaded when it changes; without it the built-in defaults apply.
+    #[arg(long, env = "WAVE_WEBHOOK_CONFIG")]
+    config: Option<PathBuf>,
+    /// Serving certificate chain (PEM), reloaded when it changes.
+    #[arg(long, env = "WAVE_WEBHOOK_TLS_CERT")]
+    tls_cert: PathBuf,
+    /// Private key of the serving certificate (PEM), reloaded when it changes.
+    #[arg(long, env = "WAVE_WEBHOOK_TLS_KEY")]
+    tls_key: PathBuf,
+    /// Address of the HTTPS admission listener.
+    #[arg(long, env = "WAVE_WEBHOOK_LISTEN", default_value = "0.0.0.0:8443")]
+    listen: SocketAddr,
+    /// Address of the plain-HTTP metrics listener (also serves /healthz and /readyz).
+    #[arg(
+        long,
+        env = "WAVE_WEBHOOK_METRICS_LISTEN",
+        default_value = "0.0.0.0:9090"
+    )]
+    metrics_listen: SocketAddr,
+    /// Kubeconfig for the owner lookup; without it the in-cluster service account is used,
+    /// else KUBECONFIG or ~/.kube/config.
+    #[arg(long, env = "WAVE_WEBHOOK_KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct InjectArgs {
+    /// Manifest file to read, `-` for standard input.
+    #[arg(short = 'f', long = "filename")]
+    file: PathBuf,
+    /// Configuration YAML, as given to `serve`.
+    #[arg(long, env = "WAVE_WEBHOOK_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Inject(args) => inject(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("wave-webhook: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_current_span(false)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let listener = TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let metrics_listener = TcpListener::bind(args.metrics_listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.metrics_listen))?;
+        let options = ServeOptions {
+            config: args.config,
+            tls_cert: args.tls_cert,
+            tls_key: args.tls_key,
+            kube: args
+                .kubeconfig
+                .map_or(KubeAccess::Infer, KubeAccess::Kubeconfig),
+        };
+        wave_webhook::run(listener, metrics_listener, options, shutdown_signal()).await?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Completes on the first SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            // Without signal handlers the process can only be killed; wait on Ctrl-C instead.
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn inject(args: InjectArgs) -> anyhow::Result<ExitCode> {
+    let config = match &args.config {
+        Some(path) => reload::load_config(path)?.0,
+        None => Config::default(),
+    };
+    let mut input = String::new();
+    if args.file.as_os_str() == "-" {
+        std::io::stdin()
+            .read_to_string(&mut input)
+            .context("cannot read standard input")?;
+    } else {
+        input = std::fs::read_to_string(&args.file)
+            .with_context(|| format!("cannot read {}", args.file.display()))?;
+    }
+    match inject::inject_documents(&input, &config) {
+        Ok(output) => {
+            print!("{output}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}

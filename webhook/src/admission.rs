@@ -1,0 +1,238 @@
+//! From a `POST /mutate` body to the AdmissionReview answer: decoding, choosing which requests
+//! are ours, the owner lookup, and encoding the verdict of [`crate::mutate::mutate`].
+//!
+//! Every body gets an answer. A review that cannot be read is answered 400 with an
+//! AdmissionReview whose response says why; every readable one is answered 200 with a
+//! response built from the request (`AdmissionResponse::from`), so uid and apiVersion always
+//! match what the API server sent.
+
+use base64::Engine as _;
+use http::StatusCode;
+use k8s_openapi::api::core::v1::Pod;
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
+use kube::core::response::StatusSummary;
+use kube::core::{DynamicObject, Status};
+use serde::Serialize;
+use tracing::{debug, info};
+
+use crate::config::Config;
+use crate::metrics::Outcome;
+use crate::mutate::{self, OwnerReplicas, Verdict};
+use crate::owners::OwnerLookup;
+
+/// The largest request body read (SPEC 1.6); kube-apiserver's own limit for objects is 3 MiB.
+pub const MAX_BODY: usize = 3 * 1024 * 1024;
+
+/// The API version of AdmissionReview this webhook speaks.
+const API_VERSION: &str = "admission.k8s.io/v1";
+
+/// What to send back for one body.
+#[derive(Debug)]
+pub struct Answer {
+    /// HTTP status: 200 for every readable review (allowed or denied), 400 otherwise.
+    pub status: StatusCode,
+    /// JSON body.
+    pub body: Vec<u8>,
+    /// For the metrics.
+    pub outcome: Outcome,
+}
+
+/// Answers one AdmissionReview body.
+pub async fn review(body: &[u8], config: &Config, owners: &OwnerLookup) -> Answer {
+    // Pods are parsed into the typed k8s-openapi Pod directly; anything else (another kind, a
+    // pod that does not parse) is looked at as a DynamicObject to tell "not ours" from "broken".
+    let request: AdmissionRequest<Pod> = match serde_json::from_slice::<AdmissionReview<Pod>>(body)
+    {
+        Ok(review) => match into_request(review) {
+            Ok(request) => request,
+            Err(why) => return invalid(why),
+        },
+        Err(pod_error) => return review_not_pod(body, &pod_error),
+    };
+    if !is_pod_create(&request) {
+        return skipped(&request, "not a pod CREATE");
+    }
+    let Some(pod) = request.object.as_ref() else {
+        return invalid("the review of a pod CREATE carries no object".to_string());
+    };
+    let namespace = request
+        .namespace
+        .as_deref()
+        .or(pod.metadata.namespace.as_deref())
+        .filter(|ns| !ns.is_empty())
+        .unwrap_or("default");
+    let replicas = if mutate::wants_owner_replicas(pod, config) {
+        owners.replicas(pod, namespace).await
+    } else {
+        OwnerReplicas::NoOwner
+    };
+    let mut response = AdmissionResponse::from(&request);
+    let outcome = match mutate::mutate(pod, replicas, config) {
+        Verdict::Skip { reason } => {
+            debug!(uid = %request.uid, namespace, pod = pod_name(pod), reason, "allowed without patch");
+            Outcome::Skipped
+        }
+        Verdict::Patch { patch, warnings } => {
+            if !warnings.is_empty() {
+                response.warnings = Some(warnings);
+            }
+            if patch.0.is_empty() {
+                Outcome::Skipped
+            } else {
+                response.patch =
+                    Some(serde_json::to_vec(&patch).expect("a JSON patch always serializes"));
+                Outcome::Mutated
+            }
+        }
+        Verdict::Deny(denial) => {
+            let reason = denial.to_string();
+            info!(uid = %request.uid, namespace, pod = pod_name(pod), %reason, dry_run = request.dry_run, "denied");
+            response = response.deny(reason);
+            response.result.status = Some(StatusSummary::Failure);
+            response.result.code = 400;
+            response.result.reason = "BadRequest".to_string();
+            Outcome::Denied
+        }
+    };
+    Answer {
+        status: StatusCode::OK,
+        body: encode(&response),
+        outcome,
+    }
+}
+
+/// Copies the review's apiVersion into the request (so the answer carries it) after checking
+/// it is the version this webhook speaks.
+fn into_request<T: kube::Resource>(
+    review: AdmissionReview<T>,
+) -> Result<AdmissionRequest<T>, String> {
+    if review.types.api_version != API_VERSION || review.types.kind != "AdmissionReview" {
+        return Err(format!(
+            "expected an AdmissionReview of apiVersion {API_VERSION}, got kind {:?} apiVersion {:?}",
+            review.types.kind, review.types.api_version
+        ));
+    }
+    review
+        .try_into()
+        .map_err(|_| "the AdmissionReview carries no request".to_string())
+}
+
+/// A body that did not parse with a Pod inside: another kind (allowed untouched), a pod that
+/// is not a valid Pod, or not an AdmissionReview at all (both answered 400).
+fn review_not_pod(body: &[u8], pod_error: &serde_json::Error) -> Answer {
+    match serde_json::from_slice::<AdmissionReview<DynamicObject>>(body) {
+        Ok(review) => match into_request(review) {
+            Ok(request) if is_pod_create(&request) => invalid(format!(
+                "the pod in the review is not a valid Pod: {pod_error}"
+            )),
+            Ok(request) => skipped(&request, "not a pod CREATE"),
+            Err(why) => invalid(why),
+        },
+        Err(e) => invalid(format!("the body is not an AdmissionReview: {e}")),
+    }
+}
+
+fn is_pod_create<T: kube::Resource>(request: &AdmissionRequest<T>) -> bool {
+    request.operation == Operation::Create
+        && request.kind.group.is_empty()
+        && request.kind.kind == "Pod"
+        && request.sub_resource.as_deref().is_none_or(str::is_empty)
+}
+
+fn skipped<T: kube::Resource>(request: &AdmissionRequest<T>, reason: &str) -> Answer {
+    debug!(uid = %request.uid, kind = %request.kind.kind, operation = ?request.operation, reason, "allowed without patch");
+    Answer {
+        status: StatusCode::OK,
+        body: encode(&AdmissionResponse::from(request)),
+        outcome: Outcome::Skipped,
+    }
+}
+
+/// 400 with an AdmissionReview saying what was wrong with the body.
+fn invalid(why: String) -> Answer {
+    debug!(reason = %why, "unreadable admission review");
+    let mut response = AdmissionResponse::invalid(&why);
+    response.result.code = 400;
+    Answer {
+        status: StatusCode::BAD_REQUEST,
+        body: encode(&response),
+        outcome: Outcome::Error,
+    }
+}
+
+/// The pod's name for logs: its name, else its generateName (pods of a ReplicaSet have no
+/// name yet when they are admitted).
+fn pod_name(pod: &Pod) -> &str {
+    pod.metadata
+        .name
+        .as_deref()
+        .or(pod.metadata.generate_name.as_deref())
+        .unwrap_or("")
+}
+
+/// The answer as kube-apiserver reads it.
+///
+/// kube-core's own `Serialize` writes `patch` as a JSON array of numbers (kube-rs issue
+/// #1781), while the API documents it as base64 text, as Go encodes `[]byte`; so the fields
+/// of kube's response are written here, with `patchType` set exactly when a patch is present.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct WireReview<'a> {
+    api_version: &'a str,
+    kind: &'a str,
+    response: WireResponse<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct WireResponse<'a> {
+    uid: &'a str,
+    allowed: bool,
+    status: &'a Status,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patch: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patch_type: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    warnings: Option<&'a [String]>,
+}
+
+/// Serializes `response` in an AdmissionReview of the version the request used.
+pub fn encode(response: &AdmissionResponse) -> Vec<u8> {
+    let patch = response
+        .patch
+        .as_ref()
+        .map(|p| base64::engine::general_purpose::STANDARD.encode(p));
+    let wire = WireReview {
+        api_version: if response.types.api_version.is_empty() {
+            API_VERSION
+        } else {
+            &response.types.api_version
+        },
+        kind: "AdmissionReview",
+        response: WireResponse {
+            uid: &response.uid,
+            allowed: response.allowed,
+            status: &response.result,
+            patch_type: patch.as_ref().map(|_| "JSONPatch"),
+            patch,
+            warnings: response.warnings.as_deref(),
+        },
+    };
+    serde_json::to_vec(&wire).expect("an admission response always serializes")
+}
+
+/// A Kubernetes `Status` body for HTTP-level errors that are not about a review (wrong path,
+/// wrong method, body too large).
+pub fn status_body(code: StatusCode, reason: &str, message: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code.as_u16(),
+    }))
+    .expect("a JSON value always serializes")
+}

@@ -1,0 +1,227 @@
+//! Watches the certificate, key and config files and reloads them when they change.
+//!
+//! The parent directories are watched rather than the files: Kubernetes updates Secret and
+//! ConfigMap volumes by swapping a `..data` symlink inside the directory, which replaces the
+//! files without writing to them. A change is only taken when the new content is usable;
+//! otherwise the previous certificate or config stays in force and the problem is logged.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use notify::{RecursiveMode, Watcher as _};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::{Config, ConfigError};
+use crate::metrics::Reloaded;
+use crate::owners::error_chain;
+use crate::server::Shared;
+use crate::tls;
+
+/// Events arriving within this window are handled as one change (writers often touch a file
+/// several times, and cert-manager writes the certificate and the key one after the other).
+const SETTLE: Duration = Duration::from_millis(100);
+
+/// Re-reads the files this often even without a file event, in case an event was missed.
+const POLL: Duration = Duration::from_secs(30);
+
+/// Why the config file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not a valid configuration.
+    #[error("invalid config file {}", path.display())]
+    Invalid {
+        path: PathBuf,
+        #[source]
+        source: ConfigError,
+    },
+}
+
+/// Reads and parses the config file.
+pub fn load_config(path: &Path) -> Result<(Config, Vec<u8>), LoadConfigError> {
+    let bytes = std::fs::read(path).map_err(|source| LoadConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let config = parse_config(path, &bytes)?;
+    Ok((config, bytes))
+}
+
+fn parse_config(path: &Path, bytes: &[u8]) -> Result<Config, LoadConfigError> {
+    let text = String::from_utf8_lossy(bytes);
+    Config::from_yaml(&text).map_err(|source| LoadConfigError::Invalid {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// The files to follow.
+#[derive(Debug, Clone)]
+pub struct Watched {
+    /// Serving certificate (PEM chain).
+    pub tls_cert: PathBuf,
+    /// Its private key (PEM).
+    pub tls_key: PathBuf,
+    /// Configuration YAML, if one was given.
+    pub config: Option<PathBuf>,
+}
+
+/// What was last read from each file, so unchanged content is not reloaded or logged again.
+#[derive(Debug, Default)]
+pub struct Seen {
+    /// Certificate and key bytes last tried.
+    pub tls: Option<(Vec<u8>, Vec<u8>)>,
+    /// Config bytes last tried.
+    pub config: Option<Vec<u8>>,
+}
+
+/// Loads the certificate pair if its files changed since `seen`; on success it is served to
+/// every new connection. Returns whether a new pair was taken.
+pub fn check_tls(watched: &Watched, shared: &Shared, seen: &mut Seen) -> bool {
+    let read = |p: &Path| std::fs::read(p);
+    let (cert, key) = match (read(&watched.tls_cert), read(&watched.tls_key)) {
+        (Ok(c), Ok(k)) => (c, k),
+        (Err(e), _) | (_, Err(e)) => {
+            if shared.resolver.is_loaded() {
+                warn!(error = %e, "cannot read the certificate files; keeping the previous certificate");
+            } else {
+                warn!(error = %e, cert = %watched.tls_cert.display(), key = %watched.tls_key.display(), "cannot read the certificate files; not ready until they can be read");
+            }
+            return false;
+        }
+    };
+    if seen
+        .tls
+        .as_ref()
+        .is_some_and(|(c, k)| *c == cert && *k == key)
+    {
+        return false;
+    }
+    seen.tls = Some((cert.clone(), key.clone()));
+    match tls::pair_from_pem(&watched.tls_cert, cert, &watched.tls_key, key) {
+        Ok(loaded) => {
+            shared.resolver.set(loaded.certified);
+            shared.metrics.set_cert_expiry(loaded.not_after);
+            shared.metrics.observe_reload(Reloaded::Tls, true);
+            info!(cert = %watched.tls_cert.display(), not_after = loaded.not_after, "serving certificate loaded");
+            true
+        }
+        Err(e) => {
+            shared.metrics.observe_reload(Reloaded::Tls, false);
+            warn!(error = %error_chain(&e), "new certificate not usable; keeping the previous one");
+            false
+        }
+    }
+}
+
+/// Reloads the config if its file changed since `seen`. Returns whether a new one was taken.
+pub fn check_config(path: &Path, shared: &Shared, seen: &mut Seen) -> bool {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) => {
+            warn!(error = %e, config = %path.display(), "cannot read the config file; keeping the previous config");
+            return false;
+        }
+    };
+    if seen.config.as_deref() == Some(bytes.as_slice()) {
+        return false;
+    }
+    let parsed = parse_config(path, &bytes);
+    seen.config = Some(bytes);
+    match parsed {
+        Ok(config) => {
+            shared.config.store(Arc::new(config));
+            shared.metrics.observe_reload(Reloaded::Config, true);
+            info!(config = %path.display(), "config reloaded");
+            true
+        }
+        Err(e) => {
+            shared.metrics.observe_reload(Reloaded::Config, false);
+            warn!(error = %error_chain(&e), "new config not usable; keeping the previous config");
+            false
+        }
+    }
+}
+
+/// Follows the files until `stop` is cancelled.
+pub async fn follow(
+    watched: Watched,
+    shared: Arc<Shared>,
+    mut seen: Seen,
+    stop: CancellationToken,
+) {
+    let (tx, mut rx) = mpsc::channel::<()>(1);
+    let mut dirs = BTreeSet::new();
+    for file in [
+        Some(&watched.tls_cert),
+        Some(&watched.tls_key),
+        watched.config.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        dirs.insert(
+            file.parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."))
+                .to_path_buf(),
+        );
+    }
+    let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok() {
+            // A full channel already holds a pending change: nothing is lost.
+            let _ = tx.try_send(());
+        }
+    });
+    let _watcher = match watcher {
+        Ok(mut w) => {
+            for dir in &dirs {
+                if let Err(e) = w.watch(dir, RecursiveMode::NonRecursive) {
+                    warn!(dir = %dir.display(), error = %e, "cannot watch directory; changes there are noticed every {}s", POLL.as_secs());
+                }
+            }
+            Some(w)
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot watch files; changes are noticed every {}s", POLL.as_secs());
+            None
+        }
+    };
+    let mut poll = tokio::time::interval(POLL);
+    poll.tick().await;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = poll.tick() => {}
+            Some(()) = rx.recv() => {
+                tokio::time::sleep(SETTLE).await;
+                while rx.try_recv().is_ok() {}
+            }
+        }
+        let watched = watched.clone();
+        let shared_for_check = shared.clone();
+        let mut taken = std::mem::take(&mut seen);
+        let checked = tokio::task::spawn_blocking(move || {
+            check_tls(&watched, &shared_for_check, &mut taken);
+            if let Some(path) = &watched.config {
+                check_config(path, &shared_for_check, &mut taken);
+            }
+            taken
+        })
+        .await;
+        match checked {
+            Ok(s) => seen = s,
+            Err(e) => warn!(error = %e, "file reload check failed"),
+        }
+    }
+}

@@ -9,3 +9,6 @@ pub mod reap;
 pub mod shutdown;
 pub mod summary;
 pub mod supervise;
+pub mod results;
+pub mod script;
+pub mod store;

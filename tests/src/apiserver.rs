@@ -46,15 +46,23 @@ impl FakeApiServer {
     /// Starts the server with the objects its lists and watches return.
     pub async fn start(replica_sets: &[ReplicaSet], deployments: &[Deployment]) -> Self {
         let mut state = State::default();
-        state.listed.extend(replica_sets.iter().map(|rs| typed(rs, "ReplicaSet")));
-        state.listed.extend(deployments.iter().map(|d| typed(d, "Deployment")));
+        state
+            .listed
+            .extend(replica_sets.iter().map(|rs| typed(rs, "ReplicaSet")));
+        state
+            .listed
+            .extend(deployments.iter().map(|d| typed(d, "Deployment")));
         let state = Arc::new(Mutex::new(state));
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("bound address");
         let served = state.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let state = served.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req| {
@@ -62,7 +70,9 @@ impl FakeApiServer {
                         async move { Ok::<_, Infallible>(handle(&state, req)) }
                     });
                     // Connections end when the client (or the test) goes away.
-                    let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
                 });
             }
         });
@@ -73,7 +83,12 @@ impl FakeApiServer {
              cluster: fake\n    user: fake\n    namespace: default\ncurrent-context: fake\n"
         );
         std::fs::write(dir.path().join("kubeconfig"), kubeconfig).expect("write kubeconfig");
-        Self { addr, state, task, dir }
+        Self {
+            addr,
+            state,
+            task,
+            dir,
+        }
     }
 
     /// A kubeconfig file that points a kube client at this server.
@@ -89,7 +104,11 @@ impl FakeApiServer {
     /// Adds a ReplicaSet that a direct GET finds but the caches never saw (it was created
     /// after their last list: the race SPEC 1.2 names).
     pub fn add_unlisted_replica_set(&self, replica_set: &ReplicaSet) {
-        self.state.lock().expect("state lock").unlisted.push(typed(replica_set, "ReplicaSet"));
+        self.state
+            .lock()
+            .expect("state lock")
+            .unlisted
+            .push(typed(replica_set, "ReplicaSet"));
     }
 
     /// The requests served so far, as `METHOD path?query`.
@@ -137,18 +156,26 @@ fn handle(state: &Mutex<State>, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
     let mut state = state.lock().expect("state lock");
-    state.requests.push(format!("{} {path}?{query}", req.method()));
+    state
+        .requests
+        .push(format!("{} {path}?{query}", req.method()));
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let (kind, namespace, name) = match segments.as_slice() {
         ["apis", "apps", "v1", resource] => (resource_kind(resource), None, None),
-        ["apis", "apps", "v1", "namespaces", ns, resource] => (resource_kind(resource), Some(*ns), None),
-        ["apis", "apps", "v1", "namespaces", ns, resource, name] => (resource_kind(resource), Some(*ns), Some(*name)),
+        ["apis", "apps", "v1", "namespaces", ns, resource] => {
+            (resource_kind(resource), Some(*ns), None)
+        }
+        ["apis", "apps", "v1", "namespaces", ns, resource, name] => {
+            (resource_kind(resource), Some(*ns), Some(*name))
+        }
         _ => (None, None, None),
     };
     let Some(kind) = kind else {
         return not_found("Unknown", &path);
     };
-    let matches = |o: &&Value| o["kind"] == kind && namespace.is_none_or(|ns| o["metadata"]["namespace"] == ns);
+    let matches = |o: &&Value| {
+        o["kind"] == kind && namespace.is_none_or(|ns| o["metadata"]["namespace"] == ns)
+    };
     if let Some(name) = name {
         let found = state
             .listed
@@ -163,7 +190,10 @@ fn handle(state: &Mutex<State>, req: Request<Incoming>) -> Response<Body> {
         };
     }
     let items: Vec<Value> = state.listed.iter().filter(matches).cloned().collect();
-    if query.split('&').any(|p| p == "watch=true" || p == "watch=1") {
+    if query
+        .split('&')
+        .any(|p| p == "watch=true" || p == "watch=1")
+    {
         // The list already gave every object; the watch confirms the version with a
         // bookmark and then stays open, as a quiet cluster's watch does.
         let bookmark = json!({

@@ -95,7 +95,10 @@ impl LocalPod<'_> {
         let spec = self.pod.spec.as_ref().context("pod has no spec")?;
         for volume in spec.volumes.iter().flatten() {
             if volume.empty_dir.is_none() {
-                bail!("volume {} is not an emptyDir; only emptyDir volumes run locally", volume.name);
+                bail!(
+                    "volume {} is not an emptyDir; only emptyDir volumes run locally",
+                    volume.name
+                );
             }
             let dir = self.volumes_root.join(&volume.name);
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -109,7 +112,10 @@ impl LocalPod<'_> {
             let value = match (&var.value, &var.value_from) {
                 (_, Some(from)) => {
                     let field = from.field_ref.as_ref().with_context(|| {
-                        format!("env {} of {}: only fieldRef sources run locally", var.name, container.name)
+                        format!(
+                            "env {} of {}: only fieldRef sources run locally",
+                            var.name, container.name
+                        )
                     })?;
                     self.field(&field.field_path)?
                 }
@@ -178,7 +184,12 @@ impl LocalPod<'_> {
             .iter()
             .map(|dir| dir.join(program))
             .find(|p| p.is_file())
-            .with_context(|| format!("program {program} is not in the image path {:?}", self.image_path))
+            .with_context(|| {
+                format!(
+                    "program {program} is not in the image path {:?}",
+                    self.image_path
+                )
+            })
     }
 }
 
@@ -230,7 +241,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]

@@ -44,13 +44,18 @@ fn kubernetes_files() -> Vec<PathBuf> {
         .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
         .filter(|p| {
             let docs = yaml_documents(&std::fs::read_to_string(p).expect("readable manifest"));
-            !docs.is_empty() && docs.iter().all(|d| d.get("apiVersion").is_some() && d.get("kind").is_some())
+            !docs.is_empty()
+                && docs
+                    .iter()
+                    .all(|d| d.get("apiVersion").is_some() && d.get("kind").is_some())
         })
         .collect()
 }
 
 fn run(command: &mut Command) -> String {
-    let output = command.output().unwrap_or_else(|e| panic!("running {command:?}: {e}"));
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("running {command:?}: {e}"));
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&output.stdout),
@@ -67,13 +72,30 @@ fn every_file_under_manifests_is_checked_by_some_test() {
     let others: Vec<_> = manifest_files()
         .into_iter()
         .filter(|p| !kubernetes.contains(p))
-        .map(|p| p.strip_prefix(&root).expect("under manifests/").to_path_buf())
+        .map(|p| {
+            p.strip_prefix(&root)
+                .expect("under manifests/")
+                .to_path_buf()
+        })
         .collect();
     // Each of these has its own test below; a new kind of file needs one too.
-    let known = ["config.yaml", "examples/iam-policy.json", "examples/prometheus-scrape.yml"];
-    let unknown: Vec<_> = others.iter().filter(|p| !known.iter().any(|k| Path::new(k) == *p)).collect();
-    assert!(unknown.is_empty(), "files under manifests/ that no test checks: {unknown:?}");
-    assert!(kubernetes.len() >= 12, "expected the SPEC 4 set, found {kubernetes:?}");
+    let known = [
+        "config.yaml",
+        "examples/iam-policy.json",
+        "examples/prometheus-scrape.yml",
+    ];
+    let unknown: Vec<_> = others
+        .iter()
+        .filter(|p| !known.iter().any(|k| Path::new(k) == *p))
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "files under manifests/ that no test checks: {unknown:?}"
+    );
+    assert!(
+        kubernetes.len() >= 12,
+        "expected the SPEC 4 set, found {kubernetes:?}"
+    );
 }
 
 #[test]
@@ -86,16 +108,28 @@ fn every_kubernetes_manifest_passes_kubernetes_validate_strict() {
         let output = run(Command::new(&validate)
             .args(["--strict", "--kubernetes-version", version])
             .args(&files));
-        assert!(!output.contains("ERROR") && !output.contains("FAIL"), "{output}");
-        for built_in in ["deployment/wave-webhook", "mutatingwebhookconfiguration/wave-webhook", "deployment/ltystore-10k-p1"] {
-            assert!(output.contains(&format!("passed for resource {built_in}")), "{built_in} was not validated:\n{output}");
+        assert!(
+            !output.contains("ERROR") && !output.contains("FAIL"),
+            "{output}"
+        );
+        for built_in in [
+            "deployment/wave-webhook",
+            "mutatingwebhookconfiguration/wave-webhook",
+            "deployment/ltystore-10k-p1",
+        ] {
+            assert!(
+                output.contains(&format!("passed for resource {built_in}")),
+                "{built_in} was not validated:\n{output}"
+            );
         }
     }
 }
 
 fn rendered() -> Vec<Value> {
     let root = workspace_root();
-    yaml_documents(&run(Command::new("kubectl").arg("kustomize").arg(root.join("manifests"))))
+    yaml_documents(&run(Command::new("kubectl")
+        .arg("kustomize")
+        .arg(root.join("manifests"))))
 }
 
 fn object<T: serde::de::DeserializeOwned>(docs: &[Value], kind: &str, name: &str) -> T {
@@ -103,16 +137,20 @@ fn object<T: serde::de::DeserializeOwned>(docs: &[Value], kind: &str, name: &str
         .iter()
         .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
         .unwrap_or_else(|| panic!("kustomize output has no {kind} {name}"));
-    serde_json::from_value(doc.clone()).unwrap_or_else(|e| panic!("{kind} {name} does not deserialize: {e}"))
+    serde_json::from_value(doc.clone())
+        .unwrap_or_else(|e| panic!("{kind} {name} does not deserialize: {e}"))
 }
 
 #[test]
 fn kustomize_renders_the_webhook_configuration_of_spec_4() {
     let docs = rendered();
-    let config: MutatingWebhookConfiguration = object(&docs, "MutatingWebhookConfiguration", "wave-webhook");
+    let config: MutatingWebhookConfiguration =
+        object(&docs, "MutatingWebhookConfiguration", "wave-webhook");
     let annotations = config.metadata.annotations.clone().unwrap_or_default();
     assert_eq!(
-        annotations.get("cert-manager.io/inject-ca-from").map(String::as_str),
+        annotations
+            .get("cert-manager.io/inject-ca-from")
+            .map(String::as_str),
         Some("wave-system/wave-webhook")
     );
     let webhooks = config.webhooks.expect("one webhook");
@@ -126,13 +164,27 @@ fn kustomize_renders_the_webhook_configuration_of_spec_4() {
 
     let rules = hook.rules.as_ref().expect("rules");
     assert_eq!(rules.len(), 1);
-    assert_eq!(rules[0].operations.as_deref(), Some(&["CREATE".to_string()][..]));
-    assert_eq!(rules[0].resources.as_deref(), Some(&["pods".to_string()][..]));
+    assert_eq!(
+        rules[0].operations.as_deref(),
+        Some(&["CREATE".to_string()][..])
+    );
+    assert_eq!(
+        rules[0].resources.as_deref(),
+        Some(&["pods".to_string()][..])
+    );
     assert_eq!(rules[0].api_groups.as_deref(), Some(&[String::new()][..]));
 
     let objects = hook.object_selector.as_ref().expect("objectSelector");
-    let expressions = objects.match_expressions.as_ref().expect("matchExpressions");
-    assert!(expressions.iter().any(|e| e.key == "testId" && e.operator == "Exists"), "{expressions:?}");
+    let expressions = objects
+        .match_expressions
+        .as_ref()
+        .expect("matchExpressions");
+    assert!(
+        expressions
+            .iter()
+            .any(|e| e.key == "testId" && e.operator == "Exists"),
+        "{expressions:?}"
+    );
 
     let namespaces = hook.namespace_selector.as_ref().expect("namespaceSelector");
     let excluded = namespaces
@@ -142,10 +194,17 @@ fn kustomize_renders_the_webhook_configuration_of_spec_4() {
         .find(|e| e.key == "kubernetes.io/metadata.name" && e.operator == "NotIn")
         .expect("a NotIn on the namespace name");
     for ns in ["wave-system", "kube-system"] {
-        assert!(excluded.values.iter().flatten().any(|v| v == ns), "{ns} not excluded");
+        assert!(
+            excluded.values.iter().flatten().any(|v| v == ns),
+            "{ns} not excluded"
+        );
     }
 
-    let service_ref = hook.client_config.service.as_ref().expect("service reference");
+    let service_ref = hook
+        .client_config
+        .service
+        .as_ref()
+        .expect("service reference");
     assert_eq!(service_ref.name, "wave-webhook");
     assert_eq!(service_ref.namespace, "wave-system");
     assert_eq!(service_ref.path.as_deref(), Some("/mutate"));
@@ -156,14 +215,29 @@ fn kustomize_renders_the_webhook_configuration_of_spec_4() {
 fn kustomize_renders_a_hardened_webhook_deployment_behind_its_service() {
     let docs = rendered();
     let deployment: Deployment = object(&docs, "Deployment", "wave-webhook");
-    assert_eq!(deployment.metadata.namespace.as_deref(), Some("wave-system"));
+    assert_eq!(
+        deployment.metadata.namespace.as_deref(),
+        Some("wave-system")
+    );
     let spec = deployment.spec.expect("spec");
     assert_eq!(spec.replicas, Some(2));
     let pod = spec.template.spec.expect("pod spec");
-    assert!(pod.topology_spread_constraints.as_ref().is_some_and(|c| !c.is_empty()));
-    assert_eq!(pod.security_context.as_ref().and_then(|s| s.run_as_non_root), Some(true));
+    assert!(
+        pod.topology_spread_constraints
+            .as_ref()
+            .is_some_and(|c| !c.is_empty())
+    );
+    assert_eq!(
+        pod.security_context
+            .as_ref()
+            .and_then(|s| s.run_as_non_root),
+        Some(true)
+    );
     let container = &pod.containers[0];
-    let security = container.security_context.as_ref().expect("container securityContext");
+    let security = container
+        .security_context
+        .as_ref()
+        .expect("container securityContext");
     assert_eq!(security.read_only_root_filesystem, Some(true));
     assert_eq!(security.allow_privilege_escalation, Some(false));
     assert_eq!(
@@ -171,7 +245,13 @@ fn kustomize_renders_a_hardened_webhook_deployment_behind_its_service() {
         Some(vec!["ALL".to_string()])
     );
     assert!(container.readiness_probe.is_some() && container.liveness_probe.is_some());
-    assert!(container.resources.as_ref().and_then(|r| r.requests.as_ref()).is_some());
+    assert!(
+        container
+            .resources
+            .as_ref()
+            .and_then(|r| r.requests.as_ref())
+            .is_some()
+    );
 
     // Service 443 → the container port the webhook listens on.
     let service: Service = object(&docs, "Service", "wave-webhook");
@@ -192,7 +272,8 @@ fn kustomize_renders_a_hardened_webhook_deployment_behind_its_service() {
         .expect("the Service's targetPort names a container port");
     let args = container.args.clone().unwrap_or_default();
     assert!(
-        args.iter().any(|a| *a == format!("--listen=0.0.0.0:{}", container_port.container_port)),
+        args.iter()
+            .any(|a| *a == format!("--listen=0.0.0.0:{}", container_port.container_port)),
         "the webhook listens where the Service sends: {args:?}"
     );
 
@@ -202,9 +283,15 @@ fn kustomize_renders_a_hardened_webhook_deployment_behind_its_service() {
         .iter()
         .find(|d| d["kind"] == "Certificate")
         .expect("a cert-manager Certificate");
-    let secret = certificate["spec"]["secretName"].as_str().expect("secretName");
+    let secret = certificate["spec"]["secretName"]
+        .as_str()
+        .expect("secretName");
     let volumes = pod.volumes.expect("volumes");
-    assert!(volumes.iter().any(|v| v.secret.as_ref().and_then(|s| s.secret_name.as_deref()) == Some(secret)));
+    assert!(
+        volumes
+            .iter()
+            .any(|v| v.secret.as_ref().and_then(|s| s.secret_name.as_deref()) == Some(secret))
+    );
     let config_map = volumes
         .iter()
         .find_map(|v| v.config_map.as_ref())
@@ -214,9 +301,15 @@ fn kustomize_renders_a_hardened_webhook_deployment_behind_its_service() {
         .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == config_map.name.as_str())
         .expect("the ConfigMap the Deployment mounts is rendered");
     assert!(rendered_map["data"]["config.yaml"].is_string());
-    let role = docs.iter().find(|d| d["kind"] == "ClusterRole").expect("a ClusterRole");
+    let role = docs
+        .iter()
+        .find(|d| d["kind"] == "ClusterRole")
+        .expect("a ClusterRole");
     let resources = role["rules"][0]["resources"].to_string();
-    assert!(resources.contains("replicasets") && resources.contains("deployments"), "{resources}");
+    assert!(
+        resources.contains("replicasets") && resources.contains("deployments"),
+        "{resources}"
+    );
 }
 
 #[test]
@@ -235,32 +328,168 @@ fn shipped_webhook_config_is_accepted_by_the_webhook() {
 fn webhook_deployment_args_are_accepted_by_the_cli() {
     let docs = rendered();
     let deployment: Deployment = object(&docs, "Deployment", "wave-webhook");
-    let pod = deployment.spec.expect("spec").template.spec.expect("pod spec");
+    let pod = deployment
+        .spec
+        .expect("spec")
+        .template
+        .spec
+        .expect("pod spec");
     let args = pod.containers[0].args.clone().expect("args");
     assert_eq!(args[0], "serve");
     let help = run(Command::new(workspace_bin("wave-webhook")).args(["serve", "--help"]));
     for arg in &args[1..] {
         let flag = arg.split('=').next().expect("a flag");
-        assert!(help.contains(flag), "wave-webhook serve does not accept {flag}:\n{help}");
+        assert!(
+            help.contains(flag),
+            "wave-webhook serve does not accept {flag}:\n{help}"
+        );
     }
 }
 
-#[test]
-fn prometheus_scrape_config_passes_promtool() {
+/// Debian's Prometheus is built without Kubernetes service discovery, so the shipped job
+/// runs here with its discovery swapped for static targets that carry the meta labels pod
+/// discovery gives; everything else (its relabeling above all) is the shipped text.
+fn scrape_job_on_static_targets(targets: &[(&str, &[(&str, &str)])]) -> String {
     let root = workspace_root();
-    let output = run(Command::new(tool("promtool"))
+    let mut config: Value = serde_saphyr::from_str(
+        &std::fs::read_to_string(root.join("manifests/examples/prometheus-scrape.yml"))
+            .expect("scrape config"),
+    )
+    .expect("the scrape config is YAML");
+    let job = &mut config["scrape_configs"][0];
+    let discovery = job
+        .as_object_mut()
+        .expect("a job")
+        .remove("kubernetes_sd_configs");
+    assert!(discovery.is_some(), "the shipped job discovers pods");
+    job["static_configs"] = Value::Array(
+        targets
+            .iter()
+            .map(|(address, labels)| {
+                let labels: serde_json::Map<String, Value> = labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), Value::from(*v)))
+                    .collect();
+                serde_json::json!({"targets": [address], "labels": labels})
+            })
+            .collect(),
+    );
+    config["global"] = serde_json::json!({"scrape_interval": "1s"});
+    serde_json::to_string(&config).expect("JSON is YAML")
+}
+
+#[test]
+fn prometheus_scrape_config_keeps_every_wave_metrics_port_of_labelled_pods() {
+    let meta = |port: &'static str, test_id: &'static str| -> Vec<(&'static str, &'static str)> {
+        let mut labels = vec![
+            ("__meta_kubernetes_namespace", "wave-tests"),
+            (
+                "__meta_kubernetes_pod_name",
+                "ltystore-10k-p1-7c9d8f6b5d-x7k2p",
+            ),
+            ("__meta_kubernetes_pod_container_name", "c1"),
+            ("__meta_kubernetes_pod_container_port_name", port),
+        ];
+        if !test_id.is_empty() {
+            labels.push(("__meta_kubernetes_pod_label_testId", test_id));
+        }
+        labels
+    };
+    let kept = [
+        meta("wave-metrics", "t1--p1"),
+        meta("wave-metrics-3", "t1--p1"),
+    ];
+    let dropped = [
+        meta("http", "t1--p1"),
+        meta("wave-metrics", ""),
+        meta("wave-metricsx", "t1"),
+    ];
+    let targets: Vec<(&str, &[(&str, &str)])> = [
+        ("127.0.0.1:19102", &kept[0][..]),
+        ("127.0.0.1:19105", &kept[1][..]),
+        ("127.0.0.1:18080", &dropped[0][..]),
+        ("127.0.0.1:19202", &dropped[1][..]),
+        ("127.0.0.1:19302", &dropped[2][..]),
+    ]
+    .into_iter()
+    .collect();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(&config, scrape_job_on_static_targets(&targets)).expect("write config");
+    run(Command::new(tool("promtool"))
         .args(["check", "config", "--syntax-only"])
-        .arg(root.join("manifests/examples/prometheus-scrape.yml")));
-    assert!(output.contains("SUCCESS"), "{output}");
+        .arg(&config));
+
+    let port = wave_tests::free_port();
+    let mut prometheus = Command::new(tool("prometheus"))
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start prometheus");
+    let targets = (0..150).find_map(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let body = http_get(port, "/api/v1/targets?state=any")?;
+        let answer: Value = serde_json::from_str(&body).ok()?;
+        let active = answer["data"]["activeTargets"].as_array()?.len();
+        let dropped = answer["data"]["droppedTargets"].as_array()?.len();
+        (active + dropped == 5).then_some(answer)
+    });
+    let _ = prometheus.kill();
+    let _ = prometheus.wait();
+    let targets = targets.expect("Prometheus lists all five targets within 30 s");
+    let mut active: Vec<String> = targets["data"]["activeTargets"]
+        .as_array()
+        .expect("active targets")
+        .iter()
+        .map(|t| {
+            format!(
+                "{} {} {}",
+                t["labels"]["instance"], t["labels"]["container"], t["labels"]["pod"]
+            )
+        })
+        .collect();
+    active.sort();
+    assert_eq!(
+        active,
+        vec![
+            "\"127.0.0.1:19102\" \"c1\" \"ltystore-10k-p1-7c9d8f6b5d-x7k2p\"".to_string(),
+            "\"127.0.0.1:19105\" \"c1\" \"ltystore-10k-p1-7c9d8f6b5d-x7k2p\"".to_string(),
+        ],
+        "only wave-metrics* ports of testId pods are scraped, labelled with pod and container"
+    );
+}
+
+/// A plain-HTTP GET on 127.0.0.1, enough for Prometheus's JSON API.
+fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    (head.split_whitespace().nth(1) == Some("200")).then(|| body.to_string())
 }
 
 #[test]
 fn podmonitor_and_scrape_config_keep_every_wave_metrics_port() {
     let root = workspace_root();
-    let monitor = yaml_documents(&std::fs::read_to_string(root.join("manifests/examples/podmonitor.yaml")).expect("podmonitor"));
+    let monitor = yaml_documents(
+        &std::fs::read_to_string(root.join("manifests/examples/podmonitor.yaml"))
+            .expect("podmonitor"),
+    );
     let endpoint = &monitor[0]["spec"]["podMetricsEndpoints"][0];
-    assert!(endpoint.get("port").is_none(), "a named port would scrape only one container");
-    let scrape = std::fs::read_to_string(root.join("manifests/examples/prometheus-scrape.yml")).expect("scrape config");
+    assert!(
+        endpoint.get("port").is_none(),
+        "a named port would scrape only one container"
+    );
+    let scrape = std::fs::read_to_string(root.join("manifests/examples/prometheus-scrape.yml"))
+        .expect("scrape config");
     for text in [endpoint.to_string(), scrape] {
         assert!(text.contains("wave-metrics(-[0-9]+)?"), "{text}");
     }
@@ -270,7 +499,8 @@ fn podmonitor_and_scrape_config_keep_every_wave_metrics_port() {
 fn iam_policy_reads_scripts_and_writes_results_only() {
     let root = workspace_root();
     let policy: Value = serde_json::from_str(
-        &std::fs::read_to_string(root.join("manifests/examples/iam-policy.json")).expect("policy file"),
+        &std::fs::read_to_string(root.join("manifests/examples/iam-policy.json"))
+            .expect("policy file"),
     )
     .expect("the policy is JSON");
     let statements = policy["Statement"].as_array().expect("statements");
@@ -281,13 +511,19 @@ fn iam_policy_reads_scripts_and_writes_results_only() {
             Value::Array(a) => a.iter().filter_map(Value::as_str).collect(),
             other => panic!("unexpected Action {other}"),
         };
-        let resource = statement["Resource"].as_str().expect("one resource per statement");
+        let resource = statement["Resource"]
+            .as_str()
+            .expect("one resource per statement");
         for action in actions {
             assert!(!action.contains('*'), "wildcard action {action}");
             match action {
                 "s3:GetObject" => assert!(resource.ends_with("/scripts/*"), "{resource}"),
-                "s3:PutObject" | "s3:AbortMultipartUpload" => assert!(resource.ends_with("/results/*"), "{resource}"),
-                "s3:ListBucket" => assert!(statement["Condition"].to_string().contains("scripts/*")),
+                "s3:PutObject" | "s3:AbortMultipartUpload" => {
+                    assert!(resource.ends_with("/results/*"), "{resource}")
+                }
+                "s3:ListBucket" => {
+                    assert!(statement["Condition"].to_string().contains("scripts/*"))
+                }
                 other => panic!("the supervisor does not need {other}"),
             }
         }
@@ -297,11 +533,23 @@ fn iam_policy_reads_scripts_and_writes_results_only() {
 #[test]
 fn dockerfiles_package_the_binaries_the_build_produces() {
     let root = workspace_root();
-    for (dockerfile, bin) in [("Dockerfile.webhook", "wave-webhook"), ("Dockerfile.agent", "wave-agent")] {
+    for (dockerfile, bin) in [
+        ("Dockerfile.webhook", "wave-webhook"),
+        ("Dockerfile.agent", "wave-agent"),
+    ] {
         let text = std::fs::read_to_string(root.join(dockerfile)).expect("Dockerfile");
-        assert!(text.contains(&format!("-p {bin} --bin {bin}")), "{dockerfile} builds {bin}");
-        assert!(text.contains(&format!("ENTRYPOINT [\"/usr/local/bin/{bin}\"]")), "{dockerfile} runs {bin}");
-        assert!(text.contains("nonroot") && text.contains("USER 65532"), "{dockerfile} runs as non-root");
+        assert!(
+            text.contains(&format!("-p {bin} --bin {bin}")),
+            "{dockerfile} builds {bin}"
+        );
+        assert!(
+            text.contains(&format!("ENTRYPOINT [\"/usr/local/bin/{bin}\"]")),
+            "{dockerfile} runs {bin}"
+        );
+        assert!(
+            text.contains("nonroot") && text.contains("USER 65532"),
+            "{dockerfile} runs as non-root"
+        );
         // The binary exists under that name in this build and answers its CLI.
         run(Command::new(workspace_bin(bin)).arg("--help"));
     }
@@ -309,6 +557,8 @@ fn dockerfiles_package_the_binaries_the_build_produces() {
     let agent = std::fs::read_to_string(root.join("Dockerfile.agent")).expect("Dockerfile.agent");
     assert!(agent.contains("CMD [\"install\", \"/wave/bin\"]"));
     let dir = tempfile::tempdir().expect("temp dir");
-    run(Command::new(workspace_bin("wave-agent")).arg("install").arg(dir.path()));
+    run(Command::new(workspace_bin("wave-agent"))
+        .arg("install")
+        .arg(dir.path()));
     run(Command::new(dir.path().join("wave-agent")).arg("--help"));
 }

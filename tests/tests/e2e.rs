@@ -1,0 +1,473 @@
+//! The contract between the halves, end to end: the example Deployment's pod goes through
+//! the webhook over HTTPS (owner lookup through the kube client), the patched pod is run the
+//! way the kubelet would run it, its supervisor fetches the script from a real S3 server,
+//! runs the agents and uploads to the SPEC 3 layout, and a real Prometheus scrapes it.
+
+use std::collections::BTreeMap;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, ReplicaSetSpec};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use nix::sys::signal::{self, Signal};
+use nix::unistd::Pid;
+use serde_json::{Value, json};
+use tokio::process::{Child, Command};
+use wave_tests::apiserver::FakeApiServer;
+use wave_tests::kubelet::{LocalPod, PodIdentity};
+use wave_tests::prometheus::Prometheus;
+use wave_tests::s3::S3sFs;
+use wave_tests::tls::{HttpsClient, TlsFiles};
+use wave_tests::{free_port, workspace_bin, workspace_root};
+
+const TEST_ID: &str = "2e9103ae-3268-11ed-b5cf-0242ac110033";
+const NAMESPACE: &str = "wave-tests";
+const REPLICA_SET: &str = "ltystore-10k-p1-7c9d8f6b5d";
+
+fn example_deployment() -> Deployment {
+    let path = workspace_root().join("manifests/examples/loadtest-linux.yaml");
+    serde_saphyr::from_str(&std::fs::read_to_string(path).expect("example manifest"))
+        .expect("a Deployment")
+}
+
+/// The ReplicaSet the Deployment controller makes for the example.
+fn replica_set(deployment: &Deployment) -> ReplicaSet {
+    let spec = deployment.spec.clone().expect("spec");
+    let mut template = spec.template.clone();
+    let labels = template
+        .metadata
+        .get_or_insert_with(Default::default)
+        .labels
+        .get_or_insert_with(Default::default);
+    labels.insert("pod-template-hash".into(), "7c9d8f6b5d".into());
+    ReplicaSet {
+        metadata: ObjectMeta {
+            name: Some(REPLICA_SET.into()),
+            namespace: Some(NAMESPACE.into()),
+            uid: Some("6f0d8c1e-1111-4a4a-9b9b-000000000001".into()),
+            owner_references: Some(vec![OwnerReference {
+                api_version: "apps/v1".into(),
+                kind: "Deployment".into(),
+                name: deployment.metadata.name.clone().expect("name"),
+                uid: "6f0d8c1e-0000-4a4a-9b9b-000000000000".into(),
+                controller: Some(true),
+                block_owner_deletion: Some(true),
+            }]),
+            ..Default::default()
+        },
+        spec: Some(ReplicaSetSpec {
+            replicas: spec.replicas,
+            selector: spec.selector.clone(),
+            template: Some(template),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+/// The pod the ReplicaSet controller creates, as the API server hands it to admission:
+/// defaults filled in, `generateName` and no name.
+fn pod_from(replica_set: &ReplicaSet) -> Value {
+    let template = replica_set
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.clone())
+        .expect("template");
+    let mut pod = serde_json::to_value(Pod {
+        metadata: ObjectMeta {
+            generate_name: Some(format!("{REPLICA_SET}-")),
+            namespace: Some(NAMESPACE.into()),
+            labels: template.metadata.as_ref().and_then(|m| m.labels.clone()),
+            annotations: template
+                .metadata
+                .as_ref()
+                .and_then(|m| m.annotations.clone()),
+            owner_references: Some(vec![OwnerReference {
+                api_version: "apps/v1".into(),
+                kind: "ReplicaSet".into(),
+                name: REPLICA_SET.into(),
+                uid: replica_set.metadata.uid.clone().expect("uid"),
+                controller: Some(true),
+                block_owner_deletion: Some(true),
+            }]),
+            ..Default::default()
+        },
+        spec: template.spec,
+        status: None,
+    })
+    .expect("a Pod serializes");
+    pod["apiVersion"] = json!("v1");
+    pod["kind"] = json!("Pod");
+    let spec = &mut pod["spec"];
+    spec["restartPolicy"] = json!("Always");
+    spec["dnsPolicy"] = json!("ClusterFirst");
+    spec["schedulerName"] = json!("default-scheduler");
+    spec["securityContext"] = json!({});
+    spec["enableServiceLinks"] = json!(true);
+    for container in spec["containers"].as_array_mut().expect("containers") {
+        container["terminationMessagePath"] = json!("/dev/termination-log");
+        container["terminationMessagePolicy"] = json!("File");
+        container["resources"] = json!({});
+    }
+    pod
+}
+
+fn admission_review(uid: &str, pod: &Value) -> Value {
+    json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": uid,
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "requestKind": {"group": "", "version": "v1", "kind": "Pod"},
+            "requestResource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": NAMESPACE,
+            "operation": "CREATE",
+            "userInfo": {
+                "username": "system:serviceaccount:kube-system:replicaset-controller",
+                "uid": "2a3b4c5d-0000-4000-8000-00000000c0de",
+                "groups": ["system:serviceaccounts", "system:serviceaccounts:kube-system", "system:authenticated"]
+            },
+            "object": pod,
+            "oldObject": null,
+            "dryRun": false,
+            "options": {"kind": "CreateOptions", "apiVersion": "meta.k8s.io/v1"}
+        }
+    })
+}
+
+/// A running `wave-webhook serve`, killed on drop.
+struct Webhook {
+    /// Killed on drop.
+    _child: Child,
+    url: String,
+    _config: tempfile::NamedTempFile,
+}
+
+impl Webhook {
+    async fn start(tls: &TlsFiles, api: &FakeApiServer, bucket: &str) -> Self {
+        let config = tempfile::NamedTempFile::new().expect("config file");
+        std::fs::write(config.path(), format!("bucket: {bucket}\n")).expect("write config");
+        let port = free_port();
+        let child = Command::new(workspace_bin("wave-webhook"))
+            .arg("serve")
+            .arg("--config")
+            .arg(config.path())
+            .arg("--tls-cert")
+            .arg(tls.cert_path())
+            .arg("--tls-key")
+            .arg(tls.key_path())
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--metrics-listen")
+            .arg(format!("127.0.0.1:{}", free_port()))
+            .arg("--kubeconfig")
+            .arg(api.kubeconfig())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start wave-webhook");
+        let webhook = Webhook {
+            _child: child,
+            url: format!("https://127.0.0.1:{port}"),
+            _config: config,
+        };
+        let client = HttpsClient::trusting(&tls.ca);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(reply) = client.get(&format!("{}/readyz", webhook.url)).await
+                && reply.status.is_success()
+            {
+                break webhook;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "wave-webhook did not become ready within 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Sends the pod for admission the way kube-apiserver does and applies the patch.
+    async fn admit(&self, client: &HttpsClient, pod: &Value) -> (Value, Vec<String>) {
+        let uid = "7d5e2a4c-5b0a-4f6e-9b1e-3f1c2d3e4f50";
+        let body = admission_review(uid, pod).to_string();
+        let reply = client
+            .post(&format!("{}/mutate?timeout=5s", self.url), body)
+            .await
+            .expect("the webhook answers over HTTPS");
+        assert_eq!(
+            reply.status,
+            200,
+            "{}",
+            String::from_utf8_lossy(&reply.body)
+        );
+        let review = reply.json();
+        let response = &review["response"];
+        assert_eq!(response["uid"], uid);
+        assert_eq!(response["allowed"], true, "{response}");
+        // No patch at all is how an empty patch travels.
+        let patch: json_patch::Patch = match response["patch"].as_str() {
+            Some(encoded) => {
+                assert_eq!(response["patchType"], "JSONPatch");
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(encoded)
+                    .expect("the patch is base64");
+                serde_json::from_slice(&bytes).expect("the patch is a JSON Patch")
+            }
+            None => json_patch::Patch(Vec::new()),
+        };
+        let mut patched = pod.clone();
+        json_patch::patch(&mut patched, &patch)
+            .expect("the patch applies to the pod it was made for");
+        let warnings = response["warnings"]
+            .as_array()
+            .map(|w| {
+                w.iter()
+                    .filter_map(Value::as_str)
+                    .map(String::from)
+                    .collect()
+            })
+            .unwrap_or_default();
+        (patched, warnings)
+    }
+}
+
+fn env_of(pod: &Pod) -> BTreeMap<String, Option<String>> {
+    pod.spec.as_ref().expect("spec").containers[0]
+        .env
+        .iter()
+        .flatten()
+        .map(|e| (e.name.clone(), e.value.clone()))
+        .collect()
+}
+
+async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The value of a query that returns one series (Prometheus's `data.result`).
+fn scalar(result: &Value) -> Option<f64> {
+    match result.as_array().map(Vec::as_slice) {
+        Some([series]) => series["value"][1].as_str().and_then(|v| v.parse().ok()),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn example_test_runs_from_deployment_to_s3_and_prometheus() {
+    // The cluster side: S3 with the script uploaded, the API objects, the webhook.
+    let s3 = S3sFs::start().await;
+    let script_dir = workspace_root().join("examples/script");
+    for entry in std::fs::read_dir(&script_dir).expect("examples/script") {
+        let entry = entry.expect("script file");
+        let key = format!("scripts/{TEST_ID}/{}", entry.file_name().to_string_lossy());
+        s3.put(&key, std::fs::read(entry.path()).expect("script file"))
+            .await;
+    }
+    let deployment = example_deployment();
+    let replica_set = replica_set(&deployment);
+    let api = FakeApiServer::start(
+        std::slice::from_ref(&replica_set),
+        std::slice::from_ref(&deployment),
+    )
+    .await;
+    let tls = TlsFiles::new();
+    let webhook = Webhook::start(&tls, &api, s3.bucket()).await;
+    let client = HttpsClient::trusting(&tls.ca);
+
+    // Admission, as kube-apiserver runs it.
+    let (patched, warnings) = webhook.admit(&client, &pod_from(&replica_set)).await;
+    assert!(
+        warnings.is_empty(),
+        "the example sets nothing wave sets: {warnings:?}"
+    );
+    let pod: Pod = serde_json::from_value(patched.clone()).expect("the patched object is a Pod");
+    let env = env_of(&pod);
+    let value = |name: &str| env.get(name).cloned().flatten();
+    assert_eq!(value("TEST_ID").as_deref(), Some(TEST_ID));
+    assert_eq!(
+        value("TOTAL_PLAYERS").as_deref(),
+        Some("480000"),
+        "480 replicas × 10 agents × 100 players"
+    );
+    assert_eq!(value("WAVE_AGENTS").as_deref(), Some("10"));
+    assert_eq!(
+        value("WAVE_SCRIPT_URL"),
+        Some(format!("s3://{}/scripts/{TEST_ID}/", s3.bucket()))
+    );
+    let reinvoked = webhook.admit(&client, &patched).await.0;
+    assert_eq!(reinvoked, patched, "reinvocation changes nothing");
+
+    // The node side: the API server names the pod, the kubelet runs it.
+    let pod_name = format!("{REPLICA_SET}-x7k2p");
+    let volumes = tempfile::tempdir().expect("volumes");
+    let target_dir = workspace_bin("wave-agent")
+        .parent()
+        .expect("target dir")
+        .to_path_buf();
+    let local = LocalPod {
+        pod: &pod,
+        identity: PodIdentity {
+            name: pod_name.clone(),
+            namespace: NAMESPACE.into(),
+            uid: "0e9f8a7b-6c5d-4e3f-8a1b-2c3d4e5f6a7b".into(),
+            node_name: "ip-10-0-1-23.ec2.internal".into(),
+        },
+        volumes_root: volumes.path().to_path_buf(),
+        image_path: vec![target_dir],
+    };
+    local.create_volumes().expect("volumes");
+    for init in local.init_containers().expect("init containers") {
+        let status = Command::from(init.command())
+            .status()
+            .await
+            .expect("run init container");
+        assert!(status.success(), "init container {} failed", init.container);
+    }
+    let mut containers = local.containers().expect("containers");
+    assert_eq!(containers.len(), 1);
+    let mut container = containers.remove(0);
+    assert_eq!(container.env_value("POD_NAME"), Some(pod_name.as_str()));
+    assert_eq!(container.env_value("POD_NAMESPACE"), Some(NAMESPACE));
+    assert_eq!(
+        container.env_value("NODE_NAME"),
+        Some("ip-10-0-1-23.ec2.internal")
+    );
+    // What the node provides outside the pod spec: S3 credentials (IRSA in a cluster), the
+    // work dir's local folder, and a free port (every pod has its own network namespace,
+    // this machine has one loopback).
+    for (key, value) in s3.agent_env() {
+        container.set_env(&key, value);
+    }
+    container.set_env(
+        "WAVE_WORK_DIR",
+        volumes.path().join("wave-work").display().to_string(),
+    );
+    let metrics_port = free_port();
+    container.set_env("WAVE_METRICS_PORT", metrics_port.to_string());
+    container.set_env("WAVE_UPLOAD_INTERVAL", "1s");
+    container.set_env("WAVE_EXAMPLE_SECONDS", "4");
+    let mut supervisor = Command::from(container.command())
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the container's command");
+
+    // Prometheus sees the supervisor while it runs and after it completes.
+    let target = format!("127.0.0.1:{metrics_port}");
+    let prometheus = Prometheus::start(std::slice::from_ref(&target));
+    prometheus.wait_target_up(&target);
+    let completed = format!("wave_test_completed{{test_id=\"{TEST_ID}\"}}");
+    wait_for("the test to complete", Duration::from_secs(90), || async {
+        scalar(&prometheus.query(&completed)) == Some(1.0)
+    })
+    .await;
+    let succeeded = prometheus.query(&format!(
+        "wave_agents{{state=\"succeeded\",test_id=\"{TEST_ID}\"}}"
+    ));
+    assert_eq!(scalar(&succeeded), Some(10.0), "{succeeded}");
+    let players = prometheus.query("wave_players_configured");
+    assert_eq!(
+        scalar(&players),
+        Some(1000.0),
+        "10 agents × 100 players: {players}"
+    );
+
+    // Everything every agent wrote is in S3, in the SPEC 3 layout.
+    let prefix = format!("results/{TEST_ID}/{pod_name}/c0/");
+    let summary_key = format!("{prefix}summary.json");
+    wait_for("summary.json in S3", Duration::from_secs(30), || async {
+        s3.list(&summary_key).await.len() == 1
+    })
+    .await;
+    let objects: BTreeMap<String, u64> = s3.list(&prefix).await.into_iter().collect();
+    for k in 0..10 {
+        for file in ["players.csv", "report.json", "stdout.log", "stderr.log"] {
+            let key = format!("{prefix}agent-{k}/{file}");
+            assert!(objects.contains_key(&key), "{key} missing from {objects:?}");
+        }
+        let local_csv = volumes
+            .path()
+            .join(format!("wave-work/results/agent-{k}/players.csv"));
+        let uploaded = s3.get(&format!("{prefix}agent-{k}/players.csv")).await;
+        assert_eq!(
+            uploaded,
+            std::fs::read(&local_csv).expect("local players.csv"),
+            "agent {k}'s results"
+        );
+        assert_eq!(
+            uploaded.iter().filter(|b| **b == b'\n').count(),
+            1 + 4 * 100,
+            "header + 4 s × 100 players"
+        );
+    }
+    let summary: Value =
+        serde_json::from_slice(&s3.get(&summary_key).await).expect("summary.json is JSON");
+    assert_eq!(summary["test_id"], TEST_ID);
+    assert_eq!(summary["pod"], pod_name.as_str());
+    assert_eq!(summary["completed"], true);
+    let agents = summary["agents"].as_array().expect("agents");
+    assert_eq!(agents.len(), 10);
+    for agent in agents {
+        assert_eq!(agent["state"], "succeeded", "{agent}");
+        assert_eq!(agent["players"], 100);
+    }
+
+    // The supervisor stays up after completion, and stops cleanly on SIGTERM.
+    assert!(
+        supervisor.try_wait().expect("poll supervisor").is_none(),
+        "the supervisor stays up after completion"
+    );
+    let pid = supervisor.id().expect("running supervisor");
+    let pid = Pid::from_raw(i32::try_from(pid).expect("pids fit in i32"));
+    signal::kill(pid, Signal::SIGTERM).expect("SIGTERM the supervisor");
+    let status = tokio::time::timeout(Duration::from_secs(30), supervisor.wait())
+        .await
+        .expect("the supervisor exits after SIGTERM")
+        .expect("wait for the supervisor");
+    assert!(status.success(), "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_finds_a_replica_set_newer_than_its_cache() {
+    let deployment = example_deployment();
+    let replica_set = replica_set(&deployment);
+    // The caches list the Deployment but not yet the ReplicaSet: only a direct GET finds it.
+    let api = FakeApiServer::start(&[], std::slice::from_ref(&deployment)).await;
+    api.add_unlisted_replica_set(&replica_set);
+    let tls = TlsFiles::new();
+    let webhook = Webhook::start(&tls, &api, "wave-loadtest").await;
+    let client = HttpsClient::trusting(&tls.ca);
+
+    let (patched, _) = webhook.admit(&client, &pod_from(&replica_set)).await;
+    let pod: Pod = serde_json::from_value(patched).expect("a Pod");
+    assert_eq!(
+        env_of(&pod)
+            .get("TOTAL_PLAYERS")
+            .cloned()
+            .flatten()
+            .as_deref(),
+        Some("480000")
+    );
+    let gets = api.requests();
+    assert!(
+        gets.iter().any(|r| r.starts_with(&format!(
+            "GET /apis/apps/v1/namespaces/{NAMESPACE}/replicasets/{REPLICA_SET}?"
+        ))),
+        "the ReplicaSet was fetched directly: {gets:?}"
+    );
+}

@@ -408,6 +408,12 @@ mod tests {
     }
 
     #[test]
+    fn shipped_manifest_config_reads_as_the_defaults() {
+        let shipped = include_str!("../../manifests/config.yaml");
+        assert_eq!(Config::from_yaml(shipped), Ok(Config::default()));
+    }
+
+    #[test]
     fn empty_file_gives_the_defaults() {
         assert_eq!(Config::from_yaml(""), Ok(Config::default()));
         assert_eq!(Config::from_yaml("# nothing\n"), Ok(Config::default()));

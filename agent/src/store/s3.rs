@@ -7,7 +7,7 @@ use std::time::Duration;
 use aws_config::BehaviorVersion;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::{ByteStream, Length};
 use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart};
 use aws_smithy_http_client::tls;
@@ -16,7 +16,7 @@ use futures::{StreamExt, TryStreamExt};
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
 use super::file::temp_path_for;
-use super::{PutOutcome, StoreError, StoreUrl, StoredObject};
+use super::{ErrorChain, PutOutcome, StoreError, StoreUrl, StoredObject};
 
 /// When the SDK adds checksums to requests (`WAVE_S3_CHECKSUM`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -183,7 +183,9 @@ impl S3Store {
         let code = err.code().map(str::to_owned);
         let transient = match &err {
             SdkError::ConstructionFailure(_) => false,
-            SdkError::DispatchFailure(d) => !d.is_user(),
+            // Connection and timeout errors pass; "other" is mostly a credential chain
+            // that found nothing, which waiting does not fix.
+            SdkError::DispatchFailure(d) => d.is_io() || d.is_timeout(),
             SdkError::ServiceError(_) => {
                 status.is_some_and(|s| s >= 500 || s == 429)
                     || code
@@ -192,20 +194,21 @@ impl S3Store {
             }
             _ => true,
         };
+        let status_text = status.map(|s| format!("HTTP {s} ")).unwrap_or_default();
         let detail = match (&code, &err) {
-            (Some(code), _) => {
-                let message = err.message().unwrap_or("no message");
-                format!("{code}: {message}{}", hint(code))
+            (Some(code), _) => match err.message() {
+                Some(message) => format!("{status_text}{code}: {message}{}", hint(code)),
+                None => format!("{status_text}{code}{}", hint(code)),
+            },
+            (None, SdkError::DispatchFailure(d)) if !d.is_io() && !d.is_timeout() => {
+                format!("the request could not be sent: {}", ErrorChain(&err))
             }
             (None, SdkError::DispatchFailure(_) | SdkError::TimeoutError(_)) => format!(
                 "S3 endpoint {} did not answer: {}",
                 self.endpoint.as_deref().unwrap_or("(AWS default)"),
-                DisplayErrorContext(&err)
+                ErrorChain(&err)
             ),
-            (None, _) => match status {
-                Some(status) => format!("HTTP {status}: {}", DisplayErrorContext(&err)),
-                None => DisplayErrorContext(&err).to_string(),
-            },
+            (None, _) => format!("{status_text}{}", ErrorChain(&err)),
         };
         StoreError::S3 {
             op,
@@ -225,7 +228,7 @@ impl S3Store {
             op: "download",
             url,
             code: None,
-            detail: format!("the transfer was cut: {}", DisplayErrorContext(&err)),
+            detail: format!("the transfer was cut: {}", ErrorChain(&err)),
             transient: true,
         }
     }

@@ -690,3 +690,55 @@ async fn one_store_serves_file_and_s3_urls() {
     assert_eq!(report.uploaded_files, 1);
     assert_eq!(s3.get("spawned/run").await, b"#!/bin/sh\n");
 }
+
+/// A multipart upload cut off half-way (a flush reaching its deadline) is aborted, so no
+/// orphaned parts stay in the bucket.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancelled_multipart_upload_is_aborted() {
+    let garage = Garage::start().await;
+    let work = tempfile::tempdir().expect("temp dir");
+    let big = work.path().join("big.bin");
+    fs::write(&big, pseudo_random(200 * MIB, 5)).expect("write");
+    let options = S3Options {
+        part_concurrency: 1,
+        ..garage.options()
+    };
+    let store = garage.store_with(&options).await;
+    let url = garage.url("results/cut/big.bin");
+    let upload = tokio::spawn(async move { store.put(&big, &url).await });
+
+    let in_progress = || async {
+        garage
+            .client()
+            .list_multipart_uploads()
+            .bucket(garage.bucket())
+            .send()
+            .await
+            .expect("list multipart uploads")
+            .uploads()
+            .len()
+    };
+    let started = Instant::now();
+    while in_progress().await == 0 {
+        assert!(
+            !upload.is_finished(),
+            "the upload ended before it could be cut"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no multipart upload started"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    upload.abort();
+    assert!(upload.await.is_err_and(|e| e.is_cancelled()));
+    let cut = Instant::now();
+    while in_progress().await > 0 {
+        assert!(
+            cut.elapsed() < Duration::from_secs(20),
+            "the multipart upload was left behind"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(garage.list("results/cut/").await.is_empty());
+}

@@ -442,6 +442,13 @@ impl S3Store {
             .await
             .map_err(|e| self.error("start multipart upload of", url.clone(), e))?;
         let upload_id = upload.upload_id().unwrap_or_default().to_owned();
+        let mut pending = PendingUpload {
+            store: self.clone(),
+            bucket: bucket.to_owned(),
+            key: key.to_owned(),
+            upload_id: upload_id.clone(),
+            armed: true,
+        };
         let part_size = self.options.part_size_for(size);
         let result = self
             .upload_parts(src, bucket, key, &upload_id, size, part_size)
@@ -467,28 +474,41 @@ impl S3Store {
             Err(e) => Err(e),
         };
         match result {
-            Ok(count) => Ok(PutOutcome {
-                bytes: size,
-                parts: Some(count),
-            }),
+            Ok(count) => {
+                pending.armed = false;
+                Ok(PutOutcome {
+                    bytes: size,
+                    parts: Some(count),
+                })
+            }
             Err(e) => {
-                if let Err(abort) = self
-                    .client
-                    .abort_multipart_upload()
-                    .bucket(bucket)
-                    .key(key)
-                    .upload_id(&upload_id)
-                    .send()
-                    .await
-                {
-                    tracing::warn!(
-                        %url,
-                        error = %self.error("abort multipart upload of", url.clone(), abort),
-                        "an incomplete multipart upload was left behind (a bucket lifecycle rule removes it)"
-                    );
-                }
+                pending.armed = false;
+                pending
+                    .store
+                    .abort(&pending.bucket, &pending.key, &pending.upload_id)
+                    .await;
                 Err(e)
             }
+        }
+    }
+
+    /// Aborts a multipart upload so its parts stop costing storage; a failure is logged.
+    async fn abort(&self, bucket: &str, key: &str, upload_id: &str) {
+        let url = format!("s3://{bucket}/{key}");
+        if let Err(abort) = self
+            .client
+            .abort_multipart_upload()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .send()
+            .await
+        {
+            tracing::warn!(
+                %url,
+                error = %self.error("abort multipart upload of", url.clone(), abort),
+                "an incomplete multipart upload was left behind (a bucket lifecycle rule removes it)"
+            );
         }
     }
 
@@ -538,6 +558,33 @@ impl S3Store {
             .await?;
         parts.sort_by_key(|p| p.part_number());
         Ok(parts)
+    }
+}
+
+/// A multipart upload in progress. If the upload is dropped half-way (a flush cut off by
+/// its deadline), the abort runs in the background.
+struct PendingUpload {
+    store: S3Store,
+    bucket: String,
+    key: String,
+    upload_id: String,
+    armed: bool,
+}
+
+impl Drop for PendingUpload {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let store = self.store.clone();
+            let (bucket, key, upload_id) = (
+                std::mem::take(&mut self.bucket),
+                std::mem::take(&mut self.key),
+                std::mem::take(&mut self.upload_id),
+            );
+            runtime.spawn(async move { store.abort(&bucket, &key, &upload_id).await });
+        }
     }
 }
 

@@ -1,7 +1,20 @@
-//! wave's mutating admission webhook: turns `testId`-labelled pods into sized test machines.
+//! wave's mutating admission webhook: turns every pod labelled `testId` into a sized,
+//! configured wave test machine (SPEC section 1).
+//!
+//! The pure mutation lives in [`mutate`] (with [`config`], [`catalog`] and [`resources`]);
+//! [`run`] serves it over HTTPS with the owner lookup ([`owners`]), file reloads
+//! ([`reload`], [`tls`]) and metrics ([`metrics`]) around it.
 
+pub mod admission;
 pub mod catalog;
 pub mod config;
 pub mod inject;
+pub mod metrics;
 pub mod mutate;
+pub mod owners;
+pub mod reload;
 pub mod resources;
+pub mod server;
+pub mod tls;
+
+pub use server::{ServeError, ServeOptions, run};

@@ -1,0 +1,321 @@
+//! Whole admissions over HTTPS against the release `wave-webhook` binary, the server pinned
+//! to CPU 0 with `taskset` and this load generator pinned to CPU 1, over keep-alive TLS
+//! connections:
+//!
+//! 1. closed loop: as many admissions per second as the pinned server answers;
+//! 2. open loop: a fixed 5,000 admissions/s schedule, latency measured from each request's
+//!    scheduled start (so a stalled server cannot hide its queueing delay);
+//! 3. the server's peak resident memory (`VmHWM`) after both.
+//!
+//! Run with `cargo bench -p wave-webhook --bench admission_load` (needs `taskset` and 2 CPUs).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+const FIXTURE: &str = include_str!("../tests/fixtures/admission-review-pod-create.json");
+const CONNECTIONS: usize = 16;
+const WARMUP: Duration = Duration::from_secs(2);
+const CLOSED_LOOP: Duration = Duration::from_secs(10);
+const OPEN_LOOP: Duration = Duration::from_secs(10);
+const OPEN_LOOP_RATE: u64 = 5_000;
+
+fn main() {
+    pin_self_to_cpu(1);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca = write_certificates(dir.path());
+    let https = free_addr();
+    let metrics = free_addr();
+    let mut server = start_server(dir.path(), https, metrics);
+    let server_pid = server.id();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let result = runtime.block_on(async {
+        let connector = connector(&ca);
+        wait_ready(&connector, https).await;
+        let body = Bytes::from(review_body());
+        closed_loop(&connector, https, body.clone(), WARMUP).await;
+        let cpu_before = cpu_seconds(server_pid);
+        let (count, elapsed) = closed_loop(&connector, https, body.clone(), CLOSED_LOOP).await;
+        let cpu = cpu_seconds(server_pid) - cpu_before;
+        let open = open_loop(&connector, https, body, OPEN_LOOP_RATE, OPEN_LOOP).await;
+        (count, elapsed, cpu, open)
+    });
+    let (count, elapsed, cpu, open) = result;
+    let hwm = peak_rss_kib(server.id());
+    let _ = Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status();
+    let _ = server.wait();
+
+    println!("admission_load: server pinned to CPU 0 (taskset -c 0), client on CPU 1");
+    println!(
+        "  body: the captured pod CREATE review with waveloadtest.io/total-players (answered with a patch)"
+    );
+    println!(
+        "  closed loop, {CONNECTIONS} keep-alive connections: {count} admissions in {:.1} s = {:.0} admissions/s",
+        elapsed.as_secs_f64(),
+        count as f64 / elapsed.as_secs_f64()
+    );
+    println!(
+        "  server CPU time in the closed loop: {cpu:.2} s ({:.0}% of CPU 0), {:.1} us per admission = {:.0} admissions per CPU-second",
+        100.0 * cpu / elapsed.as_secs_f64(),
+        1e6 * cpu / count as f64,
+        count as f64 / cpu
+    );
+    println!(
+        "  open loop at {OPEN_LOOP_RATE}/s for {} s: {} sent, {} failed; latency p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms, max {:.3} ms",
+        OPEN_LOOP.as_secs(),
+        open.histogram.len(),
+        open.failed,
+        ms(open.histogram.value_at_quantile(0.50)),
+        ms(open.histogram.value_at_quantile(0.99)),
+        ms(open.histogram.value_at_quantile(0.999)),
+        ms(open.histogram.max()),
+    );
+    println!("  server peak RSS (VmHWM): {:.1} MiB", hwm as f64 / 1024.0);
+}
+
+fn ms(micros: u64) -> f64 {
+    micros as f64 / 1000.0
+}
+
+/// Pins this process to `cpu` so the load generator never competes with the server.
+fn pin_self_to_cpu(cpu: u32) {
+    let status = Command::new("taskset")
+        .args([
+            "-p",
+            "-c",
+            &cpu.to_string(),
+            &std::process::id().to_string(),
+        ])
+        .stdout(Stdio::null())
+        .status()
+        .expect("taskset is installed (util-linux)");
+    assert!(status.success(), "taskset could not pin the load generator");
+}
+
+/// A CA and a server certificate for 127.0.0.1 in `dir`; returns the CA certificate.
+fn write_certificates(dir: &Path) -> CertificateDer<'static> {
+    let ca_key = KeyPair::generate().expect("key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).expect("CA");
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().expect("key");
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .expect("params")
+        .signed_by(&key, &issuer)
+        .expect("server cert");
+    std::fs::write(dir.join("tls.crt"), cert.pem()).expect("write cert");
+    std::fs::write(dir.join("tls.key"), key.serialize_pem()).expect("write key");
+    ca_cert.der().clone()
+}
+
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+}
+
+fn start_server(dir: &Path, https: SocketAddr, metrics: SocketAddr) -> Child {
+    Command::new("taskset")
+        .args(["-c", "0", env!("CARGO_BIN_EXE_wave-webhook"), "serve"])
+        .arg("--tls-cert")
+        .arg(dir.join("tls.crt"))
+        .arg("--tls-key")
+        .arg(dir.join("tls.key"))
+        .args(["--listen", &https.to_string()])
+        .args(["--metrics-listen", &metrics.to_string()])
+        // No API server here: the benchmark's pods carry total-players and never need one.
+        .env("KUBECONFIG", dir.join("no-kubeconfig"))
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start wave-webhook")
+}
+
+fn review_body() -> Vec<u8> {
+    let mut review: serde_json::Value = serde_json::from_str(FIXTURE).expect("fixture");
+    review["request"]["object"]["metadata"]["annotations"] =
+        serde_json::json!({"waveloadtest.io/total-players": "480000"});
+    serde_json::to_vec(&review).expect("serializes")
+}
+
+fn connector(ca: &CertificateDer<'static>) -> TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.clone()).expect("CA");
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    TlsConnector::from(Arc::new(config))
+}
+
+async fn connect(connector: &TlsConnector, addr: SocketAddr) -> Option<SendRequest<Full<Bytes>>> {
+    let tcp = TcpStream::connect(addr).await.ok()?;
+    tcp.set_nodelay(true).ok()?;
+    let name = ServerName::try_from("127.0.0.1").expect("IP name");
+    let tls = connector.connect(name, tcp).await.ok()?;
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .ok()?;
+    tokio::spawn(connection);
+    Some(sender)
+}
+
+async fn wait_ready(connector: &TlsConnector, addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while connect(connector, addr).await.is_none() {
+        assert!(Instant::now() < deadline, "wave-webhook did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// One admission on `sender`; true when it was answered 200.
+async fn admit(sender: &mut SendRequest<Full<Bytes>>, body: Bytes) -> bool {
+    let request = Request::post("/mutate")
+        .header("host", "127.0.0.1")
+        .header("content-type", "application/json")
+        .body(Full::new(body))
+        .expect("request");
+    let Ok(response) = sender.send_request(request).await else {
+        return false;
+    };
+    let ok = response.status() == StatusCode::OK;
+    ok && response.into_body().collect().await.is_ok()
+}
+
+/// Every connection sends its next request as soon as the previous answer is read.
+async fn closed_loop(
+    connector: &TlsConnector,
+    addr: SocketAddr,
+    body: Bytes,
+    duration: Duration,
+) -> (u64, Duration) {
+    let count = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let deadline = start + duration;
+    let mut tasks = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let mut sender = connect(connector, addr).await.expect("connect");
+        let (count, body) = (count.clone(), body.clone());
+        tasks.push(tokio::spawn(async move {
+            while Instant::now() < deadline {
+                assert!(admit(&mut sender, body.clone()).await, "admission failed");
+                count.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("load task");
+    }
+    (count.load(Ordering::Relaxed), start.elapsed())
+}
+
+struct OpenLoop {
+    histogram: Histogram<u64>,
+    failed: u64,
+}
+
+/// Requests start on a fixed schedule of `rate` per second over the connections, whatever
+/// the server's pace; each latency counts from the scheduled start, in microseconds.
+async fn open_loop(
+    connector: &TlsConnector,
+    addr: SocketAddr,
+    body: Bytes,
+    rate: u64,
+    duration: Duration,
+) -> OpenLoop {
+    let total = rate * duration.as_secs();
+    let interval = Duration::from_nanos(1_000_000_000 / rate);
+    let start = Instant::now() + Duration::from_millis(50);
+    // Whichever connection is free takes the next scheduled request.
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+    let rx = Arc::new(tokio::sync::Mutex::new(rx));
+    let mut tasks = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let mut sender = connect(connector, addr).await.expect("connect");
+        let rx = rx.clone();
+        let body = body.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut histogram =
+                Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
+            let mut failed = 0;
+            loop {
+                let next = rx.lock().await.recv().await;
+                let Some(scheduled) = next else { break };
+                let ok = admit(&mut sender, body.clone()).await;
+                let latency = Instant::now().saturating_duration_since(scheduled);
+                if ok {
+                    histogram
+                        .record(latency.as_micros().max(1) as u64)
+                        .expect("within bounds");
+                } else {
+                    failed += 1;
+                }
+            }
+            (histogram, failed)
+        }));
+    }
+    for i in 0..total {
+        let scheduled = start + interval * i as u32;
+        tokio::time::sleep_until(scheduled.into()).await;
+        tx.send(scheduled).expect("workers are running");
+    }
+    drop(tx);
+    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
+    let mut failed = 0;
+    for task in tasks {
+        let (h, f) = task.await.expect("load task");
+        histogram.add(&h).expect("same bounds");
+        failed += f;
+    }
+    OpenLoop { histogram, failed }
+}
+
+/// User plus system CPU time of `pid` so far, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("server running");
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .expect("stat has a command name")
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: f64 =
+        fields[11].parse::<f64>().expect("utime") + fields[12].parse::<f64>().expect("stime");
+    // Linux reports these in USER_HZ, 100 on every supported architecture.
+    ticks / 100.0
+}
+
+/// Peak resident set of `pid` in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("server running");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/<pid>/status")
+}

@@ -9,6 +9,8 @@ use std::time::Duration;
 use clap::builder::BoolishValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::store::{ChecksumMode, S3Options, StoreUrl};
+
 /// `wave-agent`: the supervisor that runs a wave test's agents inside one container.
 #[derive(Debug, Parser)]
 #[command(name = "wave-agent", version, about, propagate_version = true)]
@@ -29,83 +31,123 @@ pub enum Command {
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
     /// Test id; labels every metric and names the results.
-    #[arg(long, env = "TEST_ID", default_value = "local")]
+    #[arg(long, value_name = "TEST_ID", env = "TEST_ID", default_value = "local")]
     pub test_id: String,
 
     /// Players in the whole test (all pods); recorded in summary.json.
-    #[arg(long, env = "TOTAL_PLAYERS")]
+    #[arg(long, value_name = "TOTAL_PLAYERS", env = "TOTAL_PLAYERS")]
     pub total_players: Option<u64>,
 
     /// Players each agent simulates; passed to every agent.
-    #[arg(long, env = "PLAYERS_PER_AGENT", default_value_t = 100)]
+    #[arg(
+        long,
+        value_name = "PLAYERS_PER_AGENT",
+        env = "PLAYERS_PER_AGENT",
+        default_value_t = 100
+    )]
     pub players_per_agent: u64,
 
     /// Agent processes to run in this container.
-    #[arg(long, env = "WAVE_AGENTS", default_value_t = 1)]
+    #[arg(
+        long,
+        value_name = "WAVE_AGENTS",
+        env = "WAVE_AGENTS",
+        default_value_t = 1
+    )]
     pub agents: u32,
 
     /// Index of this container in the pod (the `c<i>` in agent ids and result paths).
-    #[arg(long, env = "WAVE_CONTAINER_INDEX", default_value_t = 0)]
+    #[arg(
+        long,
+        value_name = "WAVE_CONTAINER_INDEX",
+        env = "WAVE_CONTAINER_INDEX",
+        default_value_t = 0
+    )]
     pub container_index: u32,
 
     /// Where the script comes from: `s3://bucket/prefix/`, a single `.tar.gz`/`.tgz`/`.zip`
     /// object, or `file:///path/`. Without it `<work>/script/` is used as it is.
-    #[arg(long, env = "WAVE_SCRIPT_URL")]
-    pub script_url: Option<String>,
+    #[arg(long, value_name = "WAVE_SCRIPT_URL", env = "WAVE_SCRIPT_URL")]
+    pub script_url: Option<StoreUrl>,
 
     /// Where results go: `s3://bucket/prefix/` or `file:///path/`; files land under
     /// `<url><pod>/c<container>/`. Without it results stay in `<work>/results/`.
-    #[arg(long, env = "WAVE_RESULTS_URL")]
-    pub results_url: Option<String>,
+    #[arg(long, value_name = "WAVE_RESULTS_URL", env = "WAVE_RESULTS_URL")]
+    pub results_url: Option<StoreUrl>,
 
     /// Port of the metrics and probe server (`/metrics`, `/healthz`, `/readyz`).
-    #[arg(long, env = "WAVE_METRICS_PORT", default_value_t = 9102)]
+    #[arg(
+        long,
+        value_name = "WAVE_METRICS_PORT",
+        env = "WAVE_METRICS_PORT",
+        default_value_t = 9102
+    )]
     pub metrics_port: u16,
 
     /// Address the metrics server binds to.
-    #[arg(long, env = "WAVE_METRICS_ADDRESS", default_value = "0.0.0.0")]
+    #[arg(
+        long,
+        value_name = "WAVE_METRICS_ADDRESS",
+        env = "WAVE_METRICS_ADDRESS",
+        default_value = "0.0.0.0"
+    )]
     pub metrics_address: std::net::IpAddr,
 
     /// Pod name, part of agent ids and result paths; defaults to the host name.
-    #[arg(long, env = "POD_NAME")]
+    #[arg(long, value_name = "POD_NAME", env = "POD_NAME")]
     pub pod_name: Option<String>,
 
     /// Work directory: `script/` and `results/` live here (an emptyDir in a pod, so it
     /// survives container restarts).
-    #[arg(long, env = "WAVE_WORK_DIR", default_value = "/wave/work")]
+    #[arg(
+        long,
+        value_name = "WAVE_WORK_DIR",
+        env = "WAVE_WORK_DIR",
+        default_value = "/wave/work"
+    )]
     pub work_dir: PathBuf,
 
     /// When an ended agent is started again.
-    #[arg(long, env = "WAVE_RESTART", value_enum, default_value_t = RestartPolicy::OnFailure)]
+    #[arg(long, value_name = "WAVE_RESTART", env = "WAVE_RESTART", value_enum, default_value_t = RestartPolicy::OnFailure)]
     pub restart: RestartPolicy,
 
     /// Restarts per agent before it is marked failed.
-    #[arg(long, env = "WAVE_MAX_RESTARTS", default_value_t = 5)]
+    #[arg(
+        long,
+        value_name = "WAVE_MAX_RESTARTS",
+        env = "WAVE_MAX_RESTARTS",
+        default_value_t = 5
+    )]
     pub max_restarts: u32,
 
     /// How often new or changed result files are uploaded.
-    #[arg(long, env = "WAVE_UPLOAD_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, value_name = "WAVE_UPLOAD_INTERVAL", env = "WAVE_UPLOAD_INTERVAL", default_value = "30s", value_parser = parse_duration)]
     pub upload_interval: Duration,
 
     /// Grace period between SIGTERM and SIGKILL for agents on shutdown; the final upload
     /// then gets as long again.
-    #[arg(long, env = "WAVE_STOP_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    #[arg(long, value_name = "WAVE_STOP_TIMEOUT", env = "WAVE_STOP_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
     pub stop_timeout: Duration,
 
     /// Exit once every agent has ended (0 if all succeeded, else 1) instead of staying up.
-    #[arg(long, env = "WAVE_EXIT_ON_COMPLETE", default_value_t = false,
+    #[arg(long, value_name = "WAVE_EXIT_ON_COMPLETE", env = "WAVE_EXIT_ON_COMPLETE", default_value_t = false,
           value_parser = BoolishValueParser::new(), num_args = 0..=1, default_missing_value = "true")]
     pub exit_on_complete: bool,
 
     /// Use path-style S3 addressing (most S3-compatible servers need it).
-    #[arg(long, env = "WAVE_S3_PATH_STYLE", default_value_t = false,
+    #[arg(long, value_name = "WAVE_S3_PATH_STYLE", env = "WAVE_S3_PATH_STYLE", default_value_t = false,
           value_parser = BoolishValueParser::new(), num_args = 0..=1, default_missing_value = "true")]
     pub s3_path_style: bool,
 
     /// Request checksums of the S3 client: `when-required` turns off the aws-chunked
     /// uploads that Garage and other S3-compatible stores reject.
-    #[arg(long, env = "WAVE_S3_CHECKSUM", value_enum, default_value_t = S3Checksum::WhenSupported)]
-    pub s3_checksum: S3Checksum,
+    #[arg(
+        long,
+        value_name = "WAVE_S3_CHECKSUM",
+        env = "WAVE_S3_CHECKSUM",
+        default_value = "when-supported"
+    )]
+    pub s3_checksum: ChecksumMode,
 
     /// Agent command and its arguments; defaults to `<work>/script/run`.
     #[arg(last = true, value_name = "COMMAND")]
@@ -130,20 +172,20 @@ pub enum RestartPolicy {
     Always,
 }
 
-/// The S3 client's request checksum behaviour (`WAVE_S3_CHECKSUM`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum S3Checksum {
-    /// The SDK's default: checksums on every request that supports them.
-    WhenSupported,
-    /// Checksums only where the S3 API requires them.
-    WhenRequired,
-}
-
 fn parse_duration(text: &str) -> Result<Duration, humantime::DurationError> {
     humantime::parse_duration(text)
 }
 
 impl RunArgs {
+    /// S3 client settings from `WAVE_S3_PATH_STYLE` and `WAVE_S3_CHECKSUM`.
+    pub fn s3_options(&self) -> S3Options {
+        S3Options {
+            path_style: self.s3_path_style,
+            checksum: self.s3_checksum,
+            ..S3Options::default()
+        }
+    }
+
     /// The pod name used in agent ids and result paths: `POD_NAME`, else the host name.
     pub fn pod(&self) -> String {
         self.pod_name.clone().unwrap_or_else(|| {
@@ -196,7 +238,7 @@ mod tests {
         assert_eq!(run.upload_interval, Duration::from_secs(90));
         assert_eq!(run.stop_timeout, Duration::from_millis(500));
         assert_eq!(run.restart, RestartPolicy::Always);
-        assert_eq!(run.s3_checksum, S3Checksum::WhenRequired);
+        assert_eq!(run.s3_checksum, ChecksumMode::WhenRequired);
         assert!(run.exit_on_complete);
     }
 
@@ -204,6 +246,12 @@ mod tests {
     fn rejects_an_unknown_restart_policy() {
         let err = parse(&["--restart", "sometimes"]).expect_err("invalid policy");
         assert!(err.to_string().contains("sometimes"), "{err}");
+    }
+
+    #[test]
+    fn rejects_a_store_url_of_another_scheme() {
+        let err = parse(&["--script-url", "http://example.com/x"]).expect_err("invalid URL");
+        assert!(err.to_string().contains("http://example.com/x"), "{err}");
     }
 
     #[test]

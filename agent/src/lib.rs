@@ -3,12 +3,14 @@
 //! their output, uploads their results and exposes metrics for Prometheus (SPEC section 2).
 
 pub mod cli;
+pub mod install;
 pub mod logs;
 pub mod metrics;
 pub mod reap;
+pub mod results;
+pub mod run;
+pub mod script;
 pub mod shutdown;
+pub mod store;
 pub mod summary;
 pub mod supervise;
-pub mod results;
-pub mod script;
-pub mod store;

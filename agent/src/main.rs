@@ -1,1 +1,54 @@
-fn main() {}
+//! `wave-agent` entry point: parses the command line and hands over to the library.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+use wave_agent::cli::{Cli, Command};
+use wave_agent::logs::StdoutSink;
+use wave_agent::shutdown::Shutdown;
+use wave_agent::store::ErrorChain;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("WAVE_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    match run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            eprintln!("wave-agent: {}", ErrorChain(err.as_ref()));
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<u8> {
+    match cli.command {
+        Command::Install(args) => {
+            let path = wave_agent::install::install(&args.dir)?;
+            println!("installed {}", path.display());
+            Ok(0)
+        }
+        Command::Run(args) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("failed to start the async runtime")?;
+            let (stdout, writer) = StdoutSink::spawn(std::io::stdout());
+            let outcome = runtime.block_on(async {
+                let shutdown = Shutdown::from_signals().context("failed to handle signals")?;
+                Ok::<_, anyhow::Error>(wave_agent::run::run(*args, shutdown, Some(stdout)).await?)
+            });
+            // Agent output still queued reaches stdout before the process exits.
+            runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+            let _ = writer.join();
+            Ok(outcome?.exit_code())
+        }
+    }
+}

@@ -9,7 +9,7 @@
 
 use std::collections::HashSet;
 use std::io;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
@@ -18,19 +18,44 @@ use tokio::task::JoinHandle;
 
 /// Pids of the agent processes that tokio waits for; the reaper leaves them alone.
 ///
-/// Spawning an agent and recording its pid happen under this lock (see [`Tracked::lock`]),
-/// so the reaper can never see an agent's zombie before it is recorded.
+/// An agent is spawned and its pid recorded while holding a [`SpawnGuard`]; the reaper
+/// waits for every such guard to go, so it can never take an agent that was just started
+/// for an orphan. Guards do not exclude each other: agents start in parallel.
 #[derive(Debug, Default)]
 pub struct Tracked {
+    gate: RwLock<()>,
     pids: Mutex<HashSet<i32>>,
 }
 
+/// Held while spawning an agent and recording its pid.
+pub struct SpawnGuard<'a> {
+    tracked: &'a Tracked,
+    _gate: RwLockReadGuard<'a, ()>,
+}
+
+impl SpawnGuard<'_> {
+    /// Records the pid of the agent just spawned.
+    pub fn track(&self, pid: i32) {
+        self.tracked.pids().insert(pid);
+    }
+}
+
 impl Tracked {
-    /// Holds the set; spawn an agent and insert its pid while holding it.
-    pub fn lock(&self) -> MutexGuard<'_, HashSet<i32>> {
-        self.pids
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// Take this before spawning an agent, and record its pid with it.
+    pub fn spawning(&self) -> SpawnGuard<'_> {
+        SpawnGuard {
+            tracked: self,
+            _gate: self.gate.read().unwrap_or_else(|p| p.into_inner()),
+        }
+    }
+
+    /// Forgets an agent whose exit status tokio has collected.
+    pub fn untrack(&self, pid: i32) {
+        self.pids().remove(&pid);
+    }
+
+    fn pids(&self) -> MutexGuard<'_, HashSet<i32>> {
+        self.pids.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -54,7 +79,8 @@ pub fn spawn_reaper(tracked: Arc<Tracked>) -> io::Result<JoinHandle<()>> {
 
 /// Waits for every exited child that is not a tracked agent; returns the pids reaped.
 pub fn reap_orphans(tracked: &Tracked) -> Vec<i32> {
-    let agents = tracked.lock();
+    let _no_spawn_in_progress = tracked.gate.write().unwrap_or_else(|p| p.into_inner());
+    let agents = tracked.pids();
     let mut reaped = Vec::new();
     for pid in children_of_self() {
         if agents.contains(&pid) {
@@ -133,7 +159,7 @@ mod tests {
         let tracked = Tracked::default();
         let mut agent = Command::new("true").spawn().expect("spawn true");
         let agent_pid = agent.id() as i32;
-        tracked.lock().insert(agent_pid);
+        tracked.spawning().track(agent_pid);
         let orphan = Command::new("true").spawn().expect("spawn true");
         let orphan_pid = orphan.id() as i32;
         // Let both exit and become zombies.

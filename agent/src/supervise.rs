@@ -30,6 +30,8 @@ use crate::metrics::AgentMetrics;
 use crate::reap::{self, Tracked};
 use crate::shutdown::Shutdown;
 
+/// Threads that spawn agents at once when the supervision starts.
+const SPAWN_LANES: usize = 8;
 /// First restart delay; it doubles with every restart.
 const BACKOFF_START: Duration = Duration::from_secs(1);
 /// Longest restart delay.
@@ -332,12 +334,13 @@ impl Supervisor {
 
     /// Runs the agents until they have all ended, or until `shutdown` stops them.
     pub async fn run(mut self, mut shutdown: Shutdown) -> Supervision {
-        for index in 0..self.slots.len() {
-            if shutdown.is_requested() {
-                break;
-            }
-            self.start(index);
-        }
+        let starting = Instant::now();
+        self.start_all(&shutdown).await;
+        info!(
+            "started {} agents in {} ms",
+            self.slots.len(),
+            starting.elapsed().as_millis()
+        );
         self.ctx.ready.store(true, Ordering::Release);
         self.publish_states();
 
@@ -360,10 +363,47 @@ impl Supervisor {
         }
     }
 
-    fn start(&mut self, index: usize) {
+    /// Starts every agent. Spawning waits for each new process to exec, so several
+    /// threads spawn at once: starting 1,000 agents is bound by the kernel, not by one loop.
+    async fn start_all(&mut self, shutdown: &Shutdown) {
+        let config = Arc::new(self.config.clone());
+        let lanes = SPAWN_LANES.min(self.slots.len().max(1));
+        let mut batches = Vec::with_capacity(lanes);
+        for lane in 0..lanes {
+            let config = config.clone();
+            let ctx = self.ctx.clone();
+            let shutdown = shutdown.clone();
+            let indices: Vec<usize> = (lane..self.slots.len()).step_by(lanes).collect();
+            batches.push(tokio::task::spawn_blocking(move || {
+                indices
+                    .into_iter()
+                    .take_while(|_| !shutdown.is_requested())
+                    .map(|index| {
+                        let started_at = SystemTime::now();
+                        (index, started_at, spawn_agent(&config, index as u32, &ctx))
+                    })
+                    .collect::<Vec<_>>()
+            }));
+        }
+        for batch in batches {
+            let spawned = batch.await.expect("spawning agents does not panic");
+            for (index, started_at, result) in spawned {
+                self.record_start(index, started_at, result);
+            }
+        }
+    }
+
+    /// Starts agent `index` again after its backoff.
+    fn restart(&mut self, index: usize) {
+        let started_at = SystemTime::now();
+        let result = spawn_agent(&self.config, index as u32, &self.ctx);
+        self.record_start(index, started_at, result);
+    }
+
+    /// Books a start: the agent is running and watched, or its spawn failure is an exit.
+    fn record_start(&mut self, index: usize, started_at: SystemTime, result: io::Result<Spawned>) {
         let slot = &mut self.slots[index];
         let k = slot.record.index;
-        let started_at = SystemTime::now();
         slot.record.runs.push(RunRecord {
             started_at,
             ended_at: None,
@@ -372,7 +412,7 @@ impl Supervisor {
         slot.record.state = AgentState::Running;
         self.ctx.metrics.agent_started();
 
-        match spawn_agent(&self.config, k, &self.ctx) {
+        match result {
             Ok(spawned) => {
                 info!("agent-{k} running (pid {})", spawned.pid);
                 slot.group = Some(spawned.pid);
@@ -382,6 +422,7 @@ impl Supervisor {
                 let tx = self.events_tx.clone();
                 let tracked = self.ctx.tracked.clone();
                 let mut child = spawned.child;
+                let pid = spawned.pid;
                 tokio::spawn(async move {
                     let outcome = match child.wait().await {
                         Ok(status) => ExitOutcome::from_status(status),
@@ -389,7 +430,7 @@ impl Supervisor {
                             error: format!("lost track of the process: {err}"),
                         },
                     };
-                    tracked.lock().remove(&spawned.pid);
+                    tracked.untrack(pid);
                     let _ = tx.send(Event::Exited {
                         index,
                         outcome,
@@ -450,6 +491,7 @@ impl Supervisor {
                     Step::Finish(state) => {
                         slot.record.state = state;
                         match state {
+                            _ if stopping => info!("agent-{k} stopped: {outcome}"),
                             AgentState::Succeeded => info!("agent-{k} succeeded"),
                             _ => warn!(
                                 "agent-{k} {outcome}; failed after {} restarts",
@@ -461,7 +503,7 @@ impl Supervisor {
             }
             Event::RestartDue { index } => {
                 if !stopping && self.slots[index].record.state == AgentState::Backoff {
-                    self.start(index);
+                    self.restart(index);
                 }
             }
         }
@@ -613,14 +655,14 @@ fn spawn_agent(config: &SuperviseConfig, k: u32, ctx: &SuperviseContext) -> io::
         .process_group(0)
         .kill_on_drop(true);
 
-    // Spawn and record under the reaper's lock, so it never takes this agent for an orphan.
+    // Spawn and record under the reaper's gate, so it never takes this agent for an orphan.
     let mut child = {
-        let mut tracked = ctx.tracked.lock();
+        let guard = ctx.tracked.spawning();
         let child = cmd
             .spawn()
             .map_err(|err| spawn_error(&config.command.program, err))?;
         if let Some(pid) = child.id() {
-            tracked.insert(pid as i32);
+            guard.track(pid as i32);
         }
         child
     };

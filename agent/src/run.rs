@@ -1,0 +1,477 @@
+//! `wave-agent run`: the whole life of a load container (SPEC 2.2).
+//!
+//! metrics server up → script fetched → agents started and supervised, results synced every
+//! upload interval → summary.json written and final upload → stay up serving metrics (or exit
+//! with `WAVE_EXIT_ON_COMPLETE`). A shutdown request at any point stops the agents, uploads
+//! what they wrote within the stop timeout and ends the run. A supervisor restarted in a pod
+//! whose work directory holds a completed summary does not run the test again.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime};
+
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::cli::RunArgs;
+use crate::logs::StdoutSink;
+use crate::metrics::{self, AgentMetrics, HttpState};
+use crate::reap::{self, Tracked};
+use crate::results::{UploadError, UploadMetrics, Uploader};
+use crate::script::{self, ScriptError, ScriptMetrics};
+use crate::shutdown::Shutdown;
+use crate::store::{Store, StoreError, StoreUrl};
+use crate::summary::{Summary, SummaryContext, SummaryError};
+use crate::supervise::{
+    AgentCommand, AgentState, SuperviseConfig, SuperviseContext, SuperviseError, Supervisor,
+};
+
+/// How long "until it is done" is for an upload nobody is waiting on.
+const NO_DEADLINE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// Why a run could not go on.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("failed to create the work directory {}", path.display())]
+    WorkDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("failed to serve metrics on {address} (is WAVE_METRICS_PORT taken?)")]
+    MetricsListen {
+        address: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    #[error("failed to set up signal handling")]
+    Signals(#[source] io::Error),
+    #[error("failed to open the store of {url}")]
+    Store {
+        url: StoreUrl,
+        #[source]
+        source: Box<StoreError>,
+    },
+    #[error(transparent)]
+    Script(#[from] Box<ScriptError>),
+    #[error(
+        "no agent command: {} does not exist (give a command after `--` or a script with a `run` file)",
+        path.display()
+    )]
+    NoCommand { path: PathBuf },
+    #[error(transparent)]
+    Supervise(#[from] SuperviseError),
+    #[error(transparent)]
+    Summary(#[from] SummaryError),
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunOutcome {
+    /// Every agent ended and `WAVE_EXIT_ON_COMPLETE` asked to exit.
+    Completed { all_succeeded: bool },
+    /// A shutdown request ended the run.
+    Stopped,
+}
+
+impl RunOutcome {
+    /// Exit code of the process: 1 only when a completed test had failed agents.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            RunOutcome::Completed {
+                all_succeeded: false,
+            } => 1,
+            _ => 0,
+        }
+    }
+}
+
+/// Paths inside the work directory.
+struct WorkDir {
+    root: PathBuf,
+    script: PathBuf,
+    results: PathBuf,
+}
+
+impl WorkDir {
+    fn create(root: &Path) -> Result<WorkDir, RunError> {
+        let dir = WorkDir {
+            root: root.to_path_buf(),
+            script: root.join("script"),
+            results: root.join("results"),
+        };
+        for path in [&dir.script, &dir.results] {
+            std::fs::create_dir_all(path).map_err(|source| RunError::WorkDir {
+                path: path.clone(),
+                source,
+            })?;
+        }
+        Ok(dir)
+    }
+}
+
+/// Runs the test described by `args` until it completes (with `exit_on_complete`) or
+/// `shutdown` ends it. Agent output goes to `stdout` as prefixed lines.
+pub async fn run(
+    args: RunArgs,
+    shutdown: Shutdown,
+    stdout: Option<StdoutSink>,
+) -> Result<RunOutcome, RunError> {
+    let pod = args.pod();
+    let work = WorkDir::create(&args.work_dir)?;
+
+    let mut registry = metrics::new_registry(&args.test_id);
+    let agent_metrics = AgentMetrics::register(&mut registry);
+    let script_metrics = ScriptMetrics::register(&mut registry);
+    let upload_metrics = UploadMetrics::register(&mut registry);
+    agent_metrics.set_players_configured(u64::from(args.agents) * args.players_per_agent);
+
+    let address = SocketAddr::new(args.metrics_address, args.metrics_port);
+    let listener = TcpListener::bind(address)
+        .await
+        .map_err(|source| RunError::MetricsListen { address, source })?;
+    let address = listener.local_addr().unwrap_or(address);
+    let ready = Arc::new(AtomicBool::new(false));
+    let server_stop = CancellationToken::new();
+    let http = HttpState {
+        registry: Arc::new(registry),
+        ready: ready.clone(),
+    };
+    let server = tokio::spawn(metrics::serve(
+        listener,
+        http,
+        server_stop.clone().cancelled_owned(),
+    ));
+    info!("serving metrics on {address}");
+
+    let tracked = Arc::new(Tracked::default());
+    if let Err(err) = reap::become_subreaper() {
+        warn!("cannot become a child subreaper ({err}); orphans are reaped only as PID 1");
+    }
+    let reaper = reap::spawn_reaper(tracked.clone()).map_err(RunError::Signals)?;
+
+    let s3 = args.s3_options();
+    let mut uploader = match &args.results_url {
+        Some(url) => {
+            let store = Store::open(url, &s3)
+                .await
+                .map_err(|source| RunError::Store {
+                    url: url.clone(),
+                    source: Box::new(source),
+                })?;
+            let remote = Uploader::destination(url, &pod, args.container_index);
+            info!("results go to {remote}");
+            Some(Uploader::new(store, &work.results, remote, upload_metrics))
+        }
+        None => {
+            info!(
+                "no WAVE_RESULTS_URL: results stay in {}",
+                work.results.display()
+            );
+            None
+        }
+    };
+
+    let outcome = match Summary::load(&work.results) {
+        Ok(Some(summary)) if summary.completed => {
+            info!("summary.json says this test already completed here; not running it again");
+            show_summary(&agent_metrics, &summary);
+            ready.store(true, Ordering::Release);
+            after_completion(&args, uploader.as_mut(), shutdown, summary.succeeded).await
+        }
+        found => {
+            if let Err(err) = found {
+                warn!("{err}; running the test");
+            }
+            let test = Test {
+                args: &args,
+                pod: &pod,
+                work: &work,
+                agent_metrics: &agent_metrics,
+                script_metrics: &script_metrics,
+                tracked,
+                ready,
+                stdout,
+            };
+            test.run(uploader, shutdown).await
+        }
+    };
+
+    server_stop.cancel();
+    let _ = server.await;
+    reaper.abort();
+    outcome
+}
+
+/// A test to run from the start.
+struct Test<'a> {
+    args: &'a RunArgs,
+    pod: &'a str,
+    work: &'a WorkDir,
+    agent_metrics: &'a AgentMetrics,
+    script_metrics: &'a ScriptMetrics,
+    tracked: Arc<Tracked>,
+    ready: Arc<AtomicBool>,
+    stdout: Option<StdoutSink>,
+}
+
+impl Test<'_> {
+    async fn run(
+        self,
+        uploader: Option<Uploader>,
+        mut shutdown: Shutdown,
+    ) -> Result<RunOutcome, RunError> {
+        let args = self.args;
+        if let Some(url) = &args.script_url {
+            let store = Store::open(url, &args.s3_options())
+                .await
+                .map_err(|source| RunError::Store {
+                    url: url.clone(),
+                    source: Box::new(source),
+                })?;
+            info!("fetching the script from {url}");
+            tokio::select! {
+                fetched = script::fetch(&store, url, &self.work.script, self.script_metrics) => {
+                    let fetched = fetched.map_err(Box::new)?;
+                    info!("script ready: {} objects, {} bytes", fetched.objects, fetched.bytes);
+                }
+                () = shutdown.requested() => {
+                    info!("stopped while fetching the script");
+                    return Ok(RunOutcome::Stopped);
+                }
+            }
+        }
+        let command = agent_command(&args.command, &self.work.script)?;
+
+        let config = SuperviseConfig {
+            agents: args.agents,
+            command,
+            script_dir: self.work.script.clone(),
+            results_dir: self.work.results.clone(),
+            pod: self.pod.to_owned(),
+            container: args.container_index,
+            players_per_agent: args.players_per_agent,
+            restart: args.restart,
+            max_restarts: args.max_restarts,
+            stop_timeout: args.stop_timeout,
+        };
+        let ctx = SuperviseContext {
+            metrics: self.agent_metrics.clone(),
+            tracked: self.tracked.clone(),
+            stdout: self.stdout.clone(),
+            ready: self.ready.clone(),
+        };
+        let supervisor = Supervisor::new(config, ctx)?;
+        let started_at = SystemTime::now();
+        info!("starting {} agents", args.agents);
+
+        let (sync_stop, sync_stopped) = oneshot::channel();
+        let syncing = uploader.map(|uploader| {
+            tokio::spawn(sync_periodically(
+                uploader,
+                args.upload_interval,
+                sync_stopped,
+            ))
+        });
+        let supervision = supervisor.run(shutdown.clone()).await;
+        let _ = sync_stop.send(());
+        let mut uploader = match syncing {
+            Some(task) => Some(task.await.expect("the sync task does not panic")),
+            None => None,
+        };
+
+        let summary = Summary::new(
+            &SummaryContext {
+                test_id: args.test_id.clone(),
+                pod: self.pod.to_owned(),
+                container: args.container_index,
+                total_players: args.total_players,
+                players_per_agent: args.players_per_agent,
+                started_at,
+            },
+            &supervision,
+            SystemTime::now(),
+        );
+        summary.write(&self.work.results, &self.work.root)?;
+        report(&summary);
+
+        if supervision.stopped {
+            if let Some(uploader) = uploader.as_mut() {
+                let deadline = Instant::now() + args.stop_timeout;
+                final_upload(uploader, deadline, &mut shutdown).await;
+            }
+            return Ok(RunOutcome::Stopped);
+        }
+        self.agent_metrics.set_completed(true);
+        after_completion(args, uploader.as_mut(), shutdown, summary.succeeded).await
+    }
+}
+
+/// After every agent ended: upload until everything is in the store, then exit or stay up
+/// serving metrics until a shutdown request.
+async fn after_completion(
+    args: &RunArgs,
+    mut uploader: Option<&mut Uploader>,
+    mut shutdown: Shutdown,
+    all_succeeded: bool,
+) -> Result<RunOutcome, RunError> {
+    if let Some(uploader) = uploader.as_deref_mut() {
+        let done = tokio::select! {
+            result = uploader.flush(Instant::now() + NO_DEADLINE) => {
+                log_upload(result);
+                true
+            }
+            () = shutdown.requested() => false,
+        };
+        if !done {
+            let deadline = Instant::now() + args.stop_timeout;
+            final_upload(uploader, deadline, &mut shutdown).await;
+            return Ok(RunOutcome::Stopped);
+        }
+    }
+    if args.exit_on_complete {
+        return Ok(RunOutcome::Completed { all_succeeded });
+    }
+    info!("test complete; serving metrics until stopped");
+    shutdown.requested().await;
+    if let Some(uploader) = uploader {
+        let deadline = Instant::now() + args.stop_timeout;
+        final_upload(uploader, deadline, &mut shutdown).await;
+    }
+    Ok(RunOutcome::Stopped)
+}
+
+/// The upload at shutdown, bounded by `deadline` and cut short by a second request.
+async fn final_upload(uploader: &mut Uploader, deadline: Instant, shutdown: &mut Shutdown) {
+    info!("uploading results before exit");
+    tokio::select! {
+        result = uploader.flush(deadline) => log_upload(result),
+        () = shutdown.forced() => warn!("final upload interrupted; some results were not uploaded"),
+    }
+}
+
+fn log_upload(result: Result<crate::results::SyncReport, UploadError>) {
+    match result {
+        Ok(_) => info!("all results uploaded"),
+        Err(err) => warn!("{}", crate::store::ErrorChain(&err)),
+    }
+}
+
+/// Uploads new or changed results every `interval` until told to stop; returns the uploader.
+async fn sync_periodically(
+    mut uploader: Uploader,
+    interval: Duration,
+    mut stop: oneshot::Receiver<()>,
+) -> Uploader {
+    let mut ticks = tokio::time::interval_at(Instant::now() + interval, interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = &mut stop => return uploader,
+        }
+        tokio::select! {
+            result = uploader.sync() => match result {
+                Ok(report) if report.uploaded_files > 0 => info!(
+                    "uploaded {} result files ({} bytes)",
+                    report.uploaded_files, report.uploaded_bytes
+                ),
+                Ok(_) => {}
+                Err(err) => warn!("{}", crate::store::ErrorChain(&err)),
+            },
+            _ = &mut stop => return uploader,
+        }
+    }
+}
+
+/// The agent command: what follows `--`, else `<script>/run`.
+fn agent_command(
+    command: &[std::ffi::OsString],
+    script_dir: &Path,
+) -> Result<AgentCommand, RunError> {
+    match command.split_first() {
+        Some((program, args)) => Ok(AgentCommand {
+            program: program.clone(),
+            args: args.to_vec(),
+        }),
+        None => {
+            let run = script_dir.join("run");
+            if !run.is_file() {
+                return Err(RunError::NoCommand { path: run });
+            }
+            Ok(AgentCommand {
+                program: run.into_os_string(),
+                args: Vec::new(),
+            })
+        }
+    }
+}
+
+/// Sets the metrics from a summary found on disk (the agents are not running again).
+fn show_summary(metrics: &AgentMetrics, summary: &Summary) {
+    let mut counts = HashMap::new();
+    for agent in &summary.agents {
+        *counts.entry(agent.state).or_insert(0) += 1;
+    }
+    metrics.set_states(&counts);
+    metrics.set_completed(true);
+}
+
+fn report(summary: &Summary) {
+    let count = |state| summary.agents.iter().filter(|a| a.state == state).count();
+    info!(
+        "{} agents ended: {} succeeded, {} failed; summary.json written",
+        summary.agents.len(),
+        count(AgentState::Succeeded),
+        count(AgentState::Failed)
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_the_command_after_double_dash() {
+        let cmd = agent_command(&["sh".into(), "-c".into(), "true".into()], Path::new("/x"))
+            .expect("a command");
+        assert_eq!(cmd.program, "sh");
+        assert_eq!(cmd.args, ["-c", "true"]);
+    }
+
+    #[test]
+    fn without_a_command_needs_the_script_run_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let err = agent_command(&[], dir.path()).expect_err("no run file");
+        assert!(err.to_string().contains("/run does not exist"), "{err}");
+        std::fs::write(dir.path().join("run"), "#!/bin/sh\n").expect("write");
+        let cmd = agent_command(&[], dir.path()).expect("run exists");
+        assert_eq!(cmd.program, dir.path().join("run").into_os_string());
+    }
+
+    #[test]
+    fn exit_code_is_one_only_for_a_completed_test_with_failures() {
+        assert_eq!(
+            RunOutcome::Completed {
+                all_succeeded: true
+            }
+            .exit_code(),
+            0
+        );
+        assert_eq!(
+            RunOutcome::Completed {
+                all_succeeded: false
+            }
+            .exit_code(),
+            1
+        );
+        assert_eq!(RunOutcome::Stopped.exit_code(), 0);
+    }
+}

@@ -11,11 +11,12 @@ use std::collections::BTreeMap;
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, PatchOperation, RemoveOperation};
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, ObjectFieldSelector, Pod,
-    PodSpec, ResourceRequirements, Toleration, Volume, VolumeMount,
+    Container, ContainerPort, EmptyDirVolumeSource, Pod, PodSpec, ResourceRequirements, Toleration,
+    Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use serde::Serialize;
+use serde_json::Value;
 
 use crate::catalog::{Amount, MachineType, closest};
 use crate::config::{Config, Os, SupervisorMode, check_bucket};
@@ -148,20 +149,21 @@ pub fn mutate(pod: &Pod, replicas: OwnerReplicas, config: &Config) -> Verdict {
     };
     let mut out = pod.clone();
     let mut warnings = Vec::new();
-    if let Err(denial) = apply(&mut out, &settings, config, &mut warnings) {
-        return Verdict::Deny(denial);
-    }
-    Verdict::Patch {
-        patch: patch(pod, &out),
-        warnings,
+    match apply(&mut out, &settings, config, &mut warnings) {
+        Ok(new_env) => Verdict::Patch {
+            patch: patch(pod, &out, new_env),
+            warnings,
+        },
+        Err(denial) => Verdict::Deny(denial),
     }
 }
 
-/// The JSON Patch that turns `before` into `after`, its mutated copy. [`apply`] only appends
-/// to lists, adds map keys, sets `command` and removes `args`, so the patch is built field
-/// by field from exactly those changes (parents before children), which costs a fraction of
-/// serializing and diffing the whole pod.
-fn patch(before: &Pod, after: &Pod) -> json_patch::Patch {
+/// The JSON Patch that turns `before` into `after`, its mutated copy, plus the environment
+/// variables `new_env[i]` appended to container `i`. [`apply`] only appends to lists, adds
+/// map keys, sets `command` and removes `args`, so the patch is built field by field from
+/// exactly those changes (parents before children), which costs a fraction of serializing
+/// and diffing the whole pod. The env entries, most of what wave adds, go straight to JSON.
+fn patch(before: &Pod, after: &Pod, new_env: Vec<Vec<Value>>) -> json_patch::Patch {
     let mut ops = Ops::default();
     let mut path = PointerBuf::from_tokens(["metadata", "annotations"]);
     ops.map(
@@ -171,8 +173,17 @@ fn patch(before: &Pod, after: &Pod) -> json_patch::Patch {
     );
     if let (Some(b), Some(a)) = (&before.spec, &after.spec) {
         let mut path = PointerBuf::from_tokens(["spec", "containers"]);
-        for (i, (bc, ac)) in b.containers.iter().zip(&a.containers).enumerate() {
+        for (i, ((bc, ac), env)) in b
+            .containers
+            .iter()
+            .zip(&a.containers)
+            .zip(new_env)
+            .enumerate()
+        {
             path.push_back(i);
+            ops.field(&mut path, "env", |ops, path| {
+                ops.append(path, bc.env.as_ref().map(Vec::len), env)
+            });
             ops.container(&mut path, bc, ac);
             path.pop_back();
         }
@@ -214,6 +225,28 @@ impl Ops {
         path.push_back(name);
         f(self, path);
         path.pop_back();
+    }
+
+    /// JSON `values` appended to a list of `len` elements (`None`: the list is absent).
+    fn append(&mut self, path: &mut PointerBuf, len: Option<usize>, values: Vec<Value>) {
+        if values.is_empty() {
+            return;
+        }
+        let Some(len) = len else {
+            self.0.push(PatchOperation::Add(AddOperation {
+                path: path.clone(),
+                value: Value::Array(values),
+            }));
+            return;
+        };
+        for (i, value) in values.into_iter().enumerate() {
+            path.push_back(len + i);
+            self.0.push(PatchOperation::Add(AddOperation {
+                path: path.clone(),
+                value,
+            }));
+            path.pop_back();
+        }
     }
 
     /// A list that is new, or that got elements appended.
@@ -259,9 +292,6 @@ impl Ops {
     }
 
     fn container(&mut self, path: &mut PointerBuf, before: &Container, after: &Container) {
-        self.field(path, "env", |ops, path| {
-            ops.list(path, before.env.as_ref(), after.env.as_ref())
-        });
         match (&before.resources, &after.resources) {
             (None, Some(after)) => self.field(path, "resources", |ops, path| ops.add(path, after)),
             (Some(b), Some(a)) => self.field(path, "resources", |ops, path| {
@@ -586,8 +616,9 @@ fn apply(
     s: &Settings<'_>,
     config: &Config,
     warnings: &mut Vec<String>,
-) -> Result<(), Denial> {
+) -> Result<Vec<Vec<Value>>, Denial> {
     let spec = pod.spec.get_or_insert_with(PodSpec::default);
+    let mut new_env = Vec::with_capacity(spec.containers.len());
     let per_container = agents_per_container(s.agents, spec.containers.len())
         .map_err(|e| deny_annotation("agents", e.to_string()))?;
     let amount = share(
@@ -639,9 +670,11 @@ fn apply(
             ("POD_UID", EnvValue::Field("metadata.uid")),
             ("NODE_NAME", EnvValue::Field("spec.nodeName")),
         ];
+        let mut added = Vec::with_capacity(env.len());
         for (name, value) in env {
-            set_env(container, name, value, warnings);
+            added.extend(env_entry(container, name, value, warnings));
         }
+        new_env.push(added);
         if let Some(amount) = amount {
             set_resources(container, amount, warnings);
         }
@@ -692,12 +725,22 @@ fn apply(
             }
         }
     }
-    Ok(())
+    Ok(new_env)
 }
 
-fn set_env(container: &mut Container, name: &str, value: EnvValue, warnings: &mut Vec<String>) {
-    let env = container.env.get_or_insert_with(Vec::new);
-    if let Some(have) = env.iter().find(|e| e.name == name) {
+/// The JSON env entry wave appends for `name`, or `None` when the container already sets
+/// it (with a warning unless its value is wave's).
+fn env_entry(
+    container: &Container,
+    name: &str,
+    value: EnvValue,
+    warnings: &mut Vec<String>,
+) -> Option<Value> {
+    let have = container
+        .env
+        .as_ref()
+        .and_then(|env| env.iter().find(|e| e.name == name));
+    if let Some(have) = have {
         let same = match &value {
             EnvValue::Plain(v) => {
                 have.value_from.is_none() && have.value.as_deref().unwrap_or_default() == v
@@ -718,26 +761,26 @@ fn set_env(container: &mut Container, name: &str, value: EnvValue, warnings: &mu
                 container.name
             ));
         }
-        return;
+        return None;
     }
-    env.push(match value {
-        EnvValue::Plain(v) => EnvVar {
-            name: name.to_string(),
-            value: Some(v),
-            value_from: None,
-        },
-        EnvValue::Field(path) => EnvVar {
-            name: name.to_string(),
-            value: None,
-            value_from: Some(EnvVarSource {
-                field_ref: Some(ObjectFieldSelector {
-                    api_version: None,
-                    field_path: path.to_string(),
-                }),
-                ..EnvVarSource::default()
-            }),
-        },
-    });
+    let object = |entries: Vec<(&str, Value)>| {
+        Value::Object(
+            entries
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+        )
+    };
+    Some(match value {
+        EnvValue::Plain(v) => object(vec![("name", name.into()), ("value", v.into())]),
+        EnvValue::Field(path) => object(vec![
+            ("name", name.into()),
+            (
+                "valueFrom",
+                object(vec![("fieldRef", object(vec![("fieldPath", path.into())]))]),
+            ),
+        ]),
+    })
 }
 
 /// Requests and equal limits for cpu and memory; a resource the container already requests
@@ -967,6 +1010,7 @@ fn same_toleration(a: &Toleration, b: &Toleration) -> bool {
 mod tests {
     use super::*;
     use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::core::v1::EnvVar;
     use serde_json::json;
 
     const SEED: &str = include_str!("../tests/fixtures/seed-deployment.yaml");
@@ -1850,8 +1894,9 @@ mod tests {
         );
     }
 
-    /// The field-by-field patch must do exactly what a full diff of the typed pods does.
-    fn assert_patch_matches_full_diff(pod: Pod) {
+    /// The field-by-field patch must turn the pod into exactly the mutated typed copy (with
+    /// the new env entries appended).
+    fn assert_patch_builds_the_mutated_pod(pod: Pod) {
         let config = Config::default();
         let label = test_id_label(&pod).expect("labelled");
         let replicas = OwnerReplicas::Known(480);
@@ -1859,24 +1904,33 @@ mod tests {
             .expect("valid")
             .expect("not opted out");
         let mut out = pod.clone();
-        apply(&mut out, &settings, &config, &mut Vec::new()).expect("applies");
+        let new_env = apply(&mut out, &settings, &config, &mut Vec::new()).expect("applies");
         let mut via_ops = serde_json::to_value(&pod).expect("json");
-        json_patch::patch(&mut via_ops, &patch(&pod, &out)).expect("patch applies");
-        let expected = serde_json::to_value(&out).expect("json");
+        json_patch::patch(&mut via_ops, &patch(&pod, &out, new_env.clone()))
+            .expect("patch applies");
+        let mut expected = serde_json::to_value(&out).expect("json");
+        for (i, env) in new_env.into_iter().enumerate() {
+            let c = &mut expected["spec"]["containers"][i];
+            match c.get_mut("env") {
+                Some(Value::Array(have)) => have.extend(env),
+                _ if env.is_empty() => {}
+                _ => c["env"] = Value::Array(env),
+            }
+        }
         assert_eq!(via_ops, expected);
-        let mut via_diff = serde_json::to_value(&pod).expect("json");
-        let diff = json_patch::diff(&via_diff, &expected);
-        json_patch::patch(&mut via_diff, &diff).expect("diff applies");
-        assert_eq!(via_ops, via_diff);
     }
 
     #[test]
-    fn patch_equals_a_full_diff_of_the_mutated_pod() {
-        assert_patch_matches_full_diff(seed_pod());
-        assert_patch_matches_full_diff(mk_pod(10));
-        assert_patch_matches_full_diff(wave(mk_pod(2), "os", "windows"));
-        assert_patch_matches_full_diff(with_command(mk_pod(1), Some(&["sh", "-c"]), Some(&["x"])));
-        assert_patch_matches_full_diff(with_command(mk_pod(1), Some(&[]), Some(&[])));
+    fn patch_builds_exactly_the_mutated_pod() {
+        assert_patch_builds_the_mutated_pod(seed_pod());
+        assert_patch_builds_the_mutated_pod(mk_pod(10));
+        assert_patch_builds_the_mutated_pod(wave(mk_pod(2), "os", "windows"));
+        assert_patch_builds_the_mutated_pod(with_command(
+            mk_pod(1),
+            Some(&["sh", "-c"]),
+            Some(&["x"]),
+        ));
+        assert_patch_builds_the_mutated_pod(with_command(mk_pod(1), Some(&[]), Some(&[])));
         let mut existing = mk_pod(2);
         let spec = existing.spec.as_mut().expect("spec");
         spec.init_containers = Some(vec![Container {
@@ -1909,7 +1963,7 @@ mod tests {
             )])),
             ..ResourceRequirements::default()
         });
-        assert_patch_matches_full_diff(wave(existing, "os", "windows"));
+        assert_patch_builds_the_mutated_pod(wave(existing, "os", "windows"));
     }
 
     #[test]

@@ -50,7 +50,13 @@ fn bench(c: &mut Criterion) {
             "{name} is mutated"
         );
         c.bench_function(name, |b| {
-            b.iter(|| mutate(black_box(&pod), OwnerReplicas::Known(480), black_box(&config)))
+            b.iter(|| {
+                mutate(
+                    black_box(&pod),
+                    OwnerReplicas::Known(480),
+                    black_box(&config),
+                )
+            })
         });
     }
 }

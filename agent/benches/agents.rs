@@ -14,9 +14,33 @@ const IDLE_AGENTS: u32 = 100;
 const IDLE_WINDOW: Duration = Duration::from_secs(20);
 
 fn main() {
+    spawn_floor();
     start_sleeping_agents();
     run_trivial_agents();
     idle_footprint();
+}
+
+/// The floor on this machine right now: one thread spawning 1,000 `sleep 3600` with
+/// `std::process::Command` (no pipes, no process groups), for comparison.
+fn spawn_floor() {
+    let started = Instant::now();
+    let mut children: Vec<_> = (0..START_AGENTS)
+        .map(|_| {
+            std::process::Command::new("sleep")
+                .arg("3600")
+                .spawn()
+                .expect("spawn sleep")
+        })
+        .collect();
+    let elapsed = started.elapsed();
+    for child in &mut children {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    println!(
+        "floor: std::process::Command spawns {START_AGENTS} `sleep 3600` in {:.3} s",
+        elapsed.as_secs_f64()
+    );
 }
 
 /// 1,000 `sleep 3600` agents: time from launching the supervisor until every agent was

@@ -46,7 +46,7 @@ impl LineSplitter {
         while !chunk.is_empty() {
             let room = MAX_LINE - self.partial.len();
             let window = &chunk[..chunk.len().min(room)];
-            match window.iter().position(|&b| b == b'\n') {
+            match memchr::memchr(b'\n', window) {
                 Some(end) => {
                     self.emit(&window[..end], out);
                     chunk = &chunk[end + 1..];
@@ -143,7 +143,7 @@ pub async fn capture(
             file_error = Some(err);
         }
         if let Some(sink) = &stdout {
-            let mut lines = Vec::with_capacity(n + 64);
+            let mut lines = Vec::with_capacity(n + n / 8 + 256);
             splitter.feed(chunk, &mut lines);
             if !lines.is_empty() {
                 sink.send(lines).await;

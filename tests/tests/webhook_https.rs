@@ -929,3 +929,32 @@ async fn an_invalid_config_at_start_is_an_error_naming_the_file() {
     assert!(chain.contains(&config.display().to_string()), "{chain}");
     assert!(chain.contains("bukket"), "{chain}");
 }
+
+#[tokio::test]
+async fn a_review_of_exactly_3_mib_is_answered_and_one_byte_more_is_413() {
+    let webhook = Webhook::start(None, KubeAccess::Disabled("none".into())).await;
+    let limit = 3 * 1024 * 1024;
+    // JSON allows trailing whitespace: the review arrives in many TLS records and frames.
+    let mut padded = body(&fixture_with_total_players());
+    padded.resize(limit, b' ');
+    let reply = webhook
+        .client
+        .post(&webhook.url("/mutate"), padded.clone())
+        .await
+        .expect("answer");
+    assert_eq!(reply.status, StatusCode::OK);
+    let response = reply.json()["response"].clone();
+    assert_test_machine(
+        &patched_pod(&fixture_with_total_players(), &response),
+        "480000",
+    );
+
+    padded.push(b' ');
+    let reply = webhook
+        .client
+        .post(&webhook.url("/mutate"), padded)
+        .await
+        .expect("answer");
+    assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE);
+    webhook.stop().await;
+}

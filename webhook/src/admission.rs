@@ -79,8 +79,9 @@ pub async fn review(body: &[u8], config: &Config, owners: &OwnerLookup) -> Answe
             if patch.0.is_empty() {
                 Outcome::Skipped
             } else {
-                response.patch =
-                    Some(serde_json::to_vec(&patch).expect("a JSON patch always serializes"));
+                let mut bytes = Vec::with_capacity(2048);
+                serde_json::to_writer(&mut bytes, &patch).expect("a JSON patch always serializes");
+                response.patch = Some(bytes);
                 Outcome::Mutated
             }
         }
@@ -219,7 +220,10 @@ pub fn encode(response: &AdmissionResponse) -> Vec<u8> {
             warnings: response.warnings.as_deref(),
         },
     };
-    serde_json::to_vec(&wire).expect("an admission response always serializes")
+    let patch_len = wire.response.patch.as_ref().map_or(0, String::len);
+    let mut body = Vec::with_capacity(patch_len + 512);
+    serde_json::to_writer(&mut body, &wire).expect("an admission response always serializes");
+    body
 }
 
 /// A Kubernetes `Status` body for HTTP-level errors that are not about a review (wrong path,

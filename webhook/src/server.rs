@@ -278,7 +278,12 @@ async fn handle_metrics_port(shared: Arc<Shared>, req: Request<Incoming>) -> Res
 /// `POST /mutate`: read at most [`MAX_BODY`], answer the review, count it.
 async fn mutate(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let started = Instant::now();
-    let body = read_body(req.into_body()).await;
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let body = read_body(req.into_body(), declared).await;
     match body {
         Ok(bytes) => {
             let config = shared.config.load();
@@ -327,7 +332,10 @@ enum BodyError {
 
 /// Reads the body, keeping at most [`MAX_BODY`] bytes; a larger one is read to its end (up to
 /// [`DISCARD_LIMIT`]) and dropped, so the 413 reaches a client that is still sending.
-async fn read_body(mut body: Incoming) -> Result<Bytes, BodyError> {
+///
+/// A body that arrives in one piece (the usual case) is kept without copying.
+async fn read_body(mut body: Incoming, declared: Option<usize>) -> Result<Bytes, BodyError> {
+    let mut first: Option<Bytes> = None;
     let mut kept = BytesMut::new();
     let mut total = 0usize;
     while let Some(frame) = body.frame().await {
@@ -337,16 +345,24 @@ async fn read_body(mut body: Incoming) -> Result<Bytes, BodyError> {
             if total > DISCARD_LIMIT {
                 return Err(BodyError::TooLarge);
             }
-            if total <= MAX_BODY {
+            if total > MAX_BODY {
+                first = None;
+                kept = BytesMut::new();
+            } else if first.is_none() && kept.is_empty() {
+                first = Some(data);
+            } else {
+                if let Some(head) = first.take() {
+                    kept.reserve(declared.unwrap_or(0).clamp(head.len(), MAX_BODY));
+                    kept.extend_from_slice(&head);
+                }
                 kept.extend_from_slice(&data);
             }
         }
     }
     if total > MAX_BODY {
-        Err(BodyError::TooLarge)
-    } else {
-        Ok(kept.freeze())
+        return Err(BodyError::TooLarge);
     }
+    Ok(first.unwrap_or_else(|| kept.freeze()))
 }
 
 fn readyz(shared: &Shared) -> Response<Full<Bytes>> {

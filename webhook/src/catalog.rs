@@ -59,16 +59,11 @@ impl MachineType {
 /// 0.5 % of the 3rd and 4th, 0.25 % of every core above 4 (in millicores).
 fn cpu_reserved_millis(vcpu: u32) -> u64 {
     let vcpu = u64::from(vcpu);
-    // Work in hundredths of a millicore so that 0.25 % of a core (2.5m) stays exact.
-    let mut centi = 0;
-    for core in 1..=vcpu {
-        centi += match core {
-            1 => 6000,
-            2 => 1000,
-            3 | 4 => 500,
-            _ => 250,
-        };
-    }
+    // Hundredths of a millicore, so that 0.25 % of a core (2.5m) stays exact.
+    let centi = 6000 * vcpu.min(1)
+        + 1000 * vcpu.saturating_sub(1).min(1)
+        + 500 * vcpu.saturating_sub(2).min(2)
+        + 250 * vcpu.saturating_sub(4);
     centi / 100
 }
 
@@ -197,6 +192,7 @@ mod tests {
         assert_eq!(cpu_reserved_millis(4), 80);
         assert_eq!(cpu_reserved_millis(8), 90);
         assert_eq!(cpu_reserved_millis(16), 110);
+        assert_eq!(cpu_reserved_millis(96), 310);
     }
 
     #[test]

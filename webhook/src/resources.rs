@@ -151,9 +151,13 @@ pub fn share(
     let agents_all = u64::from(agents.max(1));
     let part = u64::from(per_container);
     let containers = agents_all / part.max(1);
+    // In u128: a budget from the config can be large enough for the product to overflow;
+    // the quotient is at most the budget again.
+    let split =
+        |budget: u64| (u128::from(budget) * u128::from(part) / u128::from(agents_all)) as u64;
     let share = Amount {
-        cpu_millis: budget.cpu_millis * part / agents_all,
-        memory_mib: budget.memory_mib * part / agents_all,
+        cpu_millis: split(budget.cpu_millis),
+        memory_mib: split(budget.memory_mib),
     };
     if share.cpu_millis < CPU_FLOOR_MILLIS {
         return Err(ShareError::BelowFloor {
@@ -374,6 +378,20 @@ mod tests {
             share(ResourcePolicy::Fit, &r5_xlarge(), big, 10, 1),
             Err(ShareError::OverheadTooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn huge_machines_from_the_config_do_not_overflow() {
+        let machine = MachineType {
+            vcpu: u32::MAX,
+            memory_gib: u32::MAX,
+            max_pods: u32::MAX,
+            allocatable: None,
+        };
+        let s = share(ResourcePolicy::Fit, &machine, OVERHEAD, u32::MAX, u32::MAX)
+            .expect("fits")
+            .expect("share");
+        assert_eq!(s.cpu_millis, machine.allocatable().cpu_millis - 125);
     }
 
     #[test]

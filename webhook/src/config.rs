@@ -94,6 +94,9 @@ pub struct Config {
     pub linux_tolerations: Vec<Toleration>,
     /// Tolerations added to Windows test machines.
     pub windows_tolerations: Vec<Toleration>,
+    /// Containers that are not test containers when the pod arrives with them: service-mesh
+    /// proxies injected before wave. They get no agents, env, resources or wrapping.
+    pub sidecar_containers: Vec<String>,
     /// Machine types by name.
     pub catalog: Catalog,
 }
@@ -126,6 +129,7 @@ impl Default for Config {
                 effect: Some("NoSchedule".to_string()),
                 toleration_seconds: None,
             }],
+            sidecar_containers: vec!["istio-proxy".to_string(), "linkerd-proxy".to_string()],
             catalog: Catalog::builtin(),
         }
     }
@@ -170,6 +174,7 @@ struct ConfigFile {
     instance_type_selector: Option<bool>,
     windows_private_ipv4_address: Option<bool>,
     tolerations: Option<TolerationsFile>,
+    sidecar_containers: Option<Vec<String>>,
     catalog: Option<BTreeMap<String, CatalogEntryFile>>,
 }
 
@@ -267,6 +272,9 @@ impl Config {
             if let Some(t) = tolerations.windows {
                 config.windows_tolerations = t;
             }
+        }
+        if let Some(names) = file.sidecar_containers {
+            config.sidecar_containers = names;
         }
         for (name, entry) in file.catalog.unwrap_or_default() {
             let machine = merge_entry(&config.catalog, &name, entry)?;
@@ -424,7 +432,7 @@ mod tests {
         let c = Config::from_yaml(
             "bucket: my-tests\nagents: 4\nresources: nominal\nsupervisor: image\n\
              metrics-port-base: 9200\ndaemonset-overhead:\n  cpu: 200m\n  memory: 256Mi\n\
-             instance-type-selector: false\n",
+             instance-type-selector: false\nsidecar-containers: [envoy]\n",
         )
         .expect("valid config");
         assert_eq!(c.bucket, "my-tests");
@@ -442,6 +450,7 @@ mod tests {
         );
         assert!(!c.instance_type_selector);
         assert!(c.windows_private_ipv4_address);
+        assert_eq!(c.sidecar_containers, ["envoy"]);
     }
 
     #[test]

@@ -610,6 +610,29 @@ enum EnvValue {
     Field(&'static str),
 }
 
+/// Which containers are test containers: not a configured sidecar (a service-mesh proxy
+/// injected before wave), and, when wave has already mutated the pod (the API server
+/// re-invokes webhooks), only the containers wave mutated: a container another webhook added
+/// since is left alone instead of changing how the agents are spread.
+fn test_containers(containers: &[Container], config: &Config) -> Vec<bool> {
+    let marked = |c: &Container| {
+        c.env
+            .as_ref()
+            .is_some_and(|env| env.iter().any(|e| e.name == "WAVE_CONTAINER_INDEX"))
+    };
+    let already_mutated = containers.iter().any(marked);
+    containers
+        .iter()
+        .map(|c| {
+            if already_mutated {
+                marked(c)
+            } else {
+                !config.sidecar_containers.iter().any(|name| *name == c.name)
+            }
+        })
+        .collect()
+}
+
 /// Applies the settings to a copy of the pod, collecting warnings for the user's values kept.
 fn apply(
     pod: &mut Pod,
@@ -619,23 +642,49 @@ fn apply(
 ) -> Result<Vec<Vec<Value>>, Denial> {
     let spec = pod.spec.get_or_insert_with(PodSpec::default);
     let mut new_env = Vec::with_capacity(spec.containers.len());
-    let per_container = agents_per_container(s.agents, spec.containers.len())
+    let agent_container = test_containers(&spec.containers, config);
+    let test_count = agent_container.iter().filter(|&&t| t).count();
+    let per_container = agents_per_container(s.agents, test_count)
         .map_err(|e| deny_annotation("agents", e.to_string()))?;
-    let amount = share(
-        s.resources,
-        s.machine,
-        config.daemonset_overhead,
-        s.agents,
-        per_container,
-    )
-    .map_err(|e| {
+    // The other containers (sidecars) share the node with the agents: under `fit` their
+    // requests come out of the budget like the DaemonSets'.
+    let mut overhead = config.daemonset_overhead;
+    for (container, _) in spec
+        .containers
+        .iter()
+        .zip(&agent_container)
+        .filter(|(_, is_test)| !**is_test)
+    {
+        let requests = container
+            .resources
+            .as_ref()
+            .and_then(|r| r.requests.as_ref());
+        let request = |name: &str, parse: fn(&str) -> Option<u64>| {
+            requests
+                .and_then(|r| r.get(name))
+                .and_then(|q| parse(&q.0))
+                .unwrap_or(0)
+        };
+        overhead.cpu_millis = overhead
+            .cpu_millis
+            .saturating_add(request("cpu", parse_cpu_millis));
+        overhead.memory_mib = overhead
+            .memory_mib
+            .saturating_add(request("memory", parse_memory_bytes).div_ceil(1 << 20));
+    }
+    let amount = share(s.resources, s.machine, overhead, s.agents, per_container).map_err(|e| {
         deny_annotation(
             "agents",
             format!("{e} on {} ({} resources)", s.machine_type, s.resources),
         )
     })?;
 
-    for (index, container) in spec.containers.iter_mut().enumerate() {
+    let mut index = 0;
+    for (container, is_test) in spec.containers.iter_mut().zip(agent_container) {
+        if !is_test {
+            new_env.push(Vec::new());
+            continue;
+        }
         let port = u16::try_from(index)
             .ok()
             .and_then(|i| config.metrics_port_base.checked_add(i))
@@ -685,6 +734,7 @@ fn apply(
         if s.supervisor != SupervisorMode::Off {
             wrap(container, s.supervisor)?;
         }
+        index += 1;
     }
 
     let selector = spec.node_selector.get_or_insert_with(BTreeMap::new);
@@ -1964,6 +2014,59 @@ mod tests {
             ..ResourceRequirements::default()
         });
         assert_patch_builds_the_mutated_pod(wave(existing, "os", "windows"));
+    }
+
+    fn with_container(mut pod: Pod, name: &str, cpu: &str, memory: &str) -> Pod {
+        let requests = BTreeMap::from([
+            ("cpu".to_string(), Quantity(cpu.to_string())),
+            ("memory".to_string(), Quantity(memory.to_string())),
+        ]);
+        pod.spec.as_mut().expect("spec").containers.push(Container {
+            name: name.to_string(),
+            image: Some("proxy:1".to_string()),
+            resources: Some(ResourceRequirements {
+                requests: Some(requests),
+                ..ResourceRequirements::default()
+            }),
+            ..Container::default()
+        });
+        pod
+    }
+
+    #[test]
+    fn sidecar_proxies_get_no_agents_and_their_requests_come_out_of_the_fit_budget() {
+        let pod = with_container(mk_pod(10), "istio-proxy", "100m", "128Mi");
+        let (pod, warnings) = mutated(&pod);
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let all = containers(&pod);
+        let proxy = &all[10];
+        assert_eq!(proxy.name, "istio-proxy");
+        assert!(proxy.env.is_none() && proxy.ports.is_none() && proxy.command.is_none());
+        // (3920m - 125m - 100m) / 10 and (29808Mi - 128Mi) / 10
+        assert_eq!(quantity(&all[0], "requests", "cpu"), "369m");
+        assert_eq!(quantity(&all[0], "requests", "memory"), "2968Mi");
+        assert_eq!(env(&all[9], "WAVE_CONTAINER_INDEX"), Some("9"));
+    }
+
+    #[test]
+    fn a_container_added_after_wave_is_left_alone_on_reinvocation() {
+        let config = Config::default();
+        let (once, _) = admit(&mk_pod(2), OwnerReplicas::Known(480), &config);
+        let later = with_container(once, "log-shipper", "50m", "64Mi");
+        match mutate(&later, OwnerReplicas::Known(480), &config) {
+            Verdict::Patch { patch, .. } => assert!(patch.0.is_empty(), "{patch:?}"),
+            other => panic!("expected an empty patch, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn denies_a_pod_whose_only_containers_are_sidecars() {
+        let mut pod = with_container(mk_pod(1), "linkerd-proxy", "10m", "20Mi");
+        pod.spec.as_mut().expect("spec").containers.remove(0);
+        assert_eq!(
+            denied(&pod),
+            "waveloadtest.io/agents: the pod has no test containers"
+        );
     }
 
     #[test]

@@ -71,8 +71,8 @@ pub enum ShareError {
         /// Containers in the pod.
         containers: u32,
     },
-    /// The pod has no container to give agents to.
-    #[error("the pod has no containers")]
+    /// The pod has no (non-sidecar) container to give agents to.
+    #[error("the pod has no test containers")]
     NoContainers,
     /// The DaemonSet overhead leaves nothing on the machine.
     #[error(

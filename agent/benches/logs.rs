@@ -1,6 +1,6 @@
 //! Log capture under load, 100 agents writing 120-byte lines:
 //! - flat out: each agent `cat`s a 20 MB file as fast as the pipes take it;
-//! - paced: each agent writes 128 KB every 0.1 s for 10 s (about 1.25 MB/s per agent, over
+//! - paced: each agent writes 256 KB, sleeps 0.1 s, 50 times (up to 2.5 MB/s per agent, over
 //!   100 MB/s in total), the rate the supervisor is specified for.
 //!
 //! Measured: bytes that reached the agents' `stdout.log` files per second of wall time
@@ -19,8 +19,8 @@ use common::{Supervisor, bytes_in, cpu_seconds};
 const AGENTS: u32 = 100;
 const BYTES_PER_AGENT: usize = 20_000_000;
 const LINE: usize = 120;
-const PACED_CHUNK: usize = 128_000;
-const PACED_ROUNDS: usize = 100;
+const PACED_CHUNK: usize = 256_000;
+const PACED_ROUNDS: usize = 50;
 
 fn main() {
     let dir = tempfile::tempdir().expect("tempdir");

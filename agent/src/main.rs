@@ -36,7 +36,10 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(0)
         }
         Command::Run(args) => {
+            // One worker thread: the supervisor's own work (log capture above all) stays
+            // within one core and leaves the rest of the machine to the agents.
             let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
                 .enable_all()
                 .build()
                 .context("failed to start the async runtime")?;

@@ -627,7 +627,7 @@ fn test_containers(containers: &[Container], config: &Config) -> Vec<bool> {
             if already_mutated {
                 marked(c)
             } else {
-                !config.sidecar_containers.iter().any(|name| *name == c.name)
+                !config.sidecar_containers.contains(&c.name)
             }
         })
         .collect()

@@ -604,3 +604,78 @@ fn install_copies_the_executable_with_mode_755() {
         .expect("run the copy");
     assert!(String::from_utf8_lossy(&version.stdout).starts_with("wave-agent "));
 }
+
+/// Host pids of a process's children, from /proc/<pid>/task/*/children.
+fn children_of(pid: i32) -> Vec<i32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|text| {
+            text.split_ascii_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<i32>>()
+        })
+        .collect()
+}
+
+#[test]
+fn as_pid_1_of_a_pid_namespace_it_reaps_orphans_and_stops_on_sigterm() {
+    let sb = Sandbox::new();
+    // The agent leaves a job behind that waits for the test's go, then exits as an orphan.
+    let agent = sb.script(
+        "agent.sh",
+        r#"setsid sh -c 'while [ ! -e "$0/release" ]; do sleep 0.05; done' "$WAVE_OUTPUT_DIR" </dev/null >/dev/null 2>&1 &
+exit 0"#,
+    );
+    let mut cmd = sb.command(free_port());
+    let run_args: Vec<std::ffi::OsString> = ["--", "sh"]
+        .iter()
+        .map(Into::into)
+        .chain([agent.into_os_string()])
+        .collect();
+    // `unshare` becomes the parent; wave-agent runs as PID 1 of a new PID namespace with its
+    // own /proc, as in a container.
+    let mut unshare = Command::new("unshare");
+    unshare
+        .args(["--pid", "--fork", "--mount-proc", "--kill-child"])
+        .arg(cmd.get_program())
+        .args(cmd.get_args())
+        .args(&run_args)
+        .env_clear()
+        .envs(
+            cmd.get_envs()
+                .filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned()))),
+        )
+        .stdin(Stdio::null())
+        .stdout(File::create(sb.path("supervisor.out")).expect("stdout file"))
+        .stderr(File::create(sb.path("supervisor.err")).expect("stderr file"));
+    let mut child = unshare.spawn().expect("run unshare (util-linux)");
+    let mut supervisor = None;
+    wait_until("wave-agent to start under unshare", || {
+        supervisor = children_of(child.id() as i32).first().copied();
+        supervisor.is_some()
+    });
+    let supervisor = supervisor.expect("found above");
+    wait_until("the test to complete", || {
+        sb.results().join("summary.json").exists()
+    });
+    let mut orphan = None;
+    wait_until("the orphan to be handed to wave-agent", || {
+        orphan = children_of(supervisor).first().copied();
+        orphan.is_some()
+    });
+    let orphan = orphan.expect("found above");
+    std::fs::write(sb.results().join("agent-0/release"), "").expect("release the orphan");
+    wait_until("the orphan to exit and be reaped", || {
+        proc_state(orphan).is_none()
+    });
+    assert_eq!(zombie_children_of(supervisor), Vec::<i32>::new());
+
+    kill(Pid::from_raw(supervisor), Signal::SIGTERM).expect("signal wave-agent");
+    let status = sb.wait_exit(&mut child);
+    assert!(status.success(), "{status}; stderr:\n{}", sb.stderr());
+    assert!(sb.stderr().contains("SIGTERM received"), "{}", sb.stderr());
+}

@@ -630,7 +630,7 @@ fn as_pid_1_of_a_pid_namespace_it_reaps_orphans_and_stops_on_sigterm() {
         r#"setsid sh -c 'while [ ! -e "$0/release" ]; do sleep 0.05; done' "$WAVE_OUTPUT_DIR" </dev/null >/dev/null 2>&1 &
 exit 0"#,
     );
-    let mut cmd = sb.command(free_port());
+    let cmd = sb.command(free_port());
     let run_args: Vec<std::ffi::OsString> = ["--", "sh"]
         .iter()
         .map(Into::into)

@@ -123,13 +123,19 @@ fn free_port() -> u16 {
 
 /// A plain HTTP/1.0 GET; returns (status code, body).
 fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let (status, _, body) = http_get_with_headers(port, path)?;
+    Some((status, body))
+}
+
+/// A plain HTTP/1.0 GET; returns (status code, lowercased header block, body).
+fn http_get_with_headers(port: u16, path: &str) -> Option<(u16, String, String)> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
     write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     let status = response.split(' ').nth(1)?.parse().ok()?;
-    let body = response.split_once("\r\n\r\n")?.1.to_owned();
-    Some((status, body))
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    Some((status, head.to_ascii_lowercase(), body.to_owned()))
 }
 
 fn signal(child: &Child, sig: Signal) {
@@ -452,8 +458,13 @@ fn after_completion_it_stays_up_serving_metrics_and_uploads_to_the_spec_layout()
     assert_eq!(uploaded["container"], 1);
 
     // Still up: metrics show the completed test.
-    let (status, body) = http_get(port, "/metrics").expect("metrics answer");
+    let (status, headers, body) = http_get_with_headers(port, "/metrics").expect("metrics answer");
     assert_eq!(status, 200);
+    assert!(
+        headers
+            .contains("content-type: application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        "{headers}"
+    );
     assert!(
         body.contains("wave_test_completed{test_id=\"layout\"} 1"),
         "{body}"

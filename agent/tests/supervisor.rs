@@ -690,3 +690,29 @@ exit 0"#,
     assert!(status.success(), "{status}; stderr:\n{}", sb.stderr());
     assert!(sb.stderr().contains("SIGTERM received"), "{}", sb.stderr());
 }
+
+#[test]
+fn results_are_uploaded_every_interval_while_agents_run() {
+    let sb = Sandbox::new();
+    let agent = sb.script(
+        "agent.sh",
+        r#"echo early > "$WAVE_OUTPUT_DIR/early.txt"
+while [ ! -e "$WAVE_OUTPUT_DIR/release" ]; do sleep 0.05; done"#,
+    );
+    let mut cmd = sb.command(free_port());
+    cmd.env("WAVE_RESULTS_URL", sb.store_url())
+        .env("WAVE_UPLOAD_INTERVAL", "200ms")
+        .args(["--exit-on-complete", "--", "sh"])
+        .arg(&agent);
+    let mut child = cmd.spawn().expect("start wave-agent");
+    let uploaded = sb.path("store/pod-1/c0/agent-0/early.txt");
+    sb.wait_for_file(&uploaded);
+    assert!(
+        !sb.results().join("summary.json").exists(),
+        "uploaded only at the end"
+    );
+    assert_eq!(child.try_wait().expect("poll"), None);
+    std::fs::write(sb.results().join("agent-0/release"), "").expect("release the agent");
+    assert!(sb.wait_exit(&mut child).success(), "{}", sb.stderr());
+    assert!(sb.path("store/pod-1/c0/summary.json").exists());
+}

@@ -1,5 +1,6 @@
 //! `wave-agent` entry point: parses the command line and hands over to the library.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -17,6 +18,7 @@ fn main() -> ExitCode {
             EnvFilter::try_from_env("WAVE_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .init();
     match run(cli) {

@@ -164,7 +164,9 @@ pub fn mutate(pod: &Pod, replicas: OwnerReplicas, config: &Config) -> Verdict {
 /// exactly those changes (parents before children), which costs a fraction of serializing
 /// and diffing the whole pod. The env entries, most of what wave adds, go straight to JSON.
 fn patch(before: &Pod, after: &Pod, new_env: Vec<Vec<Value>>) -> json_patch::Patch {
-    let mut ops = Ops::default();
+    // About six operations per container and a few for the pod: one allocation up front.
+    let containers = after.spec.as_ref().map_or(0, |s| s.containers.len());
+    let mut ops = Ops(Vec::with_capacity(8 + 6 * containers));
     let mut path = PointerBuf::from_tokens(["metadata", "annotations"]);
     ops.map(
         &mut path,
@@ -204,7 +206,6 @@ fn patch(before: &Pod, after: &Pod, new_env: Vec<Vec<Value>>) -> json_patch::Pat
     json_patch::Patch(ops.0)
 }
 
-#[derive(Default)]
 struct Ops(Vec<PatchOperation>);
 
 impl Ops {

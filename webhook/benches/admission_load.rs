@@ -278,12 +278,18 @@ async fn open_loop(
             (histogram, failed)
         }));
     }
-    for i in 0..total {
-        let scheduled = start + interval * i as u32;
-        tokio::time::sleep_until(scheduled.into()).await;
-        tx.send(scheduled).expect("workers are running");
-    }
-    drop(tx);
+    // tokio's timer ticks in milliseconds, which would send the requests in bursts of five;
+    // a thread sleeping to each start (nanosleep, tens of microseconds late at worst) keeps
+    // the schedule.
+    let schedule = std::thread::spawn(move || {
+        for i in 0..total {
+            let scheduled = start + interval * i as u32;
+            if let Some(wait) = scheduled.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            tx.send(scheduled).expect("workers are running");
+        }
+    });
     let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
     let mut failed = 0;
     for task in tasks {
@@ -291,6 +297,7 @@ async fn open_loop(
         histogram.add(&h).expect("same bounds");
         failed += f;
     }
+    schedule.join().expect("schedule thread");
     OpenLoop { histogram, failed }
 }
 

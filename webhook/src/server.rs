@@ -30,8 +30,12 @@ use crate::owners::{KubeAccess, OwnerLookup};
 use crate::reload::{self, LoadConfigError, Seen, Watched};
 use crate::tls::{self, CertResolver};
 
-/// A client gets this long to finish its TLS handshake and send its request headers.
+/// A client gets this long to finish its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A client gets this long to send a request's headers. hyper counts the wait on an idle
+/// keep-alive connection too, so this is also how long an idle connection stays open.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// After shutdown begins, in-flight requests get this long to finish (Kubernetes' default
 /// termination grace period is 30 s).
@@ -230,7 +234,7 @@ where
                 });
                 let conn = http1::Builder::new()
                     .timer(TokioTimer::new())
-                    .header_read_timeout(HANDSHAKE_TIMEOUT)
+                    .header_read_timeout(HEADER_TIMEOUT)
                     .serve_connection(TokioIo::new(stream), service);
                 if let Err(e) = watcher.watch(conn).await {
                     debug!(error = %e, "connection ended with an error");

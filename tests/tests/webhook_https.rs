@@ -958,3 +958,30 @@ async fn a_review_of_exactly_3_mib_is_answered_and_one_byte_more_is_413() {
     assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE);
     webhook.stop().await;
 }
+
+#[tokio::test]
+async fn once_the_caches_are_filled_an_admission_makes_no_api_request() {
+    let (replica_set, deployment) = seed_owners();
+    let api = FakeApiServer::start(&[replica_set], &[deployment]).await;
+    let webhook = Webhook::start(None, KubeAccess::Kubeconfig(api.kubeconfig())).await;
+    // Both reflectors have listed and started watching.
+    let watching = |resource: &str| {
+        api.requests().iter().any(|r| {
+            r.starts_with(&format!("GET /apis/apps/v1/{resource}?")) && r.contains("watch=true")
+        })
+    };
+    wait_for("both watches", || {
+        watching("replicasets") && watching("deployments")
+    })
+    .await;
+    let before = api.requests().len();
+    let review = fixture();
+    let response = webhook.admit(&review).await;
+    assert_test_machine(&patched_pod(&review, &response), "480000");
+    assert_eq!(
+        api.requests()[before..],
+        [] as [String; 0],
+        "the admission asked the API server"
+    );
+    webhook.stop().await;
+}

@@ -114,7 +114,7 @@ impl Metrics {
             Outcome::ALL.map(|outcome| family.get_or_create_owned(&OutcomeLabels { outcome }));
         registry.register(
             "wave_webhook_admissions",
-            "Admission reviews answered on POST /mutate, by outcome.",
+            "Admission reviews answered on POST /mutate, by outcome",
             family,
         );
         let duration = Histogram::new([
@@ -123,14 +123,14 @@ impl Metrics {
         ]);
         registry.register_with_unit(
             "wave_webhook_admission_duration",
-            "Time from a complete request body to the serialized answer, including the owner lookup.",
+            "Time from a complete request body to the serialized answer, including the owner lookup",
             Unit::Seconds,
             duration.clone(),
         );
         let cert_expiry = Gauge::default();
         registry.register_with_unit(
             "wave_webhook_cert_expiry_timestamp",
-            "Expiry (notAfter, Unix time) of the serving certificate currently loaded.",
+            "Expiry (notAfter, Unix time) of the serving certificate currently loaded",
             Unit::Seconds,
             cert_expiry.clone(),
         );
@@ -142,7 +142,7 @@ impl Metrics {
         }
         registry.register(
             "wave_webhook_reloads",
-            "Reloads of the certificate or the configuration after the files changed, by result.",
+            "Reloads of the certificate or the configuration after the files changed, by result",
             reloads.clone(),
         );
         Metrics {

@@ -335,14 +335,7 @@ fn scan_blocking(root: &Path) -> Result<Vec<LocalFile>, UploadError> {
                 });
             }
         };
-        let rel = entry
-            .path()
-            .strip_prefix(root)
-            .expect("walkdir yields paths under its root")
-            .components()
-            .map(|c| c.as_os_str().to_string_lossy())
-            .collect::<Vec<_>>()
-            .join("/");
+        let rel = crate::store::relative_key(root, entry.path());
         files.push(LocalFile {
             rel,
             path: entry.path().to_owned(),

@@ -261,6 +261,17 @@ pub struct Store {
     s3: Option<s3::S3Store>,
 }
 
+/// The `/`-separated key of `path` below `root`, the same on every platform: how a local
+/// file under a synced folder is named in a store.
+pub(crate) fn relative_key(root: &Path, path: &Path) -> String {
+    path.strip_prefix(root)
+        .expect("walkdir yields paths under its root")
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy())
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
 impl Store {
     /// Opens the store for `url`: for `s3://` this builds the S3 client from the standard
     /// AWS configuration (credential chain, `AWS_ENDPOINT_URL`, region) and `options`; for

@@ -41,14 +41,7 @@ fn list_blocking(root: &Path) -> Result<Vec<StoredObject>, StoreError> {
         if !entry.file_type().is_file() || is_temp_name(entry.file_name()) {
             continue;
         }
-        let rel = entry
-            .path()
-            .strip_prefix(root)
-            .expect("walkdir yields paths under its root")
-            .components()
-            .map(|c| c.as_os_str().to_string_lossy())
-            .collect::<Vec<_>>()
-            .join("/");
+        let rel = super::relative_key(root, entry.path());
         let size = entry
             .metadata()
             .map_err(|e| StoreError::io("read", entry.path(), e.into()))?

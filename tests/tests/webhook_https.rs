@@ -156,6 +156,19 @@ impl Webhook {
         String::from_utf8(body.to_vec()).expect("metrics are UTF-8")
     }
 
+    /// Polls `/metrics` until `series` reads `value` (20 s at most, then fails with `what`).
+    async fn wait_for_sample(&self, series: &str, value: f64, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let text = self.metrics_text().await;
+            if sample(&text, series) == Some(value) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{what}: {text}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     async fn stop(mut self) {
         let _ = self.stop.take().map(|s| s.send(()));
         let task = self.task.take().expect("running");
@@ -685,22 +698,13 @@ async fn a_certificate_without_its_matching_key_is_not_taken_until_the_key_arriv
         keep_alive: false,
     });
     replace_file(&webhook.tls.cert_path(), new_cert.cert_pem.as_bytes());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let text = webhook.metrics_text().await;
-        if sample(
-            &text,
+    webhook
+        .wait_for_sample(
             "wave_webhook_reloads_total{what=\"tls\",result=\"failure\"}",
-        ) == Some(1.0)
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "mismatched pair never noticed: {text}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+            1.0,
+            "mismatched pair never noticed",
+        )
+        .await;
     let reply = client
         .get(&webhook.url("/healthz"))
         .await
@@ -837,22 +841,13 @@ async fn a_changed_config_is_applied_and_a_broken_one_keeps_the_previous() {
     }
 
     replace_file(&config, b"bukket: typo\n");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let text = webhook.metrics_text().await;
-        if sample(
-            &text,
+    webhook
+        .wait_for_sample(
             "wave_webhook_reloads_total{what=\"config\",result=\"failure\"}",
-        ) == Some(1.0)
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the broken config was never read: {text}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+            1.0,
+            "the broken config was never read",
+        )
+        .await;
     assert_eq!(
         script_url(&webhook.admit(&review).await).as_deref(),
         Some(wanted.as_str())

@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::{self, Signal};
+use nix::unistd::Pid;
 use wave_tests::s3::{Garage, S3Access, S3sFs};
 use wave_tests::{free_port, workspace_bin};
 
@@ -186,6 +188,60 @@ async fn every_result_byte_reaches_s3_through_an_outage() {
         let ticks =
             fs::read_to_string(work.join(format!("results/agent-{k}/ticks.log"))).expect("ticks");
         assert_eq!(ticks.lines().count(), 40, "agent {k} wrote every tick");
+    }
+}
+
+/// SIGTERM arrives while results are going up and the store is down: the final upload
+/// keeps trying within the stop timeout, and once the store is back every byte the agents
+/// wrote is in S3, with a summary.json saying the run was stopped.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_during_an_upload_and_an_outage_still_uploads_everything() {
+    let mut s3 = S3sFs::start().await;
+    let script = "#!/bin/sh\nhead -c 48000000 /dev/urandom > \"$WAVE_OUTPUT_DIR/big.bin\"\n\
+                  echo written > \"$WAVE_OUTPUT_DIR/written\"\nexec sleep 600\n";
+    s3.put("scripts/t-stop/run", script).await;
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let work = tmp.path().join("work");
+    let script_url = s3.url("scripts/t-stop/").to_string();
+    let results_url = s3.url("results/t-stop/").to_string();
+    let mut agent = Agent::start(
+        &s3,
+        &work,
+        &script_url,
+        &results_url,
+        &[
+            ("WAVE_UPLOAD_INTERVAL", "200ms"),
+            ("WAVE_STOP_TIMEOUT", "20s"),
+            ("WAVE_EXIT_ON_COMPLETE", "false"),
+        ],
+    );
+
+    // Both agents have written their 48 MB and the periodic sync is sending them (in
+    // multipart) when the store goes away and the pod is told to stop.
+    let started = Instant::now();
+    while !(work.join("results/agent-0/written").exists()
+        && work.join("results/agent-1/written").exists())
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "agents did not write their results:\n{}",
+            agent.output()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    s3.stop();
+    let pid = Pid::from_raw(i32::try_from(agent.child.id()).expect("pids fit in i32"));
+    signal::kill(pid, Signal::SIGTERM).expect("SIGTERM the supervisor");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    s3.start_again().await;
+
+    agent.wait(Duration::from_secs(60)).await;
+    let summary = assert_results_mirrored(&s3, &work, "results/t-stop/pod-x/c0/").await;
+    assert_eq!(summary["completed"], false, "{summary:#}");
+    for k in 0..2 {
+        let key = format!("results/t-stop/pod-x/c0/agent-{k}/big.bin");
+        let stored: Vec<(String, u64)> = s3.list(&key).await;
+        assert_eq!(stored, vec![(key, 48_000_000)], "agent {k}'s big file");
     }
 }
 

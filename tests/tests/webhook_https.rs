@@ -104,16 +104,11 @@ impl Webhook {
     }
 
     async fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok((status, _, _)) = plain_get(&self.metrics_url("/readyz")).await
-                && status == StatusCode::OK
-            {
-                return;
-            }
-            assert!(Instant::now() < deadline, "webhook not ready within 20 s");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let readyz = self.metrics_url("/readyz");
+        wait_for("the webhook to be ready", || async {
+            plain_get(&readyz).await.map(|r| r.0) == Ok(StatusCode::OK)
+        })
+        .await;
     }
 
     fn url(&self, path: &str) -> String {
@@ -628,9 +623,14 @@ fn keep_posting(
     (ok, failed, task)
 }
 
-async fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
+/// Polls `condition` every 20 ms until it holds; fails naming `what` after 20 s.
+async fn wait_for<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !condition() {
+    while !condition().await {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -648,7 +648,7 @@ async fn replaced_certificate_files_are_served_to_new_connections_without_a_fail
     }));
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed, task) = keep_posting(&webhook, client.clone(), stop.clone());
-    wait_for("requests with the first certificate", || {
+    wait_for("requests with the first certificate", || async {
         ok.load(Ordering::SeqCst) >= 20
     })
     .await;
@@ -658,12 +658,12 @@ async fn replaced_certificate_files_are_served_to_new_connections_without_a_fail
     );
 
     webhook.tls.write(&new_cert);
-    wait_for("the renewed certificate", || {
+    wait_for("the renewed certificate", || async {
         client.last_server_cert().as_ref() == Some(&new_cert.der)
     })
     .await;
     let after_swap = ok.load(Ordering::SeqCst);
-    wait_for("requests with the renewed certificate", || {
+    wait_for("requests with the renewed certificate", || async {
         ok.load(Ordering::SeqCst) >= after_swap + 20
     })
     .await;
@@ -716,18 +716,11 @@ async fn a_certificate_without_its_matching_key_is_not_taken_until_the_key_arriv
     );
 
     replace_file(&webhook.tls.key_path(), new_cert.key_pem.as_bytes());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    wait_for("the completed pair to be served", || async {
         client.get(&webhook.url("/healthz")).await.expect("served");
-        if client.last_server_cert().as_ref() == Some(&new_cert.der) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the completed pair was never served"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        client.last_server_cert().as_ref() == Some(&new_cert.der)
+    })
+    .await;
     webhook.stop().await;
 }
 
@@ -784,11 +777,10 @@ async fn a_secret_volume_update_through_the_data_symlink_is_picked_up() {
         keep_alive: false,
     });
     let url = format!("https://127.0.0.1:{}/healthz", https.port());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while client.get(&url).await.is_err() {
-        assert!(Instant::now() < deadline, "webhook never served");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for("the webhook to serve", || async {
+        client.get(&url).await.is_ok()
+    })
+    .await;
     assert_eq!(client.last_server_cert().as_ref(), Some(&tls.server.der));
 
     write_secret_volume(
@@ -797,18 +789,11 @@ async fn a_secret_volume_update_through_the_data_symlink_is_picked_up() {
         &new_cert.cert_pem,
         &new_cert.key_pem,
     );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    wait_for("the swapped Secret volume to be served", || async {
         client.get(&url).await.expect("served during the swap");
-        if client.last_server_cert().as_ref() == Some(&new_cert.der) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the swapped Secret volume was never served"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        client.last_server_cert().as_ref() == Some(&new_cert.der)
+    })
+    .await;
     let _ = stop.send(());
     task.await.expect("no panic").expect("clean stop");
 }
@@ -831,14 +816,10 @@ async fn a_changed_config_is_applied_and_a_broken_one_keeps_the_previous() {
 
     replace_file(&config, b"bucket: second-bucket\n");
     let wanted = format!("s3://second-bucket/scripts/{TEST_ID}/");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while script_url(&webhook.admit(&review).await).as_deref() != Some(wanted.as_str()) {
-        assert!(
-            Instant::now() < deadline,
-            "the new config was never applied"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for("the new config to be applied", || async {
+        script_url(&webhook.admit(&review).await).as_deref() == Some(wanted.as_str())
+    })
+    .await;
 
     replace_file(&config, b"bukket: typo\n");
     webhook
@@ -887,14 +868,10 @@ async fn a_missing_certificate_makes_the_server_not_ready_until_it_appears() {
     };
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     tls.write(&tls.server);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while plain_get(&readyz).await.map(|r| r.0) != Ok(StatusCode::OK) {
-        assert!(
-            Instant::now() < deadline,
-            "never became ready after the certificate appeared"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for("readiness after the certificate appeared", || async {
+        plain_get(&readyz).await.map(|r| r.0) == Ok(StatusCode::OK)
+    })
+    .await;
     let _ = stop.send(());
     task.await.expect("no panic").expect("clean stop");
 }
@@ -965,7 +942,7 @@ async fn once_the_caches_are_filled_an_admission_makes_no_api_request() {
             r.starts_with(&format!("GET /apis/apps/v1/{resource}?")) && r.contains("watch=true")
         })
     };
-    wait_for("both watches", || {
+    wait_for("both watches", || async {
         watching("replicasets") && watching("deployments")
     })
     .await;

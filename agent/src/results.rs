@@ -295,6 +295,12 @@ async fn scan(root: &Path) -> Result<Vec<LocalFile>, UploadError> {
         .expect("the scan task does not panic")
 }
 
+/// A file removed while the scan walked past it (an agent's temporary file): not an error.
+fn vanished(e: &walkdir::Error) -> bool {
+    e.io_error()
+        .is_some_and(|e| e.kind() == io::ErrorKind::NotFound)
+}
+
 fn scan_blocking(root: &Path) -> Result<Vec<LocalFile>, UploadError> {
     if !root.exists() {
         return Ok(Vec::new());
@@ -303,13 +309,7 @@ fn scan_blocking(root: &Path) -> Result<Vec<LocalFile>, UploadError> {
     for entry in walkdir::WalkDir::new(root) {
         let entry = match entry {
             Ok(entry) => entry,
-            // Removed while we walked: an agent's temporary file.
-            Err(e)
-                if e.io_error()
-                    .is_some_and(|e| e.kind() == io::ErrorKind::NotFound) =>
-            {
-                continue;
-            }
+            Err(e) if vanished(&e) => continue,
             Err(e) => {
                 return Err(UploadError::Scan {
                     path: e.path().unwrap_or(root).to_owned(),
@@ -322,12 +322,7 @@ fn scan_blocking(root: &Path) -> Result<Vec<LocalFile>, UploadError> {
         }
         let meta = match entry.metadata() {
             Ok(meta) => meta,
-            Err(e)
-                if e.io_error()
-                    .is_some_and(|e| e.kind() == io::ErrorKind::NotFound) =>
-            {
-                continue;
-            }
+            Err(e) if vanished(&e) => continue,
             Err(e) => {
                 return Err(UploadError::Scan {
                     path: entry.path().to_owned(),

@@ -10,8 +10,10 @@ pub mod prometheus;
 pub mod s3;
 pub mod tls;
 
+use std::future::Future;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 /// Path of a binary built from this workspace (`wave-agent`, `wave-webhook`).
 ///
@@ -68,4 +70,21 @@ pub fn workspace_root() -> PathBuf {
         .parent()
         .expect("the tests crate sits in the workspace root")
         .to_path_buf()
+}
+
+/// Polls `condition` every 20 ms until it holds; fails naming `what` after `timeout`.
+/// Tests wait for real servers and processes this way instead of sleeping a fixed time.
+pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !condition().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -20,7 +20,7 @@ use wave_tests::kubelet::{LocalPod, PodIdentity};
 use wave_tests::prometheus::Prometheus;
 use wave_tests::s3::S3sFs;
 use wave_tests::tls::{HttpsClient, TlsFiles};
-use wave_tests::{free_port, workspace_bin, workspace_root};
+use wave_tests::{free_port, wait_for, workspace_bin, workspace_root};
 
 const TEST_ID: &str = "2e9103ae-3268-11ed-b5cf-0242ac110033";
 const NAMESPACE: &str = "wave-tests";
@@ -242,21 +242,6 @@ fn env_of(pod: &Pod) -> BTreeMap<String, Option<String>> {
         .flatten()
         .map(|e| (e.name.clone(), e.value.clone()))
         .collect()
-}
-
-async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while !check().await {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
 }
 
 /// The value of a query that returns one series (Prometheus's `data.result`).

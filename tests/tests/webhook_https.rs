@@ -25,6 +25,7 @@ use wave_tests::apiserver::FakeApiServer;
 use wave_tests::tls::{
     ClientOptions, HttpsClient, SERVER_CERT_NOT_AFTER, TestCa, TlsFiles, replace_file,
 };
+use wave_tests::wait_for;
 use wave_webhook::owners::KubeAccess;
 use wave_webhook::{ServeError, ServeOptions};
 
@@ -105,9 +106,11 @@ impl Webhook {
 
     async fn wait_ready(&self) {
         let readyz = self.metrics_url("/readyz");
-        wait_for("the webhook to be ready", || async {
-            plain_get(&readyz).await.map(|r| r.0) == Ok(StatusCode::OK)
-        })
+        wait_for(
+            "the webhook to be ready",
+            Duration::from_secs(20),
+            || async { plain_get(&readyz).await.map(|r| r.0) == Ok(StatusCode::OK) },
+        )
         .await;
     }
 
@@ -623,19 +626,6 @@ fn keep_posting(
     (ok, failed, task)
 }
 
-/// Polls `condition` every 20 ms until it holds; fails naming `what` after 20 s.
-async fn wait_for<F, Fut>(what: &str, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !condition().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test]
 async fn replaced_certificate_files_are_served_to_new_connections_without_a_failed_request() {
     let webhook = Webhook::start(None, KubeAccess::Disabled("none".into())).await;
@@ -648,9 +638,11 @@ async fn replaced_certificate_files_are_served_to_new_connections_without_a_fail
     }));
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed, task) = keep_posting(&webhook, client.clone(), stop.clone());
-    wait_for("requests with the first certificate", || async {
-        ok.load(Ordering::SeqCst) >= 20
-    })
+    wait_for(
+        "requests with the first certificate",
+        Duration::from_secs(20),
+        || async { ok.load(Ordering::SeqCst) >= 20 },
+    )
     .await;
     assert_eq!(
         client.last_server_cert().as_ref(),
@@ -658,14 +650,18 @@ async fn replaced_certificate_files_are_served_to_new_connections_without_a_fail
     );
 
     webhook.tls.write(&new_cert);
-    wait_for("the renewed certificate", || async {
-        client.last_server_cert().as_ref() == Some(&new_cert.der)
-    })
+    wait_for(
+        "the renewed certificate",
+        Duration::from_secs(20),
+        || async { client.last_server_cert().as_ref() == Some(&new_cert.der) },
+    )
     .await;
     let after_swap = ok.load(Ordering::SeqCst);
-    wait_for("requests with the renewed certificate", || async {
-        ok.load(Ordering::SeqCst) >= after_swap + 20
-    })
+    wait_for(
+        "requests with the renewed certificate",
+        Duration::from_secs(20),
+        || async { ok.load(Ordering::SeqCst) >= after_swap + 20 },
+    )
     .await;
     stop.store(true, Ordering::SeqCst);
     let errors = task.await.expect("poster task");
@@ -716,10 +712,14 @@ async fn a_certificate_without_its_matching_key_is_not_taken_until_the_key_arriv
     );
 
     replace_file(&webhook.tls.key_path(), new_cert.key_pem.as_bytes());
-    wait_for("the completed pair to be served", || async {
-        client.get(&webhook.url("/healthz")).await.expect("served");
-        client.last_server_cert().as_ref() == Some(&new_cert.der)
-    })
+    wait_for(
+        "the completed pair to be served",
+        Duration::from_secs(20),
+        || async {
+            client.get(&webhook.url("/healthz")).await.expect("served");
+            client.last_server_cert().as_ref() == Some(&new_cert.der)
+        },
+    )
     .await;
     webhook.stop().await;
 }
@@ -777,7 +777,7 @@ async fn a_secret_volume_update_through_the_data_symlink_is_picked_up() {
         keep_alive: false,
     });
     let url = format!("https://127.0.0.1:{}/healthz", https.port());
-    wait_for("the webhook to serve", || async {
+    wait_for("the webhook to serve", Duration::from_secs(20), || async {
         client.get(&url).await.is_ok()
     })
     .await;
@@ -789,10 +789,14 @@ async fn a_secret_volume_update_through_the_data_symlink_is_picked_up() {
         &new_cert.cert_pem,
         &new_cert.key_pem,
     );
-    wait_for("the swapped Secret volume to be served", || async {
-        client.get(&url).await.expect("served during the swap");
-        client.last_server_cert().as_ref() == Some(&new_cert.der)
-    })
+    wait_for(
+        "the swapped Secret volume to be served",
+        Duration::from_secs(20),
+        || async {
+            client.get(&url).await.expect("served during the swap");
+            client.last_server_cert().as_ref() == Some(&new_cert.der)
+        },
+    )
     .await;
     let _ = stop.send(());
     task.await.expect("no panic").expect("clean stop");
@@ -816,9 +820,11 @@ async fn a_changed_config_is_applied_and_a_broken_one_keeps_the_previous() {
 
     replace_file(&config, b"bucket: second-bucket\n");
     let wanted = format!("s3://second-bucket/scripts/{TEST_ID}/");
-    wait_for("the new config to be applied", || async {
-        script_url(&webhook.admit(&review).await).as_deref() == Some(wanted.as_str())
-    })
+    wait_for(
+        "the new config to be applied",
+        Duration::from_secs(20),
+        || async { script_url(&webhook.admit(&review).await).as_deref() == Some(wanted.as_str()) },
+    )
     .await;
 
     replace_file(&config, b"bukket: typo\n");
@@ -868,9 +874,11 @@ async fn a_missing_certificate_makes_the_server_not_ready_until_it_appears() {
     };
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     tls.write(&tls.server);
-    wait_for("readiness after the certificate appeared", || async {
-        plain_get(&readyz).await.map(|r| r.0) == Ok(StatusCode::OK)
-    })
+    wait_for(
+        "readiness after the certificate appeared",
+        Duration::from_secs(20),
+        || async { plain_get(&readyz).await.map(|r| r.0) == Ok(StatusCode::OK) },
+    )
     .await;
     let _ = stop.send(());
     task.await.expect("no panic").expect("clean stop");
@@ -942,7 +950,7 @@ async fn once_the_caches_are_filled_an_admission_makes_no_api_request() {
             r.starts_with(&format!("GET /apis/apps/v1/{resource}?")) && r.contains("watch=true")
         })
     };
-    wait_for("both watches", || async {
+    wait_for("both watches", Duration::from_secs(20), || async {
         watching("replicasets") && watching("deployments")
     })
     .await;

@@ -6,12 +6,14 @@
 
 pub mod apiserver;
 pub mod kubelet;
+pub mod process;
 pub mod prometheus;
 pub mod s3;
 pub mod tls;
 
 use std::future::Future;
-use std::net::TcpListener;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -87,4 +89,30 @@ where
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A plain HTTP/1.0 answer: status, header block (lowercased) and body.
+pub struct PlainResponse {
+    pub status: u16,
+    pub head: String,
+    pub body: String,
+}
+
+/// A plain HTTP/1.0 GET on 127.0.0.1 with a 10 s read timeout, enough for `/metrics`,
+/// `/readyz` and Prometheus's JSON API; `None` while nothing answers on `port`.
+pub fn http_get(port: u16, path: &str) -> Option<PlainResponse> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split(' ').nth(1)?.parse().ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    Some(PlainResponse {
+        status,
+        head: head.to_ascii_lowercase(),
+        body: body.to_owned(),
+    })
 }

@@ -2,15 +2,13 @@
 //! second: proof that wave's exposition is what Prometheus accepts (it rejects, for one,
 //! OpenMetrics text without `# EOF`), queried through its HTTP API.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::{free_port, tool};
+use crate::{free_port, http_get, tool};
 
 /// How long Prometheus may take to start, and a target to come up (the first scrape comes
 /// about 5 s after start: target discovery is throttled).
@@ -103,7 +101,7 @@ impl Prometheus {
 
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + PATIENCE;
-        while http_get(self.port, "/-/ready").map(|(status, _)| status) != Some(200) {
+        while http_get(self.port, "/-/ready").map(|r| r.status) != Some(200) {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("Prometheus exited at start ({status}):\n{}", self.log());
             }
@@ -117,7 +115,7 @@ impl Prometheus {
     }
 
     fn get_json(&self, path: &str) -> Option<Value> {
-        let (status, body) = http_get(self.port, path)?;
+        let crate::PlainResponse { status, body, .. } = http_get(self.port, path)?;
         (status == 200).then(|| serde_json::from_str(&body).ok())?
     }
 
@@ -140,20 +138,6 @@ fn prometheus_binary() -> PathBuf {
     } else {
         tool("prometheus")
     }
-}
-
-/// A plain HTTP/1.0 GET on 127.0.0.1; (status, body).
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let status = response.split(' ').nth(1)?.parse().ok()?;
-    let body = response.split_once("\r\n\r\n")?.1.to_owned();
-    Some((status, body))
 }
 
 fn percent_encode(text: &str) -> String {

@@ -2,8 +2,7 @@
 //! processes (sh scripts), real signals and a `file://` results store in a temp dir.
 
 use std::fs::File;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -11,8 +10,8 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
+use wave_tests::workspace_bin;
 
-const BIN: &str = env!("CARGO_BIN_EXE_wave-agent");
 /// Bound on every wait, so a broken supervisor fails the test instead of hanging it.
 const PATIENCE: Duration = Duration::from_secs(60);
 
@@ -54,7 +53,7 @@ impl Sandbox {
     /// A `wave-agent run` command with the sandbox's work dir, metrics on a free port and
     /// the sandbox's output files.
     fn command(&self, port: u16) -> Command {
-        let mut cmd = Command::new(BIN);
+        let mut cmd = Command::new(workspace_bin("wave-agent"));
         cmd.arg("run")
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
@@ -123,19 +122,12 @@ fn free_port() -> u16 {
 
 /// A plain HTTP/1.0 GET; returns (status code, body).
 fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let (status, _, body) = http_get_with_headers(port, path)?;
-    Some((status, body))
+    wave_tests::http_get(port, path).map(|r| (r.status, r.body))
 }
 
 /// A plain HTTP/1.0 GET; returns (status code, lowercased header block, body).
 fn http_get_with_headers(port: u16, path: &str) -> Option<(u16, String, String)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let status = response.split(' ').nth(1)?.parse().ok()?;
-    let (head, body) = response.split_once("\r\n\r\n")?;
-    Some((status, head.to_ascii_lowercase(), body.to_owned()))
+    wave_tests::http_get(port, path).map(|r| (r.status, r.head, r.body))
 }
 
 fn signal(child: &Child, sig: Signal) {
@@ -596,7 +588,7 @@ fn install_copies_the_executable_with_mode_755() {
     use std::os::unix::fs::PermissionsExt;
     let sb = Sandbox::new();
     let dir = sb.path("bin");
-    let status = Command::new(BIN)
+    let status = Command::new(workspace_bin("wave-agent"))
         .arg("install")
         .arg(&dir)
         .status()
@@ -607,7 +599,7 @@ fn install_copies_the_executable_with_mode_755() {
     assert_eq!(meta.permissions().mode() & 0o777, 0o755);
     assert_eq!(
         std::fs::read(&installed).expect("read"),
-        std::fs::read(BIN).expect("read")
+        std::fs::read(workspace_bin("wave-agent")).expect("read")
     );
     let version = Command::new(&installed)
         .arg("--version")

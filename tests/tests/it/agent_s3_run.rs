@@ -6,11 +6,11 @@
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{self, Signal};
-use nix::unistd::Pid;
+use wave_tests::process::Running;
 use wave_tests::s3::{Garage, S3Access, S3sFs};
 use wave_tests::{free_port, workspace_bin};
 
@@ -21,76 +21,33 @@ fn agent_script(ticks: u32) -> String {
     )
 }
 
-struct Agent {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Agent {
-    /// Starts `wave-agent run` with 2 agents, exiting on completion, results every 300 ms.
-    /// `extra` environment variables override the others.
-    fn start(
-        s3: &S3Access,
-        work: &Path,
-        script_url: &str,
-        results_url: &str,
-        extra: &[(&str, &str)],
-    ) -> Agent {
-        let log = work.with_extension("log");
-        let out = fs::File::create(&log).expect("log file");
-        let err = out.try_clone().expect("log file");
-        let child = Command::new(workspace_bin("wave-agent"))
-            .arg("run")
-            .envs(s3.agent_env())
-            .env("TEST_ID", "t-run")
-            .env("POD_NAME", "pod-x")
-            .env("WAVE_CONTAINER_INDEX", "0")
-            .env("WAVE_AGENTS", "2")
-            .env("PLAYERS_PER_AGENT", "5")
-            .env("WAVE_WORK_DIR", work)
-            .env("WAVE_SCRIPT_URL", script_url)
-            .env("WAVE_RESULTS_URL", results_url)
-            .env("WAVE_METRICS_PORT", free_port().to_string())
-            .env("WAVE_UPLOAD_INTERVAL", "300ms")
-            .env("WAVE_STOP_TIMEOUT", "30s")
-            .env("WAVE_EXIT_ON_COMPLETE", "true")
-            .envs(extra.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .expect("wave-agent starts");
-        Agent { child, log }
-    }
-
-    fn output(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Waits for the supervisor to exit (it exits on completion).
-    async fn wait(&mut self, limit: Duration) -> ExitStatus {
-        let started = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return status;
-            }
-            if started.elapsed() > limit {
-                let _ = self.child.kill();
-                panic!(
-                    "wave-agent still running after {limit:?}:\n{}",
-                    self.output()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Starts `wave-agent run` with 2 agents, exiting on completion, results every 300 ms; its
+/// output goes to `<work>.log`. `extra` environment variables override the others.
+fn start_supervisor(
+    s3: &S3Access,
+    work: &Path,
+    script_url: &str,
+    results_url: &str,
+    extra: &[(&str, &str)],
+) -> Running {
+    let mut command = Command::new(workspace_bin("wave-agent"));
+    command
+        .arg("run")
+        .envs(s3.agent_env())
+        .env("TEST_ID", "t-run")
+        .env("POD_NAME", "pod-x")
+        .env("WAVE_CONTAINER_INDEX", "0")
+        .env("WAVE_AGENTS", "2")
+        .env("PLAYERS_PER_AGENT", "5")
+        .env("WAVE_WORK_DIR", work)
+        .env("WAVE_SCRIPT_URL", script_url)
+        .env("WAVE_RESULTS_URL", results_url)
+        .env("WAVE_METRICS_PORT", free_port().to_string())
+        .env("WAVE_UPLOAD_INTERVAL", "300ms")
+        .env("WAVE_STOP_TIMEOUT", "30s")
+        .env("WAVE_EXIT_ON_COMPLETE", "true")
+        .envs(extra.iter().copied());
+    Running::spawn(&mut command, work.with_extension("log"))
 }
 
 fn local_files(root: &Path) -> Vec<(String, PathBuf)> {
@@ -159,7 +116,7 @@ async fn every_result_byte_reaches_s3_through_an_outage() {
     let work = tmp.path().join("work");
     let script_url = s3.url("scripts/t-run/").to_string();
     let results_url = s3.url("results/t-run/").to_string();
-    let mut agent = Agent::start(&s3, &work, &script_url, &results_url, &[]);
+    let mut agent = start_supervisor(&s3, &work, &script_url, &results_url, &[]);
 
     // Let the agents start and the first uploads happen, then cut S3 for two seconds.
     let started = Instant::now();
@@ -174,7 +131,7 @@ async fn every_result_byte_reaches_s3_through_an_outage() {
     s3.stop();
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(
-        agent.child.try_wait().expect("wait").is_none(),
+        agent.try_wait().is_none(),
         "still running during the outage"
     );
     s3.start_again().await;
@@ -204,7 +161,7 @@ async fn sigterm_during_an_upload_and_an_outage_still_uploads_everything() {
     let work = tmp.path().join("work");
     let script_url = s3.url("scripts/t-stop/").to_string();
     let results_url = s3.url("results/t-stop/").to_string();
-    let mut agent = Agent::start(
+    let mut agent = start_supervisor(
         &s3,
         &work,
         &script_url,
@@ -230,7 +187,7 @@ async fn sigterm_during_an_upload_and_an_outage_still_uploads_everything() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     s3.stop();
-    let pid = Pid::from_raw(i32::try_from(agent.child.id()).expect("pids fit in i32"));
+    let pid = agent.pid();
     signal::kill(pid, Signal::SIGTERM).expect("SIGTERM the supervisor");
     tokio::time::sleep(Duration::from_secs(3)).await;
     s3.start_again().await;
@@ -266,7 +223,7 @@ async fn garage_runs_a_test_from_a_tar_gz_script() {
 
     let tmp = tempfile::tempdir().expect("temp dir");
     let work = tmp.path().join("work");
-    let mut agent = Agent::start(
+    let mut agent = start_supervisor(
         &garage,
         &work,
         &garage.url("scripts/t-run/").to_string(),
@@ -286,7 +243,7 @@ async fn a_missing_script_stops_the_supervisor_with_the_url_in_the_log() {
     let work = tmp.path().join("work");
     let script_url = s3.url("scripts/not-uploaded/").to_string();
     let results_url = s3.url("results/x/").to_string();
-    let mut agent = Agent::start(&s3, &work, &script_url, &results_url, &[]);
+    let mut agent = start_supervisor(&s3, &work, &script_url, &results_url, &[]);
     let status = agent.wait(Duration::from_secs(60)).await;
     assert!(!status.success());
     let output = agent.output();
@@ -302,7 +259,7 @@ async fn wrong_credentials_stop_the_supervisor_with_a_clear_message() {
     s3.put("scripts/t-run/run", agent_script(1)).await;
     let tmp = tempfile::tempdir().expect("temp dir");
     let work = tmp.path().join("work");
-    let mut agent = Agent::start(
+    let mut agent = start_supervisor(
         &s3,
         &work,
         &s3.url("scripts/t-run/").to_string(),

@@ -465,15 +465,11 @@ fn prometheus_scrape_config_keeps_every_wave_metrics_port_of_labelled_pods() {
     );
 }
 
-/// A plain-HTTP GET on 127.0.0.1, enough for Prometheus's JSON API.
+/// The body of a 200 answer to a plain GET, enough for Prometheus's JSON API.
 fn http_get(port: u16, path: &str) -> Option<String> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let (head, body) = response.split_once("\r\n\r\n")?;
-    (head.split_whitespace().nth(1) == Some("200")).then(|| body.to_string())
+    wave_tests::http_get(port, path)
+        .filter(|r| r.status == 200)
+        .map(|r| r.body)
 }
 
 #[test]

@@ -2,7 +2,8 @@
 //! kube-runtime reflector stores filled by hand (no API server: a cache miss must not be
 //! answered from anywhere else).
 
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, ReplicaSet, ReplicaSetSpec};
+use crate::support::{deployment, owner_reference, replica_set};
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::runtime::reflector::store::Writer;
@@ -11,17 +12,6 @@ use wave_webhook::mutate::OwnerReplicas;
 use wave_webhook::owners::{OwnerLookup, owning_deployment, owning_replica_set, test_replicas};
 
 const NS: &str = "loadtest";
-
-fn reference(kind: &str, name: &str, uid: &str, controller: Option<bool>) -> OwnerReference {
-    OwnerReference {
-        api_version: "apps/v1".to_string(),
-        kind: kind.to_string(),
-        name: name.to_string(),
-        uid: uid.to_string(),
-        controller,
-        block_owner_deletion: Some(true),
-    }
-}
 
 fn mk_pod(owners: Vec<OwnerReference>) -> Pod {
     Pod {
@@ -35,49 +25,11 @@ fn mk_pod(owners: Vec<OwnerReference>) -> Pod {
     }
 }
 
-fn mk_replica_set(
-    name: &str,
-    uid: &str,
-    replicas: Option<i32>,
-    owner: Option<OwnerReference>,
-) -> ReplicaSet {
-    ReplicaSet {
-        metadata: ObjectMeta {
-            name: Some(name.to_string()),
-            namespace: Some(NS.to_string()),
-            uid: Some(uid.to_string()),
-            owner_references: owner.map(|o| vec![o]),
-            ..Default::default()
-        },
-        spec: Some(ReplicaSetSpec {
-            replicas,
-            ..Default::default()
-        }),
-        status: None,
-    }
-}
-
-fn mk_deployment(name: &str, uid: &str, replicas: Option<i32>) -> Deployment {
-    Deployment {
-        metadata: ObjectMeta {
-            name: Some(name.to_string()),
-            namespace: Some(NS.to_string()),
-            uid: Some(uid.to_string()),
-            ..Default::default()
-        },
-        spec: Some(DeploymentSpec {
-            replicas,
-            ..Default::default()
-        }),
-        status: None,
-    }
-}
-
 #[test]
 fn the_controlling_replica_set_is_the_pods_owner() {
     let pod = mk_pod(vec![
-        reference("ReplicaSet", "other", "u0", Some(false)),
-        reference("ReplicaSet", "game-7d9f", "u1", Some(true)),
+        owner_reference("ReplicaSet", "other", "u0", Some(false)),
+        owner_reference("ReplicaSet", "game-7d9f", "u1", Some(true)),
     ]);
     assert_eq!(
         owning_replica_set(&pod).map(|r| r.name.as_str()),
@@ -89,35 +41,36 @@ fn the_controlling_replica_set_is_the_pods_owner() {
 fn pods_of_other_controllers_or_without_owner_have_no_replica_set() {
     assert!(owning_replica_set(&mk_pod(vec![])).is_none());
     assert!(owning_replica_set(&Pod::default()).is_none());
-    let stateful = mk_pod(vec![reference("StatefulSet", "db", "u2", Some(true))]);
+    let stateful = mk_pod(vec![owner_reference("StatefulSet", "db", "u2", Some(true))]);
     assert!(owning_replica_set(&stateful).is_none());
-    let not_controller = mk_pod(vec![reference("ReplicaSet", "rs", "u3", None)]);
+    let not_controller = mk_pod(vec![owner_reference("ReplicaSet", "rs", "u3", None)]);
     assert!(owning_replica_set(&not_controller).is_none());
-    let mut foreign = reference("ReplicaSet", "rs", "u4", Some(true));
+    let mut foreign = owner_reference("ReplicaSet", "rs", "u4", Some(true));
     foreign.api_version = "example.com/v1".to_string();
     assert!(owning_replica_set(&mk_pod(vec![foreign])).is_none());
 }
 
 #[test]
 fn a_replica_set_names_its_deployment() {
-    let owned = mk_replica_set(
+    let owned = replica_set(
+        NS,
         "rs",
         "u1",
         Some(3),
-        Some(reference("Deployment", "game", "d1", Some(true))),
+        Some(owner_reference("Deployment", "game", "d1", Some(true))),
     );
     assert_eq!(
         owning_deployment(&owned).map(|r| r.name.as_str()),
         Some("game")
     );
-    assert!(owning_deployment(&mk_replica_set("rs", "u1", Some(3), None)).is_none());
+    assert!(owning_deployment(&replica_set(NS, "rs", "u1", Some(3), None)).is_none());
 }
 
 #[test]
 fn the_deployments_replicas_win_over_the_replica_sets() {
-    let replica_set = mk_replica_set("rs", "u1", Some(1), None);
+    let replica_set = replica_set(NS, "rs", "u1", Some(1), None);
     assert_eq!(
-        test_replicas(&replica_set, Some(&mk_deployment("d", "d1", Some(480)))),
+        test_replicas(&replica_set, Some(&deployment(NS, "d", "d1", Some(480)))),
         480
     );
     assert_eq!(test_replicas(&replica_set, None), 1);
@@ -126,18 +79,18 @@ fn the_deployments_replicas_win_over_the_replica_sets() {
 #[test]
 fn unset_replicas_default_to_one_as_kubernetes_does() {
     assert_eq!(
-        test_replicas(&mk_replica_set("rs", "u1", None, None), None),
+        test_replicas(&replica_set(NS, "rs", "u1", None, None), None),
         1
     );
     assert_eq!(
         test_replicas(
-            &mk_replica_set("rs", "u1", Some(5), None),
-            Some(&mk_deployment("d", "d1", None))
+            &replica_set(NS, "rs", "u1", Some(5), None),
+            Some(&deployment(NS, "d", "d1", None))
         ),
         1
     );
     assert_eq!(
-        test_replicas(&mk_replica_set("rs", "u1", Some(-2), None), None),
+        test_replicas(&replica_set(NS, "rs", "u1", Some(-2), None), None),
         0
     );
 }
@@ -161,22 +114,33 @@ fn lookup(replica_sets: &[ReplicaSet], deployments: &[Deployment]) -> OwnerLooku
 #[tokio::test]
 async fn cached_owners_give_the_deployments_replicas() {
     let lookup = lookup(
-        &[mk_replica_set(
+        &[replica_set(
+            NS,
             "game-7d9f",
             "u1",
             Some(2),
-            Some(reference("Deployment", "game", "d1", Some(true))),
+            Some(owner_reference("Deployment", "game", "d1", Some(true))),
         )],
-        &[mk_deployment("game", "d1", Some(480))],
+        &[deployment(NS, "game", "d1", Some(480))],
     );
-    let pod = mk_pod(vec![reference("ReplicaSet", "game-7d9f", "u1", Some(true))]);
+    let pod = mk_pod(vec![owner_reference(
+        "ReplicaSet",
+        "game-7d9f",
+        "u1",
+        Some(true),
+    )]);
     assert_eq!(lookup.replicas(&pod, NS).await, OwnerReplicas::Known(480));
 }
 
 #[tokio::test]
 async fn a_replica_set_without_deployment_gives_its_own_replicas() {
-    let lookup = lookup(&[mk_replica_set("plain", "u1", Some(7), None)], &[]);
-    let pod = mk_pod(vec![reference("ReplicaSet", "plain", "u1", Some(true))]);
+    let lookup = lookup(&[replica_set(NS, "plain", "u1", Some(7), None)], &[]);
+    let pod = mk_pod(vec![owner_reference(
+        "ReplicaSet",
+        "plain",
+        "u1",
+        Some(true),
+    )]);
     assert_eq!(lookup.replicas(&pod, NS).await, OwnerReplicas::Known(7));
 }
 
@@ -192,7 +156,12 @@ async fn a_pod_without_replica_set_has_no_owner_and_needs_no_api() {
 #[tokio::test]
 async fn a_cache_miss_that_the_api_cannot_answer_is_unavailable_with_the_reason() {
     let lookup = lookup(&[], &[]);
-    let pod = mk_pod(vec![reference("ReplicaSet", "game-7d9f", "u1", Some(true))]);
+    let pod = mk_pod(vec![owner_reference(
+        "ReplicaSet",
+        "game-7d9f",
+        "u1",
+        Some(true),
+    )]);
     match lookup.replicas(&pod, NS).await {
         OwnerReplicas::Unavailable(why) => {
             assert!(
@@ -208,10 +177,10 @@ async fn a_cache_miss_that_the_api_cannot_answer_is_unavailable_with_the_reason(
 async fn a_cached_object_with_another_uid_is_not_the_owner() {
     // Same name, but recreated: the pod's owner is gone from the cache, so it is looked up.
     let lookup = lookup(
-        &[mk_replica_set("game-7d9f", "new-uid", Some(2), None)],
+        &[replica_set(NS, "game-7d9f", "new-uid", Some(2), None)],
         &[],
     );
-    let pod = mk_pod(vec![reference(
+    let pod = mk_pod(vec![owner_reference(
         "ReplicaSet",
         "game-7d9f",
         "old-uid",
@@ -225,8 +194,13 @@ async fn a_cached_object_with_another_uid_is_not_the_owner() {
 
 #[tokio::test]
 async fn a_replica_set_in_another_namespace_is_not_the_owner() {
-    let lookup = lookup(&[mk_replica_set("game-7d9f", "u1", Some(2), None)], &[]);
-    let pod = mk_pod(vec![reference("ReplicaSet", "game-7d9f", "u1", Some(true))]);
+    let lookup = lookup(&[replica_set(NS, "game-7d9f", "u1", Some(2), None)], &[]);
+    let pod = mk_pod(vec![owner_reference(
+        "ReplicaSet",
+        "game-7d9f",
+        "u1",
+        Some(true),
+    )]);
     assert!(matches!(
         lookup.replicas(&pod, "elsewhere").await,
         OwnerReplicas::Unavailable(_)
@@ -236,7 +210,12 @@ async fn a_replica_set_in_another_namespace_is_not_the_owner() {
 #[tokio::test]
 async fn without_api_access_the_lookup_says_why() {
     let lookup = OwnerLookup::unavailable("no Kubernetes API configuration found");
-    let pod = mk_pod(vec![reference("ReplicaSet", "game-7d9f", "u1", Some(true))]);
+    let pod = mk_pod(vec![owner_reference(
+        "ReplicaSet",
+        "game-7d9f",
+        "u1",
+        Some(true),
+    )]);
     assert_eq!(
         lookup.replicas(&pod, NS).await,
         OwnerReplicas::Unavailable("no Kubernetes API configuration found".to_string())

@@ -8,16 +8,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
+use crate::support::{
+    TEST_ID, captured_review, deployment, env_value, owner_reference, patched_pod, replica_set,
+};
 use bytes::Bytes;
 use futures::channel::oneshot;
 use http::{Method, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, ReplicaSet, ReplicaSetSpec};
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{Container, Pod};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -29,22 +30,15 @@ use wave_tests::wait_for;
 use wave_webhook::owners::KubeAccess;
 use wave_webhook::{ServeError, ServeOptions};
 
-const FIXTURE: &str = include_str!("../../webhook/tests/fixtures/admission-review-pod-create.json");
-const TEST_ID: &str = "2e9103ae-3268-11ed-b5cf-0242ac110033";
 const NAMESPACE: &str = "eks-sample-app";
 const REPLICA_SET: &str = "eks-sample-linux-deployment-6d4b9c7f58";
 const REPLICA_SET_UID: &str = "8e1f2a3b-4c5d-4e6f-9a0b-1c2d3e4f5a6b";
 const DEPLOYMENT: &str = "eks-sample-linux-deployment";
 const DEPLOYMENT_UID: &str = "0d9c8b7a-6f5e-4d3c-2b1a-098765432100";
 
-/// The captured review: a ReplicaSet's pod with generateName, no name, no wave annotations.
-fn fixture() -> Value {
-    serde_json::from_str(FIXTURE).expect("fixture is JSON")
-}
-
 /// The fixture with `waveloadtest.io/total-players` set, so no owner lookup is needed.
 fn fixture_with_total_players() -> Value {
-    let mut review = fixture();
+    let mut review = captured_review();
     review["request"]["object"]["metadata"]["annotations"] =
         json!({"waveloadtest.io/total-players": "480000"});
     review
@@ -196,28 +190,6 @@ async fn plain_get(url: &str) -> Result<(StatusCode, http::HeaderMap, Bytes), St
     Ok((parts.status, parts.headers, body))
 }
 
-/// The pod of `review` with `response`'s patch applied.
-fn patched_pod(review: &Value, response: &Value) -> Pod {
-    assert_eq!(response["allowed"], true, "{response}");
-    assert_eq!(response["patchType"], "JSONPatch");
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(response["patch"].as_str().expect("patch is base64 text"))
-        .expect("valid base64");
-    let patch: json_patch::Patch = serde_json::from_slice(&bytes).expect("a JSON Patch");
-    let mut object = review["request"]["object"].clone();
-    json_patch::patch(&mut object, &patch).expect("the patch applies to the pod");
-    serde_json::from_value(object).expect("the patched object is a valid Pod")
-}
-
-fn env_value(container: &Container, name: &str) -> Option<String> {
-    container
-        .env
-        .as_ref()?
-        .iter()
-        .find(|e| e.name == name)
-        .and_then(|e| e.value.clone())
-}
-
 fn env_field(container: &Container, name: &str) -> Option<String> {
     container
         .env
@@ -334,48 +306,20 @@ fn assert_test_machine(pod: &Pod, total_players: &str) {
     assert!(mounts.contains(&("wave-work", "/wave/work")), "{mounts:?}");
 }
 
-fn owner(kind: &str, name: &str, uid: &str) -> OwnerReference {
-    OwnerReference {
-        api_version: "apps/v1".to_string(),
-        kind: kind.to_string(),
-        name: name.to_string(),
-        uid: uid.to_string(),
-        controller: Some(true),
-        block_owner_deletion: Some(true),
-    }
-}
-
 /// The fixture pod's ReplicaSet (1 replica of its own, as during a rollout) and Deployment
 /// (480 replicas, the seed's test).
 fn seed_owners() -> (ReplicaSet, Deployment) {
-    let replica_set = ReplicaSet {
-        metadata: ObjectMeta {
-            name: Some(REPLICA_SET.to_string()),
-            namespace: Some(NAMESPACE.to_string()),
-            uid: Some(REPLICA_SET_UID.to_string()),
-            owner_references: Some(vec![owner("Deployment", DEPLOYMENT, DEPLOYMENT_UID)]),
-            ..Default::default()
-        },
-        spec: Some(ReplicaSetSpec {
-            replicas: Some(1),
-            ..Default::default()
-        }),
-        status: None,
-    };
-    let deployment = Deployment {
-        metadata: ObjectMeta {
-            name: Some(DEPLOYMENT.to_string()),
-            namespace: Some(NAMESPACE.to_string()),
-            uid: Some(DEPLOYMENT_UID.to_string()),
-            ..Default::default()
-        },
-        spec: Some(DeploymentSpec {
-            replicas: Some(480),
-            ..Default::default()
-        }),
-        status: None,
-    };
-    (replica_set, deployment)
+    let owner = owner_reference("Deployment", DEPLOYMENT, DEPLOYMENT_UID, Some(true));
+    (
+        replica_set(
+            NAMESPACE,
+            REPLICA_SET,
+            REPLICA_SET_UID,
+            Some(1),
+            Some(owner),
+        ),
+        deployment(NAMESPACE, DEPLOYMENT, DEPLOYMENT_UID, Some(480)),
+    )
 }
 
 #[tokio::test]
@@ -383,7 +327,7 @@ async fn captured_review_gets_total_players_from_the_owning_deployment_over_http
     let (replica_set, deployment) = seed_owners();
     let api = FakeApiServer::start(&[replica_set], &[deployment]).await;
     let webhook = Webhook::start(None, KubeAccess::Kubeconfig(api.kubeconfig())).await;
-    let review = fixture();
+    let review = captured_review();
     let response = webhook.admit(&review).await;
     assert_test_machine(&patched_pod(&review, &response), "480000");
     webhook.stop().await;
@@ -395,7 +339,7 @@ async fn a_replica_set_the_cache_has_not_seen_yet_is_fetched_directly() {
     let api = FakeApiServer::start(&[], &[deployment]).await;
     api.add_unlisted_replica_set(&replica_set);
     let webhook = Webhook::start(None, KubeAccess::Kubeconfig(api.kubeconfig())).await;
-    let review = fixture();
+    let review = captured_review();
     let response = webhook.admit(&review).await;
     assert_test_machine(&patched_pod(&review, &response), "480000");
     let get = format!("GET /apis/apps/v1/namespaces/{NAMESPACE}/replicasets/{REPLICA_SET}?");
@@ -414,7 +358,7 @@ async fn without_api_access_only_pods_that_need_the_lookup_are_denied() {
         KubeAccess::Disabled("no API server in this test".into()),
     )
     .await;
-    let denied = webhook.admit(&fixture()).await;
+    let denied = webhook.admit(&captured_review()).await;
     assert_eq!(denied["allowed"], false);
     assert_eq!(denied["status"]["code"], 400);
     let message = denied["status"]["message"].as_str().expect("message");
@@ -474,13 +418,17 @@ async fn http_level_bad_input_gets_a_clear_answer_every_time() {
     assert_eq!(wrong_method.json()["code"], 405);
 
     let put = client
-        .request(Method::PUT, &webhook.url("/mutate"), body(&fixture()))
+        .request(
+            Method::PUT,
+            &webhook.url("/mutate"),
+            body(&captured_review()),
+        )
         .await
         .expect("answer");
     assert_eq!(put.status, StatusCode::METHOD_NOT_ALLOWED);
 
     let wrong_path = client
-        .post(&webhook.url("/validate"), body(&fixture()))
+        .post(&webhook.url("/validate"), body(&captured_review()))
         .await
         .expect("answer");
     assert_eq!(wrong_path.status, StatusCode::NOT_FOUND);
@@ -521,8 +469,8 @@ async fn metrics_count_admissions_by_outcome_and_show_the_certificate_expiry() {
     }
     webhook.admit(&fixture_with_total_players()).await;
     webhook.admit(&fixture_with_total_players()).await;
-    webhook.admit(&fixture()).await;
-    let mut unlabelled = fixture();
+    webhook.admit(&captured_review()).await;
+    let mut unlabelled = captured_review();
     unlabelled["request"]["object"]["metadata"]["labels"] = json!({});
     webhook.admit(&unlabelled).await;
     let _ = webhook
@@ -955,7 +903,7 @@ async fn once_the_caches_are_filled_an_admission_makes_no_api_request() {
     })
     .await;
     let before = api.requests().len();
-    let review = fixture();
+    let review = captured_review();
     let response = webhook.admit(&review).await;
     assert_test_machine(&patched_pod(&review, &response), "480000");
     assert_eq!(

@@ -1,30 +1,19 @@
 //! A real Prometheus scrapes a running `wave-agent` and sees its agents through PromQL.
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use wave_tests::process::Running;
 use wave_tests::prometheus::Prometheus;
 use wave_tests::{free_port, workspace_bin};
 
-/// A supervisor stopped with SIGTERM on Drop, so its agents go with it.
-struct Supervisor {
-    child: Child,
-    _work: tempfile::TempDir,
-}
-
-impl Drop for Supervisor {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_supervisor(port: u16, test_id: &str, agents: u32) -> Supervisor {
+/// A supervisor serving metrics on `port`, stopped with SIGTERM on Drop so its agents go
+/// with it; the work dir lives as long as it does.
+fn start_supervisor(port: u16, test_id: &str, agents: u32) -> (Running, tempfile::TempDir) {
     let work = tempfile::tempdir().expect("work dir");
-    let child = Command::new(workspace_bin("wave-agent"))
+    let mut command = Command::new(workspace_bin("wave-agent"));
+    command
         .arg("run")
         .env("TEST_ID", test_id)
         .env("WAVE_AGENTS", agents.to_string())
@@ -33,12 +22,9 @@ fn start_supervisor(port: u16, test_id: &str, agents: u32) -> Supervisor {
         .env("WAVE_WORK_DIR", work.path())
         .env("WAVE_STOP_TIMEOUT", "5s")
         .env("POD_NAME", "prom-pod")
-        .args(["--", "sleep", "3600"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start wave-agent");
-    Supervisor { child, _work: work }
+        .args(["--", "sleep", "3600"]);
+    let log = work.path().with_extension("log");
+    (Running::spawn(&mut command, log), work)
 }
 
 fn value_of(series: &Value) -> f64 {

@@ -1,7 +1,7 @@
 //! `admission::review` without sockets: from request bodies to the AdmissionReview answers
 //! kube-apiserver reads, including a review captured in the exact shape it sends.
 
-use base64::Engine as _;
+use crate::support::{TEST_ID, captured_review, env_value, patched_pod};
 use http::StatusCode;
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Value, json};
@@ -9,13 +9,6 @@ use wave_webhook::admission::{self, Answer};
 use wave_webhook::config::Config;
 use wave_webhook::metrics::Outcome;
 use wave_webhook::owners::OwnerLookup;
-
-const FIXTURE: &str = include_str!("fixtures/admission-review-pod-create.json");
-const TEST_ID: &str = "2e9103ae-3268-11ed-b5cf-0242ac110033";
-
-fn fixture() -> Value {
-    serde_json::from_str(FIXTURE).expect("fixture is JSON")
-}
 
 fn with_annotations(mut review: Value, annotations: Value) -> Value {
     review["request"]["object"]["metadata"]["annotations"] = annotations;
@@ -42,31 +35,13 @@ fn response(answer: &Answer) -> Value {
     body["response"].clone()
 }
 
-/// The pod of `review` with the answer's patch applied, as a typed Pod.
-fn patched_pod(review: &Value, response: &Value) -> Pod {
-    assert_eq!(response["patchType"], "JSONPatch");
-    let encoded = response["patch"].as_str().expect("patch is base64 text");
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(encoded)
-        .expect("patch is valid base64");
-    let patch: json_patch::Patch = serde_json::from_slice(&bytes).expect("patch is a JSON Patch");
-    let mut object = review["request"]["object"].clone();
-    json_patch::patch(&mut object, &patch).expect("patch applies to the pod");
-    serde_json::from_value(object).expect("patched object is a valid Pod")
-}
-
 fn env(pod: &Pod, name: &str) -> Option<String> {
-    pod.spec.as_ref()?.containers[0]
-        .env
-        .as_ref()?
-        .iter()
-        .find(|e| e.name == name)
-        .and_then(|e| e.value.clone())
+    env_value(&pod.spec.as_ref()?.containers[0], name)
 }
 
 #[tokio::test]
 async fn captured_review_without_total_players_is_denied_when_the_owner_lookup_is_unavailable() {
-    let answer = answer(&fixture()).await;
+    let answer = answer(&captured_review()).await;
     assert_eq!(answer.status, StatusCode::OK);
     assert_eq!(answer.outcome, Outcome::Denied);
     let response = response(&answer);
@@ -85,7 +60,7 @@ async fn captured_review_without_total_players_is_denied_when_the_owner_lookup_i
 #[tokio::test]
 async fn captured_review_with_total_players_is_answered_with_a_patch_that_makes_a_test_machine() {
     let review = with_annotations(
-        fixture(),
+        captured_review(),
         json!({"waveloadtest.io/total-players": "480000"}),
     );
     let answer = answer(&review).await;
@@ -110,7 +85,7 @@ async fn captured_review_with_total_players_is_answered_with_a_patch_that_makes_
 #[tokio::test]
 async fn dry_run_requests_are_answered_exactly_like_real_ones() {
     let real = with_annotations(
-        fixture(),
+        captured_review(),
         json!({"waveloadtest.io/total-players": "480000"}),
     );
     let mut dry = real.clone();
@@ -121,7 +96,7 @@ async fn dry_run_requests_are_answered_exactly_like_real_ones() {
 #[tokio::test]
 async fn an_already_mutated_pod_gets_no_patch() {
     let review = with_annotations(
-        fixture(),
+        captured_review(),
         json!({"waveloadtest.io/total-players": "480000"}),
     );
     let first = response(&answer(&review).await);
@@ -139,7 +114,7 @@ async fn an_already_mutated_pod_gets_no_patch() {
 #[tokio::test]
 async fn values_the_user_set_are_kept_with_a_warning() {
     let mut review = with_annotations(
-        fixture(),
+        captured_review(),
         json!({"waveloadtest.io/total-players": "480000"}),
     );
     review["request"]["object"]["spec"]["containers"][0]["env"] =
@@ -161,7 +136,7 @@ async fn values_the_user_set_are_kept_with_a_warning() {
 #[tokio::test]
 async fn a_denial_carries_status_code_400_and_the_message_naming_the_annotation() {
     let review = with_annotations(
-        fixture(),
+        captured_review(),
         json!({"waveloadtest.io/total-players": "480000", "waveloadtest.io/machine-type": "r5.xlarg"}),
     );
     let answer = answer(&review).await;
@@ -178,7 +153,7 @@ async fn a_denial_carries_status_code_400_and_the_message_naming_the_annotation(
 
 #[tokio::test]
 async fn an_unlabelled_pod_is_allowed_without_patch() {
-    let mut review = fixture();
+    let mut review = captured_review();
     review["request"]["object"]["metadata"]["labels"] = json!({"app": "web"});
     let answer = answer(&review).await;
     assert_eq!(answer.outcome, Outcome::Skipped);
@@ -189,10 +164,10 @@ async fn an_unlabelled_pod_is_allowed_without_patch() {
 
 #[tokio::test]
 async fn other_operations_and_kinds_are_allowed_without_patch() {
-    let mut update = fixture();
+    let mut update = captured_review();
     update["request"]["operation"] = json!("UPDATE");
     update["request"]["oldObject"] = update["request"]["object"].clone();
-    let mut deployment = fixture();
+    let mut deployment = captured_review();
     deployment["request"]["kind"] = json!({"group": "apps", "version": "v1", "kind": "Deployment"});
     deployment["request"]["resource"] =
         json!({"group": "apps", "version": "v1", "resource": "deployments"});
@@ -201,7 +176,7 @@ async fn other_operations_and_kinds_are_allowed_without_patch() {
         "metadata": {"name": "d", "namespace": "eks-sample-app", "labels": {"testId": "t"}},
         "spec": {"selector": {}, "template": {}}
     });
-    let mut binding = fixture();
+    let mut binding = captured_review();
     binding["request"]["subResource"] = json!("binding");
     for review in [update, deployment, binding] {
         let answer = answer(&review).await;
@@ -244,7 +219,7 @@ async fn bodies_that_are_not_admission_reviews_are_answered_400_with_a_json_revi
 
 #[tokio::test]
 async fn an_admission_review_of_another_version_is_refused() {
-    let mut review = fixture();
+    let mut review = captured_review();
     review["apiVersion"] = json!("admission.k8s.io/v1beta1");
     assert_bad_request(
         &serde_json::to_vec(&review).expect("json"),
@@ -255,14 +230,14 @@ async fn an_admission_review_of_another_version_is_refused() {
 
 #[tokio::test]
 async fn a_pod_create_whose_object_is_not_a_pod_is_refused() {
-    let mut review = fixture();
+    let mut review = captured_review();
     review["request"]["object"]["spec"]["containers"] = json!("not a list");
     assert_bad_request(
         &serde_json::to_vec(&review).expect("json"),
         "not a valid Pod",
     )
     .await;
-    let mut missing = fixture();
+    let mut missing = captured_review();
     missing["request"]["object"] = Value::Null;
     assert_bad_request(&serde_json::to_vec(&missing).expect("json"), "no object").await;
 }

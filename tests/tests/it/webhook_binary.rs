@@ -7,16 +7,12 @@ use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::support::captured_review;
 use http::StatusCode;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use wave_tests::tls::{HttpsClient, TlsFiles};
 use wave_tests::{free_port, workspace_bin, workspace_root};
-
-fn fixture() -> Value {
-    let path = workspace_root().join("webhook/tests/fixtures/admission-review-pod-create.json");
-    serde_json::from_str(&std::fs::read_to_string(path).expect("fixture")).expect("fixture is JSON")
-}
 
 /// The binary, stopped with SIGKILL on drop if a test failed before stopping it.
 struct Server {
@@ -144,7 +140,7 @@ async fn sigterm_lets_the_admission_in_flight_finish_then_exits_with_json_logs()
 
     // The ReplicaSet is in no cache and the API server never answers: this admission waits
     // for the direct GET's timeout, and SIGTERM arrives meanwhile.
-    let review = fixture();
+    let review = captured_review();
     let url = server.url("/mutate");
     let body = serde_json::to_vec(&review).expect("json");
     let in_flight = tokio::spawn(async move { client.post(&url, body).await });

@@ -1,0 +1,90 @@
+//! A workspace binary run as a child process by a test: its stdout and stderr go to one log
+//! file the test can show, and Drop stops it the way the kubelet stops a container (SIGTERM,
+//! a grace period, SIGKILL), so a failing test leaves no supervisor or agent behind.
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// How long Drop waits after SIGTERM before it kills.
+const GRACE: Duration = Duration::from_secs(10);
+
+/// A running child whose output is captured in `log`.
+pub struct Running {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Running {
+    /// Starts `command` with standard input closed and stdout and stderr both sent to `log`.
+    pub fn spawn(command: &mut Command, log: PathBuf) -> Running {
+        let out = File::create(&log).expect("the test can create its log file");
+        let err = out.try_clone().expect("a log file handle can be cloned");
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("the workspace binary starts");
+        Running { child, log }
+    }
+
+    /// The child's pid, for signals.
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(i32::try_from(self.child.id()).expect("pids fit in i32"))
+    }
+
+    /// Everything the child printed so far.
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The exit status if the child has exited.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("the child can be waited for")
+    }
+
+    /// Waits for the child to exit on its own; fails the test with its output after `limit`.
+    pub async fn wait(&mut self, limit: Duration) -> ExitStatus {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.try_wait() {
+                return status;
+            }
+            if started.elapsed() > limit {
+                let _ = self.child.kill();
+                panic!("still running after {limit:?}:\n{}", self.output());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.try_wait_quietly().is_some() {
+            return;
+        }
+        let _ = kill(self.pid(), Signal::SIGTERM);
+        let deadline = Instant::now() + GRACE;
+        while Instant::now() < deadline {
+            if self.try_wait_quietly().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Running {
+    /// `try_wait` for Drop, which must not panic while a test is already failing.
+    fn try_wait_quietly(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+}

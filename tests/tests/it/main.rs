@@ -1,0 +1,16 @@
+//! wave's integration tests: one binary, a module per flow. Each module starts the real
+//! parts it needs (S3 servers, Prometheus, TLS, the workspace binaries) through the
+//! `wave_tests` helpers; [`support`] holds what several flows build the same way.
+
+mod support;
+
+mod agent_prometheus;
+mod agent_s3;
+mod agent_s3_run;
+mod e2e;
+mod manifests;
+mod supervisor;
+mod webhook_admission;
+mod webhook_binary;
+mod webhook_https;
+mod webhook_owners;

@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use wave_agent::procfs::{self, MemoryStatus, ProcStat};
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_wave-agent");
 
 /// A running supervisor in its own temp work dir; stopped with SIGTERM on Drop.
@@ -90,31 +92,13 @@ impl Drop for Supervisor {
 
 /// CPU seconds (user + system) a process has used, from /proc/<pid>/stat.
 pub fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
-    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
-    let fields: Vec<&str> = rest.split(' ').collect();
-    // fields[0] is field 3 (state); utime and stime are fields 14 and 15.
-    let ticks: f64 =
-        fields[11].parse::<f64>().expect("utime") + fields[12].parse::<f64>().expect("stime");
-    ticks / clock_ticks()
-}
-
-fn clock_ticks() -> f64 {
-    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .unwrap_or(100) as f64
+    let stat = ProcStat::read(pid as i32).expect("stat");
+    stat.own_cpu_ticks as f64 / procfs::clock_ticks()
 }
 
 /// Resident set size in bytes, from /proc/<pid>/status (VmRSS).
 pub fn rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .expect("VmRSS")
-        * 1024
+    MemoryStatus::read(pid as i32).expect("VmRSS").rss
 }
 
 pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {

@@ -6,8 +6,9 @@
     reason = "each bench binary uses its own part of the helpers"
 )]
 
+use std::fs::File;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -27,11 +28,11 @@ impl Supervisor {
     /// Starts `wave-agent run` with `agents` agents running `command`, stdout to /dev/null.
     pub fn start(agents: u32, extra: &[&str], command: &[&str]) -> Supervisor {
         let work = tempfile::tempdir().expect("work dir");
-        let port = free_port();
+        let log = work.path().join("supervisor.err");
         let child = Command::new(BIN)
             .arg("run")
             .args(["--agents", &agents.to_string()])
-            .args(["--metrics-port", &port.to_string()])
+            .args(["--metrics-port", "0"])
             .args(["--metrics-address", "127.0.0.1"])
             .arg("--work-dir")
             .arg(work.path())
@@ -39,12 +40,14 @@ impl Supervisor {
             .args(extra)
             .arg("--")
             .args(command)
-            .env("WAVE_LOG", "warn")
+            // Warnings, and the line naming the metrics address.
+            .env("WAVE_LOG", "warn,wave_agent::run=info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(File::create(&log).expect("log file"))
             .spawn()
             .expect("start wave-agent");
+        let port = metrics_port(&log);
         Supervisor { child, port, work }
     }
 
@@ -109,11 +112,18 @@ pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+/// The port in the supervisor's `serving metrics on <address>` log line.
+fn metrics_port(log: &Path) -> u16 {
+    let mut port = None;
+    wait_until("the metrics address in the log", || {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        port = text.lines().find_map(|line| {
+            let address = line.split_once("serving metrics on ")?.1;
+            Some(address.trim().parse::<SocketAddr>().ok()?.port())
+        });
+        port.is_some()
+    });
+    port.expect("found above")
 }
 
 pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {

@@ -543,7 +543,8 @@ impl<S: Spawn> Supervisor<S> {
     /// SIGTERM to every agent's process group, SIGKILL after the stop timeout (or at a
     /// second request), then SIGKILL to whatever is left in the groups.
     async fn stop(&mut self, shutdown: &Shutdown) {
-        // Agents waiting for a restart, or never started, will not run: they failed.
+        // Agents waiting for a restart (their timers go), or never started, will not run:
+        // they failed.
         self.restarts.abort_all();
         for slot in &mut self.slots {
             let waiting = slot.record.state == AgentState::Backoff;

@@ -470,4 +470,56 @@ mod tests {
         );
         assert_eq!(RunOutcome::Stopped.exit_code(), 0);
     }
+
+    /// A plain HTTP/1.0 GET of `path` on `address`; returns the status line.
+    async fn status_line(address: std::net::SocketAddr, path: &str) -> io::Result<String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(address).await?;
+        let request = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await?;
+        Ok(response.lines().next().unwrap_or_default().to_owned())
+    }
+
+    #[tokio::test]
+    async fn serves_probes_on_the_listener_it_is_given_until_stopped() {
+        use clap::Parser;
+        let work = tempfile::tempdir().expect("tempdir");
+        let cli = crate::cli::Cli::try_parse_from([
+            "wave-agent",
+            "run",
+            "--work-dir",
+            work.path().to_str().expect("UTF-8 temp path"),
+            "--pod-name",
+            "pod",
+            "--",
+            "sleep",
+            "30",
+        ])
+        .expect("valid arguments");
+        let crate::cli::Command::Run(args) = cli.command else {
+            unreachable!("parsed `run`")
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("bound address");
+        let shutdown = Shutdown::default();
+        let running = tokio::spawn(run(*args, listener, shutdown.clone(), None));
+
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !status_line(address, "/readyz")
+            .await
+            .is_ok_and(|line| line.contains(" 200 "))
+        {
+            assert!(Instant::now() < deadline, "/readyz never answered 200");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        shutdown.request();
+        let outcome = running.await.expect("the run does not panic");
+        assert_eq!(outcome.expect("a clean stop"), RunOutcome::Stopped);
+        assert!(
+            status_line(address, "/healthz").await.is_err(),
+            "the server is gone with the run"
+        );
+    }
 }

@@ -7,9 +7,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::builder::BoolishValueParser;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 
 use crate::store::{ChecksumMode, S3Options, StoreUrl};
+use crate::supervise::RestartPolicy;
 
 /// `wave-agent`: the supervisor that runs a wave test's agents inside one container.
 #[derive(Debug, Parser)]
@@ -75,7 +76,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "WAVE_RESULTS_URL", env = "WAVE_RESULTS_URL")]
     pub results_url: Option<StoreUrl>,
 
-    /// Port of the metrics and probe server (`/metrics`, `/healthz`, `/readyz`).
+    /// Port of the metrics and probe server (`/metrics`, `/healthz`, `/readyz`); 0 binds a
+    /// free port, which the log line `serving metrics on <address>` names.
     #[arg(
         long,
         value_name = "WAVE_METRICS_PORT",
@@ -161,17 +163,6 @@ pub struct InstallArgs {
     pub dir: PathBuf,
 }
 
-/// When an agent that ended is started again (supervisord's `autorestart`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum RestartPolicy {
-    /// An ended agent stays ended.
-    Never,
-    /// Restart after a non-zero exit or a death by signal.
-    OnFailure,
-    /// Restart after any exit, success included.
-    Always,
-}
-
 fn parse_duration(text: &str) -> Result<Duration, humantime::DurationError> {
     humantime::parse_duration(text)
 }
@@ -252,6 +243,20 @@ mod tests {
     fn rejects_a_store_url_of_another_scheme() {
         let err = parse(&["--script-url", "http://example.com/x"]).expect_err("invalid URL");
         assert!(err.to_string().contains("http://example.com/x"), "{err}");
+    }
+
+    #[test]
+    fn s3_options_come_from_path_style_and_checksum() {
+        let options = parse(&["--s3-path-style", "--s3-checksum", "when-required"])
+            .expect("valid")
+            .s3_options();
+        assert!(options.path_style);
+        assert_eq!(options.checksum, ChecksumMode::WhenRequired);
+        assert_eq!(
+            parse(&[]).expect("valid").s3_options(),
+            S3Options::default()
+        );
+        assert!(parse(&["--s3-path-style=maybe"]).is_err());
     }
 
     #[test]

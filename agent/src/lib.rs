@@ -3,9 +3,12 @@
 //! their output, uploads their results and exposes metrics for Prometheus (SPEC section 2).
 
 pub mod cli;
+pub mod error_chain;
 pub mod install;
 pub mod logs;
 pub mod metrics;
+pub mod process;
+pub mod procfs;
 pub mod reap;
 pub mod results;
 pub mod run;

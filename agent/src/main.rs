@@ -1,15 +1,17 @@
 //! `wave-agent` entry point: parses the command line and hands over to the library.
 
 use std::io::IsTerminal;
+use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
+use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 use wave_agent::cli::{Cli, Command};
+use wave_agent::error_chain::ErrorChain;
 use wave_agent::logs::StdoutSink;
 use wave_agent::shutdown::Shutdown;
-use wave_agent::store::ErrorChain;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -47,8 +49,14 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 .context("failed to start the async runtime")?;
             let (stdout, writer) = StdoutSink::spawn(std::io::stdout());
             let outcome = runtime.block_on(async {
-                let shutdown = Shutdown::from_signals().context("failed to handle signals")?;
-                Ok::<_, anyhow::Error>(wave_agent::run::run(*args, shutdown, Some(stdout)).await?)
+                let shutdown = Shutdown::default();
+                shutdown.on_signals().context("failed to handle signals")?;
+                let address = SocketAddr::new(args.metrics_address, args.metrics_port);
+                let listener = TcpListener::bind(address).await.with_context(|| {
+                    format!("failed to serve metrics on {address} (is WAVE_METRICS_PORT taken?)")
+                })?;
+                let outcome = wave_agent::run::run(*args, listener, shutdown, Some(stdout)).await?;
+                Ok::<_, anyhow::Error>(outcome)
             });
             // Agent output still queued reaches stdout before the process exits.
             runtime.shutdown_timeout(std::time::Duration::from_secs(1));

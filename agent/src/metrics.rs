@@ -25,7 +25,8 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::registry::{Registry, Unit};
 use tokio::net::TcpListener;
 
-use crate::supervise::{AgentState, ExitOutcome};
+use crate::procfs;
+use crate::supervise::{AgentState, ExitOutcome, Observe};
 
 /// Content type of the OpenMetrics text exposition.
 pub const OPENMETRICS_CONTENT_TYPE: &str =
@@ -137,19 +138,6 @@ impl AgentMetrics {
         }
     }
 
-    pub fn agent_started(&self) {
-        self.starts.inc();
-    }
-
-    pub fn agent_exited(&self, outcome: &ExitOutcome) {
-        let outcome = match outcome {
-            ExitOutcome::Success => Outcome::success,
-            ExitOutcome::Failure { .. } | ExitOutcome::SpawnFailed { .. } => Outcome::failure,
-            ExitOutcome::Signal { .. } => Outcome::signal,
-        };
-        self.exits.get_or_create(&OutcomeLabels { outcome }).inc();
-    }
-
     pub fn set_players_configured(&self, players: u64) {
         self.players_configured
             .set(i64::try_from(players).unwrap_or(i64::MAX));
@@ -158,22 +146,41 @@ impl AgentMetrics {
     pub fn set_completed(&self, completed: bool) {
         self.test_completed.set(i64::from(completed));
     }
+}
 
-    /// The process groups the CPU and memory collector reads, shared with the supervisor.
-    pub fn processes(&self) -> Arc<AgentProcesses> {
-        self.processes.clone()
+/// The supervisor keeps the agent series up to date.
+impl Observe for AgentMetrics {
+    fn agent_started(&self, index: usize, group: Option<i32>) {
+        self.starts.inc();
+        if group.is_some() {
+            self.processes.set(index, group);
+        }
+    }
+
+    fn agent_exited(&self, index: usize, outcome: &ExitOutcome) {
+        let outcome = match outcome {
+            ExitOutcome::Success => Outcome::success,
+            ExitOutcome::Failure { .. } | ExitOutcome::SpawnFailed { .. } => Outcome::failure,
+            ExitOutcome::Signal { .. } => Outcome::signal,
+        };
+        self.exits.get_or_create(&OutcomeLabels { outcome }).inc();
+        self.processes.set(index, None);
+    }
+
+    fn states(&self, counts: &HashMap<AgentState, usize>) {
+        self.set_states(counts);
     }
 }
 
 /// Process group of each running agent, by agent index.
 #[derive(Debug, Default)]
-pub struct AgentProcesses {
+struct AgentProcesses {
     groups: Mutex<Vec<Option<i32>>>,
 }
 
 impl AgentProcesses {
     /// Records agent `index`'s process group (`None` while it is not running).
-    pub fn set(&self, index: usize, group: Option<i32>) {
+    fn set(&self, index: usize, group: Option<i32>) {
         let mut groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
         if groups.len() <= index {
             groups.resize(index + 1, None);
@@ -189,37 +196,6 @@ impl AgentProcesses {
     }
 }
 
-/// The fields of `/proc/<pid>/stat` the supervisor uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ProcStat {
-    pub state: char,
-    pub ppid: i32,
-    pub pgrp: i32,
-    /// utime + stime + cutime + cstime, in clock ticks: the process and its waited-for children.
-    pub cpu_ticks: u64,
-    /// Resident set size in pages.
-    pub rss_pages: u64,
-}
-
-impl ProcStat {
-    /// Parses the text of `/proc/<pid>/stat`; `None` if it is not in the kernel's format.
-    pub fn parse(text: &str) -> Option<ProcStat> {
-        // The command name (field 2) may hold spaces and parentheses: split after the last ')'.
-        let rest = &text[text.rfind(')')? + 1..];
-        let fields: Vec<&str> = rest.split_ascii_whitespace().collect();
-        // `fields[0]` is field 3 of proc(5).
-        let field = |n: usize| fields.get(n - 3).copied();
-        let number = |n: usize| field(n)?.parse::<u64>().ok();
-        Some(ProcStat {
-            state: field(3)?.chars().next()?,
-            ppid: field(4)?.parse().ok()?,
-            pgrp: field(5)?.parse().ok()?,
-            cpu_ticks: number(14)? + number(15)? + number(16)? + number(17)?,
-            rss_pages: number(24)?,
-        })
-    }
-}
-
 /// CPU and memory of each agent's process group, summed over its live members at scrape time.
 #[derive(Debug)]
 struct ProcessCollector(Arc<AgentProcesses>);
@@ -232,20 +208,8 @@ struct Usage {
 
 fn group_usage(groups: &[i32]) -> HashMap<i32, Usage> {
     let mut usage: HashMap<i32, Usage> = groups.iter().map(|&g| (g, Usage::default())).collect();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return usage;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else {
-            continue;
-        };
-        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        if let Some(stat) = ProcStat::parse(&text)
-            && let Some(sum) = usage.get_mut(&stat.pgrp)
-        {
+    for (_, stat) in procfs::all_processes() {
+        if let Some(sum) = usage.get_mut(&stat.pgrp) {
             sum.cpu_ticks += stat.cpu_ticks;
             sum.rss_pages += stat.rss_pages;
         }
@@ -264,14 +228,8 @@ impl Collector for ProcessCollector {
             .collect();
         let groups: Vec<i32> = agents.iter().map(|&(_, g)| g).collect();
         let usage = group_usage(&groups);
-        let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-            .ok()
-            .flatten()
-            .unwrap_or(100) as f64;
-        let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
-            .ok()
-            .flatten()
-            .unwrap_or(4096) as u64;
+        let ticks = procfs::clock_ticks();
+        let page = procfs::page_size();
 
         let cpu = ConstCounter::new(0.0f64);
         let mut family = encoder.encode_descriptor(
@@ -352,28 +310,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_a_stat_line_with_spaces_and_parens_in_the_name() {
-        let line = "1234 (my (odd) name) S 1 1234 1234 0 -1 4194560 100 0 0 0 7 3 2 1 20 0 1 0 \
-                    5000 10000000 250 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 0 0 0 0 0 0";
-        let stat = ProcStat::parse(line).expect("valid stat");
-        assert_eq!(
-            stat,
-            ProcStat {
-                state: 'S',
-                ppid: 1,
-                pgrp: 1234,
-                cpu_ticks: 13,
-                rss_pages: 250
-            }
-        );
-    }
-
-    #[test]
-    fn refuses_a_truncated_stat_line() {
-        assert_eq!(ProcStat::parse("1234 (x) S 1 2"), None);
-    }
-
-    #[test]
     fn every_series_carries_test_id_and_states_read_zero_before_any_agent() {
         let mut registry = new_registry("t-1");
         let metrics = AgentMetrics::register(&mut registry);
@@ -400,7 +336,7 @@ mod tests {
         let mut registry = new_registry("t");
         let metrics = AgentMetrics::register(&mut registry);
         let own_group = nix::unistd::getpgrp().as_raw();
-        metrics.processes().set(2, Some(own_group));
+        metrics.agent_started(2, Some(own_group));
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).expect("encodes");
         let memory = text

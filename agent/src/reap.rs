@@ -15,6 +15,9 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::procfs;
 
 /// Pids of the agent processes that tokio waits for; the reaper leaves them alone.
 ///
@@ -64,14 +67,15 @@ pub fn become_subreaper() -> nix::Result<()> {
     nix::sys::prctl::set_child_subreaper(true)
 }
 
-/// Starts the task that reaps orphans on every SIGCHLD (and once at start).
-pub fn spawn_reaper(tracked: Arc<Tracked>) -> io::Result<JoinHandle<()>> {
+/// Starts the task that reaps orphans on every SIGCHLD (and once at start), until `stop`.
+pub fn spawn_reaper(tracked: Arc<Tracked>, stop: CancellationToken) -> io::Result<JoinHandle<()>> {
     let mut sigchld = signal(SignalKind::child())?;
     Ok(tokio::spawn(async move {
         loop {
             reap_orphans(&tracked);
-            if sigchld.recv().await.is_none() {
-                break;
+            tokio::select! {
+                received = sigchld.recv() => if received.is_none() { break },
+                () = stop.cancelled() => break,
             }
         }
     }))
@@ -82,7 +86,7 @@ pub fn reap_orphans(tracked: &Tracked) -> Vec<i32> {
     let _no_spawn_in_progress = tracked.gate.write().unwrap_or_else(|p| p.into_inner());
     let agents = tracked.pids();
     let mut reaped = Vec::new();
-    for pid in children_of_self() {
+    for pid in procfs::children_of_self() {
         if agents.contains(&pid) {
             continue;
         }
@@ -100,54 +104,14 @@ pub fn reap_orphans(tracked: &Tracked) -> Vec<i32> {
     reaped
 }
 
-/// Pids of this process's children, from `/proc/self/task/*/children`, or by scanning
-/// `/proc` on kernels built without that file.
-fn children_of_self() -> Vec<i32> {
-    match children_from_tasks() {
-        Ok(pids) => pids,
-        Err(_) => children_from_proc_scan(),
-    }
-}
-
-fn children_from_tasks() -> io::Result<Vec<i32>> {
-    let mut pids = Vec::new();
-    for task in std::fs::read_dir("/proc/self/task")? {
-        let text = std::fs::read_to_string(task?.path().join("children"))?;
-        pids.extend(
-            text.split_ascii_whitespace()
-                .filter_map(|p| p.parse::<i32>().ok()),
-        );
-    }
-    Ok(pids)
-}
-
-fn children_from_proc_scan() -> Vec<i32> {
-    let me = std::process::id() as i32;
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|&pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|stat| crate::metrics::ProcStat::parse(&stat))
-                .is_some_and(|stat| stat.ppid == me)
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::procfs::ProcStat;
     use std::process::Command;
 
     fn is_zombie(pid: i32) -> bool {
-        std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|s| crate::metrics::ProcStat::parse(&s))
-            .is_some_and(|s| s.state == 'Z')
+        ProcStat::read(pid).is_some_and(|s| s.state == 'Z')
     }
 
     #[test]

@@ -168,11 +168,6 @@ impl Uploader {
         results_url.join(&format!("{pod}/c{container}/"))
     }
 
-    /// The store prefix results go to.
-    pub fn remote(&self) -> &StoreUrl {
-        &self.remote
-    }
-
     /// Uploads every file that is new or changed since the store last confirmed it.
     ///
     /// A failed file is counted and left for the next sync; only an unreadable results
@@ -211,7 +206,7 @@ impl Uploader {
                 Err(e) => {
                     tracing::warn!(
                         file = %file.path.display(),
-                        error = %crate::store::ErrorChain(&e),
+                        error = %crate::error_chain::ErrorChain(&e),
                         "result upload failed, retrying at the next sync"
                     );
                     self.metrics.failures.inc();
@@ -460,7 +455,7 @@ mod tests {
             .flush(Instant::now() + Duration::from_millis(700))
             .await
             .expect_err("the store cannot take the file");
-        let text = crate::store::ErrorChain(&err).to_string();
+        let text = crate::error_chain::ErrorChain(&err).to_string();
         assert!(
             text.contains("1 result files (5 bytes) were not confirmed"),
             "{text}"

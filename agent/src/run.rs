@@ -8,21 +8,21 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::cli::RunArgs;
+use crate::error_chain::ErrorChain;
 use crate::logs::StdoutSink;
 use crate::metrics::{self, AgentMetrics, HttpState};
+use crate::process::ProcessSpawner;
 use crate::reap::{self, Tracked};
 use crate::results::{UploadError, UploadMetrics, Uploader};
 use crate::script::{self, ScriptError, ScriptMetrics};
@@ -45,12 +45,8 @@ pub enum RunError {
         #[source]
         source: io::Error,
     },
-    #[error("failed to serve metrics on {address} (is WAVE_METRICS_PORT taken?)")]
-    MetricsListen {
-        address: SocketAddr,
-        #[source]
-        source: io::Error,
-    },
+    #[error("failed to read the address of the metrics listener")]
+    MetricsAddress(#[source] io::Error),
     #[error("failed to set up signal handling")]
     Signals(#[source] io::Error),
     #[error("failed to open the store of {url}")]
@@ -118,9 +114,11 @@ impl WorkDir {
 }
 
 /// Runs the test described by `args` until it completes (with `exit_on_complete`) or
-/// `shutdown` ends it. Agent output goes to `stdout` as prefixed lines.
+/// `shutdown` ends it, serving metrics on `listener`. Agent output goes to `stdout` as
+/// prefixed lines.
 pub async fn run(
     args: RunArgs,
+    listener: TcpListener,
     shutdown: Shutdown,
     stdout: Option<StdoutSink>,
 ) -> Result<RunOutcome, RunError> {
@@ -133,13 +131,10 @@ pub async fn run(
     let upload_metrics = UploadMetrics::register(&mut registry);
     agent_metrics.set_players_configured(u64::from(args.agents) * args.players_per_agent);
 
-    let address = SocketAddr::new(args.metrics_address, args.metrics_port);
-    let listener = TcpListener::bind(address)
-        .await
-        .map_err(|source| RunError::MetricsListen { address, source })?;
-    let address = listener.local_addr().unwrap_or(address);
+    let address = listener.local_addr().map_err(RunError::MetricsAddress)?;
     let ready = Arc::new(AtomicBool::new(false));
-    let server_stop = CancellationToken::new();
+    // The metrics server and the orphan reaper last until the run ends (or a kill).
+    let background = shutdown.kill.child_token();
     let http = HttpState {
         registry: Arc::new(registry),
         ready: ready.clone(),
@@ -147,15 +142,17 @@ pub async fn run(
     let server = tokio::spawn(metrics::serve(
         listener,
         http,
-        server_stop.clone().cancelled_owned(),
+        background.clone().cancelled_owned(),
     ));
+    // Tests and benchmarks with WAVE_METRICS_PORT=0 read the port from this line.
     info!("serving metrics on {address}");
 
     let tracked = Arc::new(Tracked::default());
     if let Err(err) = reap::become_subreaper() {
         warn!("cannot become a child subreaper ({err}); orphans are reaped only as PID 1");
     }
-    let reaper = reap::spawn_reaper(tracked.clone()).map_err(RunError::Signals)?;
+    let reaper =
+        reap::spawn_reaper(tracked.clone(), background.clone()).map_err(RunError::Signals)?;
 
     let s3 = args.s3_options();
     let mut uploader = match &args.results_url {
@@ -204,9 +201,9 @@ pub async fn run(
         }
     };
 
-    server_stop.cancel();
+    background.cancel();
     let _ = server.await;
-    reaper.abort();
+    let _ = reaper.await;
     outcome
 }
 
@@ -226,7 +223,7 @@ impl Test<'_> {
     async fn run(
         self,
         uploader: Option<Uploader>,
-        mut shutdown: Shutdown,
+        shutdown: Shutdown,
     ) -> Result<RunOutcome, RunError> {
         let args = self.args;
         if let Some(url) = &args.script_url {
@@ -242,7 +239,7 @@ impl Test<'_> {
                     let fetched = fetched.map_err(Box::new)?;
                     info!("script ready: {} objects, {} bytes", fetched.objects, fetched.bytes);
                 }
-                () = shutdown.requested() => {
+                () = shutdown.stop.cancelled() => {
                     info!("stopped while fetching the script");
                     return Ok(RunOutcome::Stopped);
                 }
@@ -263,25 +260,24 @@ impl Test<'_> {
             stop_timeout: args.stop_timeout,
         };
         let ctx = SuperviseContext {
-            metrics: self.agent_metrics.clone(),
-            tracked: self.tracked.clone(),
-            stdout: self.stdout.clone(),
+            observer: Arc::new(self.agent_metrics.clone()),
             ready: self.ready.clone(),
         };
-        let supervisor = Supervisor::new(config, ctx)?;
+        let spawner = ProcessSpawner::new(config.clone(), self.tracked, self.stdout);
+        let supervisor = Supervisor::new(config, Arc::new(spawner), ctx)?;
         let started_at = SystemTime::now();
         info!("starting {} agents", args.agents);
 
-        let (sync_stop, sync_stopped) = oneshot::channel();
+        let sync_stop = shutdown.kill.child_token();
         let syncing = uploader.map(|uploader| {
             tokio::spawn(sync_periodically(
                 uploader,
                 args.upload_interval,
-                sync_stopped,
+                sync_stop.clone(),
             ))
         });
         let supervision = supervisor.run(shutdown.clone()).await;
-        let _ = sync_stop.send(());
+        sync_stop.cancel();
         let mut uploader = match syncing {
             Some(task) => Some(task.await.expect("the sync task does not panic")),
             None => None,
@@ -305,7 +301,7 @@ impl Test<'_> {
         if supervision.stopped {
             if let Some(uploader) = uploader.as_mut() {
                 let deadline = Instant::now() + args.stop_timeout;
-                final_upload(uploader, deadline, &mut shutdown).await;
+                final_upload(uploader, deadline, &shutdown).await;
             }
             return Ok(RunOutcome::Stopped);
         }
@@ -319,7 +315,7 @@ impl Test<'_> {
 async fn after_completion(
     args: &RunArgs,
     mut uploader: Option<&mut Uploader>,
-    mut shutdown: Shutdown,
+    shutdown: Shutdown,
     all_succeeded: bool,
 ) -> Result<RunOutcome, RunError> {
     if let Some(uploader) = uploader.as_deref_mut() {
@@ -328,11 +324,11 @@ async fn after_completion(
                 log_upload(result);
                 true
             }
-            () = shutdown.requested() => false,
+            () = shutdown.stop.cancelled() => false,
         };
         if !done {
             let deadline = Instant::now() + args.stop_timeout;
-            final_upload(uploader, deadline, &mut shutdown).await;
+            final_upload(uploader, deadline, &shutdown).await;
             return Ok(RunOutcome::Stopped);
         }
     }
@@ -340,27 +336,27 @@ async fn after_completion(
         return Ok(RunOutcome::Completed { all_succeeded });
     }
     info!("test complete; serving metrics until stopped");
-    shutdown.requested().await;
+    shutdown.stop.cancelled().await;
     if let Some(uploader) = uploader {
         let deadline = Instant::now() + args.stop_timeout;
-        final_upload(uploader, deadline, &mut shutdown).await;
+        final_upload(uploader, deadline, &shutdown).await;
     }
     Ok(RunOutcome::Stopped)
 }
 
 /// The upload at shutdown, bounded by `deadline` and cut short by a second request.
-async fn final_upload(uploader: &mut Uploader, deadline: Instant, shutdown: &mut Shutdown) {
+async fn final_upload(uploader: &mut Uploader, deadline: Instant, shutdown: &Shutdown) {
     info!("uploading results before exit");
     tokio::select! {
         result = uploader.flush(deadline) => log_upload(result),
-        () = shutdown.forced() => warn!("final upload interrupted; some results were not uploaded"),
+        () = shutdown.kill.cancelled() => warn!("final upload interrupted; some results were not uploaded"),
     }
 }
 
 fn log_upload(result: Result<crate::results::SyncReport, UploadError>) {
     match result {
         Ok(_) => info!("all results uploaded"),
-        Err(err) => warn!("{}", crate::store::ErrorChain(&err)),
+        Err(err) => warn!("{}", ErrorChain(&err)),
     }
 }
 
@@ -368,14 +364,14 @@ fn log_upload(result: Result<crate::results::SyncReport, UploadError>) {
 async fn sync_periodically(
     mut uploader: Uploader,
     interval: Duration,
-    mut stop: oneshot::Receiver<()>,
+    stop: CancellationToken,
 ) -> Uploader {
     let mut ticks = tokio::time::interval_at(Instant::now() + interval, interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = ticks.tick() => {}
-            _ = &mut stop => return uploader,
+            () = stop.cancelled() => return uploader,
         }
         tokio::select! {
             result = uploader.sync() => match result {
@@ -384,9 +380,9 @@ async fn sync_periodically(
                     report.uploaded_files, report.uploaded_bytes
                 ),
                 Ok(_) => {}
-                Err(err) => warn!("{}", crate::store::ErrorChain(&err)),
+                Err(err) => warn!("{}", ErrorChain(&err)),
             },
-            _ = &mut stop => return uploader,
+            () = stop.cancelled() => return uploader,
         }
     }
 }
@@ -473,5 +469,57 @@ mod tests {
             1
         );
         assert_eq!(RunOutcome::Stopped.exit_code(), 0);
+    }
+
+    /// A plain HTTP/1.0 GET of `path` on `address`; returns the status line.
+    async fn status_line(address: std::net::SocketAddr, path: &str) -> io::Result<String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(address).await?;
+        let request = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await?;
+        Ok(response.lines().next().unwrap_or_default().to_owned())
+    }
+
+    #[tokio::test]
+    async fn serves_probes_on_the_listener_it_is_given_until_stopped() {
+        use clap::Parser;
+        let work = tempfile::tempdir().expect("tempdir");
+        let cli = crate::cli::Cli::try_parse_from([
+            "wave-agent",
+            "run",
+            "--work-dir",
+            work.path().to_str().expect("UTF-8 temp path"),
+            "--pod-name",
+            "pod",
+            "--",
+            "sleep",
+            "30",
+        ])
+        .expect("valid arguments");
+        let crate::cli::Command::Run(args) = cli.command else {
+            unreachable!("parsed `run`")
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("bound address");
+        let shutdown = Shutdown::default();
+        let running = tokio::spawn(run(*args, listener, shutdown.clone(), None));
+
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !status_line(address, "/readyz")
+            .await
+            .is_ok_and(|line| line.contains(" 200 "))
+        {
+            assert!(Instant::now() < deadline, "/readyz never answered 200");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        shutdown.request();
+        let outcome = running.await.expect("the run does not panic");
+        assert_eq!(outcome.expect("a clean stop"), RunOutcome::Stopped);
+        assert!(
+            status_line(address, "/healthz").await.is_err(),
+            "the server is gone with the run"
+        );
     }
 }

@@ -49,8 +49,6 @@ impl ScriptMetrics {
 /// What [`fetch`] put in place.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FetchedScript {
-    /// The script directory (`<work>/script`).
-    pub dir: PathBuf,
     /// Objects downloaded (1 for an archive).
     pub objects: usize,
     /// Bytes downloaded.
@@ -151,7 +149,7 @@ pub async fn fetch(
             Err(e) if e.is_transient() && attempt < ATTEMPTS => {
                 tracing::warn!(
                     %url, attempt, retry_in = ?backoff,
-                    error = %crate::store::ErrorChain(&e),
+                    error = %crate::error_chain::ErrorChain(&e),
                     "script fetch failed, retrying"
                 );
                 tokio::time::sleep(backoff).await;
@@ -203,10 +201,7 @@ async fn fetch_once(
     };
     remove_dir_if_present(dest)?;
     fs::rename(&staging, dest).map_err(|e| ScriptError::io("move into place", dest, e))?;
-    Ok(FetchedScript {
-        dir: dest.to_owned(),
-        ..fetched
-    })
+    Ok(fetched)
 }
 
 async fn fetch_prefix(
@@ -245,7 +240,6 @@ async fn fetch_prefix(
             .map_err(|e| ScriptError::io("make executable", &run, e))?;
     }
     Ok(FetchedScript {
-        dir: staging.to_owned(),
         objects: objects.len(),
         bytes,
         archive: None,
@@ -285,7 +279,6 @@ async fn fetch_archive(
     let _ = fs::remove_file(&download);
     result?;
     Ok(FetchedScript {
-        dir: staging.to_owned(),
         objects: 1,
         bytes,
         archive: Some(object.rel.clone()),

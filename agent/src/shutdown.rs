@@ -1,80 +1,85 @@
-//! Shutdown requests: SIGTERM and SIGINT become counted requests that the rest of the
-//! supervisor waits on, so the logic is testable without sending signals. The first request
-//! stops gracefully; a second one means "now".
+//! Shutdown requests as one [`CancellationToken`] tree, so every part of the supervisor
+//! stops the same way and the logic is testable without sending signals.
+//!
+//! `kill` is the root and `stop` its child: the first request cancels `stop` (stop
+//! gracefully), a second one cancels `kill` (stop now), and a kill also counts as a stop.
+//! Tasks that must end with the run take child tokens of either.
 
 use std::io;
 
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
-/// Receives shutdown requests; cheap to clone.
+/// The two levels of a shutdown request; cheap to clone (clones share the tokens).
 #[derive(Debug, Clone)]
 pub struct Shutdown {
-    requests: watch::Receiver<u32>,
+    /// Cancelled by the second request: stop at once.
+    pub kill: CancellationToken,
+    /// Cancelled by the first request: stop gracefully.
+    pub stop: CancellationToken,
 }
 
-/// Sends shutdown requests (the signal task, or a test).
-#[derive(Debug)]
-pub struct ShutdownTrigger {
-    requests: watch::Sender<u32>,
-}
-
-impl ShutdownTrigger {
-    /// Adds one request: the first asks for a graceful stop, the second forces it.
-    pub fn request(&self) {
-        self.requests.send_modify(|n| *n += 1);
+impl Default for Shutdown {
+    fn default() -> Self {
+        let kill = CancellationToken::new();
+        let stop = kill.child_token();
+        Shutdown { kill, stop }
     }
 }
 
 impl Shutdown {
-    /// A pair not tied to any signal.
-    pub fn channel() -> (ShutdownTrigger, Shutdown) {
-        let (tx, rx) = watch::channel(0);
-        (ShutdownTrigger { requests: tx }, Shutdown { requests: rx })
+    /// Adds one request: the first asks for a graceful stop, the second forces it.
+    pub fn request(&self) {
+        if self.stop.is_cancelled() {
+            self.kill.cancel();
+        } else {
+            self.stop.cancel();
+        }
     }
 
-    /// Requests arriving as SIGTERM or SIGINT.
-    pub fn from_signals() -> io::Result<Shutdown> {
+    /// Turns SIGTERM and SIGINT into requests, for as long as the process runs.
+    pub fn on_signals(&self) -> io::Result<()> {
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
-        let (trigger, shutdown) = Shutdown::channel();
+        let shutdown = self.clone();
         tokio::spawn(async move {
             loop {
                 let name = tokio::select! {
                     _ = term.recv() => "SIGTERM",
                     _ = int.recv() => "SIGINT",
                 };
-                trigger.request();
-                let count = *trigger.requests.borrow();
-                if count == 1 {
+                let first = !shutdown.stop.is_cancelled();
+                shutdown.request();
+                if first {
                     tracing::info!("{name} received: stopping agents (again to kill at once)");
                 } else {
                     tracing::warn!("{name} received again: killing agents now");
                 }
             }
         });
-        Ok(shutdown)
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_request_stops_and_the_second_kills() {
+        let shutdown = Shutdown::default();
+        assert!(!shutdown.stop.is_cancelled());
+        shutdown.request();
+        assert!(shutdown.stop.is_cancelled());
+        assert!(!shutdown.kill.is_cancelled());
+        shutdown.request();
+        assert!(shutdown.kill.is_cancelled());
     }
 
-    /// True once a stop was requested.
-    pub fn is_requested(&self) -> bool {
-        *self.requests.borrow() >= 1
-    }
-
-    /// Resolves once a stop was requested.
-    pub async fn requested(&mut self) {
-        self.at_least(1).await;
-    }
-
-    /// Resolves once a second request asked to stop at once.
-    pub async fn forced(&mut self) {
-        self.at_least(2).await;
-    }
-
-    async fn at_least(&mut self, count: u32) {
-        if self.requests.wait_for(|&n| n >= count).await.is_err() {
-            // No trigger left: no request can come any more.
-            std::future::pending::<()>().await;
-        }
+    #[test]
+    fn a_kill_also_stops() {
+        let shutdown = Shutdown::default();
+        shutdown.kill.cancel();
+        assert!(shutdown.stop.is_cancelled());
     }
 }

@@ -127,14 +127,6 @@ impl StoreUrl {
             },
         }
     }
-
-    /// The last segment of the URL (an object's file name), if any.
-    pub fn file_name(&self) -> Option<&str> {
-        match self {
-            StoreUrl::S3 { key, .. } => key.rsplit('/').next().filter(|n| !n.is_empty()),
-            StoreUrl::File { path } => path.file_name().and_then(|n| n.to_str()),
-        }
-    }
 }
 
 /// One object found by [`Store::list`].
@@ -239,22 +231,6 @@ impl StoreError {
     }
 }
 
-/// Shows an error followed by its causes (`error: cause: cause`), for log lines and
-/// messages where only one string fits.
-pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'a));
-
-impl fmt::Display for ErrorChain<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut cause = self.0.source();
-        while let Some(c) = cause {
-            write!(f, ": {c}")?;
-            cause = c.source();
-        }
-        Ok(())
-    }
-}
-
 /// A handle on the stores: cheap to clone and share between tasks.
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -296,7 +272,8 @@ impl Store {
     }
 
     /// A store for local `file://` URLs only.
-    pub fn local() -> Store {
+    #[cfg(test)]
+    pub(crate) fn local() -> Store {
         Store { s3: None }
     }
 
@@ -425,14 +402,5 @@ mod tests {
             dir.join("p/c0/a.txt").to_string(),
             "file:///tmp/r/p/c0/a.txt"
         );
-    }
-
-    #[test]
-    fn file_name_is_the_last_segment() {
-        assert_eq!(
-            parse("s3://b/scripts/t.tar.gz").expect("valid").file_name(),
-            Some("t.tar.gz")
-        );
-        assert_eq!(parse("s3://b/scripts/").expect("valid").file_name(), None);
     }
 }

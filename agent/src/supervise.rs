@@ -1,33 +1,30 @@
 //! Running the agents: start, watch, restart with backoff, stop.
 //!
 //! One owner, [`Supervisor::run`], holds all supervision state and selects over agent exits,
-//! restart timers and shutdown requests; nothing wakes while nothing happens. Each agent
-//! process runs in its own process group, so stopping an agent reaches everything it started.
-//! The decisions (restart or not, how long to wait) are pure functions, tested on their own.
+//! restart timers and shutdown requests; nothing wakes while nothing happens. Processes are
+//! started and signalled through [`Spawn`] (real process groups in production, scripted exits
+//! in tests), and what happens is reported through [`Observe`] (the metrics), so the state
+//! machine runs the same with or without an operating system underneath. The decisions
+//! (restart or not, how long to wait) are pure functions, tested on their own.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
-use std::fs::{File, OpenOptions};
 use std::io;
-use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
+use std::path::PathBuf;
+use std::process::ExitStatus;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
+use clap::ValueEnum;
+use futures::future::BoxFuture;
+use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use crate::cli::RestartPolicy;
-use crate::logs::{StdoutSink, capture};
-use crate::metrics::AgentMetrics;
-use crate::reap::{self, Tracked};
 use crate::shutdown::Shutdown;
 
 /// Threads that spawn agents at once when the supervision starts.
@@ -44,6 +41,17 @@ const KILL_WAIT: Duration = Duration::from_secs(5);
 /// How long to wait for agents' output pipes to close once the agents have ended (a daemon
 /// they left behind may hold them open forever).
 const LOG_DRAIN_WAIT: Duration = Duration::from_secs(5);
+
+/// When an agent that ended is started again (supervisord's `autorestart`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RestartPolicy {
+    /// An ended agent stays ended.
+    Never,
+    /// Restart after a non-zero exit or a death by signal.
+    OnFailure,
+    /// Restart after any exit, success included.
+    Always,
+}
 
 /// The program every agent runs.
 #[derive(Debug, Clone)]
@@ -133,7 +141,8 @@ pub enum ExitOutcome {
 }
 
 impl ExitOutcome {
-    fn from_status(status: ExitStatus) -> ExitOutcome {
+    /// How a process that ended with `status` ended.
+    pub fn from_status(status: ExitStatus) -> ExitOutcome {
         use std::os::unix::process::ExitStatusExt;
         match (status.code(), status.signal()) {
             (Some(0), _) => ExitOutcome::Success,
@@ -255,27 +264,52 @@ pub struct SuperviseError {
     pub source: io::Error,
 }
 
+/// Starts and signals agent processes: the supervisor's only contact with the operating
+/// system, so that tests can drive the state machine with scripted exits.
+pub trait Spawn: Send + Sync + 'static {
+    /// Starts agent `index`; blocks until the process runs (or could not be started).
+    fn spawn(&self, index: u32) -> io::Result<Spawned>;
+    /// Sends `signal` to process group `group` (`None`: only checks it); false when the
+    /// group has no process left.
+    fn signal_group(&self, group: i32, signal: Option<Signal>) -> bool;
+    /// Collects exited processes that are not agents (what the agents left behind), so
+    /// that their process groups can empty.
+    fn reap_orphans(&self);
+}
+
+/// A started agent process.
+pub struct Spawned {
+    /// Its pid, which is also its process group.
+    pub pid: i32,
+    /// Resolves with how the process ended.
+    pub exit: BoxFuture<'static, ExitOutcome>,
+    /// Tasks copying its output to the log files.
+    pub captures: Vec<JoinHandle<io::Result<u64>>>,
+}
+
+/// Receives what the supervisor does (the metrics, in production).
+pub trait Observe: Send + Sync + 'static {
+    /// Agent `index` was started: as process group `group`, or `None` when it could not be.
+    fn agent_started(&self, index: usize, group: Option<i32>);
+    /// Agent `index`'s process ended.
+    fn agent_exited(&self, index: usize, outcome: &ExitOutcome);
+    /// How many agents are in each state now.
+    fn states(&self, counts: &HashMap<AgentState, usize>);
+}
+
 /// What the supervisor shares with the rest of the process.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SuperviseContext {
-    pub metrics: AgentMetrics,
-    /// Pids tokio waits for, which the orphan reaper must leave alone.
-    pub tracked: Arc<Tracked>,
-    /// The supervisor's stdout, for the prefixed agent lines (`None`: log files only).
-    pub stdout: Option<StdoutSink>,
+    pub observer: Arc<dyn Observe>,
     /// Set once every agent was started (drives `/readyz`).
     pub ready: Arc<AtomicBool>,
 }
 
-enum Event {
-    Exited {
-        index: usize,
-        outcome: ExitOutcome,
-        at: SystemTime,
-    },
-    RestartDue {
-        index: usize,
-    },
+/// An agent process that ended.
+struct Exited {
+    index: usize,
+    outcome: ExitOutcome,
+    at: SystemTime,
 }
 
 struct Slot {
@@ -287,20 +321,24 @@ struct Slot {
 }
 
 /// Owner of the supervision state.
-pub struct Supervisor {
+pub struct Supervisor<S> {
     config: SuperviseConfig,
+    spawner: Arc<S>,
     ctx: SuperviseContext,
     slots: Vec<Slot>,
-    events_tx: mpsc::UnboundedSender<Event>,
-    events: mpsc::UnboundedReceiver<Event>,
+    /// One task per running process, resolving when it ends.
+    exits: JoinSet<Exited>,
+    /// One timer per agent in backoff, resolving with its index when the restart is due.
+    restarts: JoinSet<usize>,
 }
 
-impl Supervisor {
+impl<S: Spawn> Supervisor<S> {
     /// Prepares the agents' output directories.
     pub fn new(
         config: SuperviseConfig,
+        spawner: Arc<S>,
         ctx: SuperviseContext,
-    ) -> Result<Supervisor, SuperviseError> {
+    ) -> Result<Supervisor<S>, SuperviseError> {
         let slots = (0..config.agents)
             .map(|index| {
                 let dir = config.output_dir(index);
@@ -320,20 +358,18 @@ impl Supervisor {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        ctx.metrics
-            .set_players_configured(u64::from(config.agents) * config.players_per_agent);
-        let (events_tx, events) = mpsc::unbounded_channel();
         Ok(Supervisor {
             config,
+            spawner,
             ctx,
             slots,
-            events_tx,
-            events,
+            exits: JoinSet::new(),
+            restarts: JoinSet::new(),
         })
     }
 
     /// Runs the agents until they have all ended, or until `shutdown` stops them.
-    pub async fn run(mut self, mut shutdown: Shutdown) -> Supervision {
+    pub async fn run(mut self, shutdown: Shutdown) -> Supervision {
         let starting = Instant::now();
         self.start_all(&shutdown).await;
         info!(
@@ -349,12 +385,17 @@ impl Supervisor {
                 break false;
             }
             tokio::select! {
-                Some(event) = self.events.recv() => self.handle(event, false),
-                () = shutdown.requested() => break true,
+                Some(exited) = self.exits.join_next() => {
+                    self.on_exit(exited.expect("exit watchers do not panic"), false);
+                }
+                Some(due) = self.restarts.join_next() => {
+                    self.restart(due.expect("restart timers do not panic"));
+                }
+                () = shutdown.stop.cancelled() => break true,
             }
         };
         if stopped {
-            self.stop(&mut shutdown).await;
+            self.stop(&shutdown).await;
         }
         self.drain_logs().await;
         Supervision {
@@ -366,21 +407,19 @@ impl Supervisor {
     /// Starts every agent. Spawning waits for each new process to exec, so several
     /// threads spawn at once: starting 1,000 agents is bound by the kernel, not by one loop.
     async fn start_all(&mut self, shutdown: &Shutdown) {
-        let config = Arc::new(self.config.clone());
         let lanes = SPAWN_LANES.min(self.slots.len().max(1));
         let mut batches = Vec::with_capacity(lanes);
         for lane in 0..lanes {
-            let config = config.clone();
-            let ctx = self.ctx.clone();
-            let shutdown = shutdown.clone();
+            let spawner = self.spawner.clone();
+            let stop = shutdown.stop.clone();
             let indices: Vec<usize> = (lane..self.slots.len()).step_by(lanes).collect();
             batches.push(tokio::task::spawn_blocking(move || {
                 indices
                     .into_iter()
-                    .take_while(|_| !shutdown.is_requested())
+                    .take_while(|_| !stop.is_cancelled())
                     .map(|index| {
                         let started_at = SystemTime::now();
-                        (index, started_at, spawn_agent(&config, index as u32, &ctx))
+                        (index, started_at, spawner.spawn(index as u32))
                     })
                     .collect::<Vec<_>>()
             }));
@@ -396,8 +435,9 @@ impl Supervisor {
     /// Starts agent `index` again after its backoff.
     fn restart(&mut self, index: usize) {
         let started_at = SystemTime::now();
-        let result = spawn_agent(&self.config, index as u32, &self.ctx);
+        let result = self.spawner.spawn(index as u32);
         self.record_start(index, started_at, result);
+        self.publish_states();
     }
 
     /// Books a start: the agent is running and watched, or its spawn failure is an exit.
@@ -410,100 +450,82 @@ impl Supervisor {
             outcome: None,
         });
         slot.record.state = AgentState::Running;
-        self.ctx.metrics.agent_started();
 
         match result {
             Ok(spawned) => {
                 info!("agent-{k} running (pid {})", spawned.pid);
+                self.ctx.observer.agent_started(index, Some(spawned.pid));
                 slot.group = Some(spawned.pid);
                 slot.alive = true;
                 slot.captures.extend(spawned.captures);
-                self.ctx.metrics.processes().set(index, Some(spawned.pid));
-                let tx = self.events_tx.clone();
-                let tracked = self.ctx.tracked.clone();
-                let mut child = spawned.child;
-                let pid = spawned.pid;
-                tokio::spawn(async move {
-                    let outcome = match child.wait().await {
-                        Ok(status) => ExitOutcome::from_status(status),
-                        Err(err) => ExitOutcome::SpawnFailed {
-                            error: format!("lost track of the process: {err}"),
-                        },
-                    };
-                    tracked.untrack(pid);
-                    let _ = tx.send(Event::Exited {
+                let exit = spawned.exit;
+                self.exits.spawn(async move {
+                    let outcome = exit.await;
+                    Exited {
                         index,
                         outcome,
                         at: SystemTime::now(),
-                    });
+                    }
                 });
             }
             Err(err) => {
-                let _ = self.events_tx.send(Event::Exited {
+                self.ctx.observer.agent_started(index, None);
+                let exited = Exited {
                     index,
                     outcome: ExitOutcome::SpawnFailed {
                         error: err.to_string(),
                     },
                     at: SystemTime::now(),
-                });
+                };
+                self.exits.spawn(async move { exited });
             }
         }
     }
 
-    fn handle(&mut self, event: Event, stopping: bool) {
-        match event {
-            Event::Exited { index, outcome, at } => {
-                self.ctx.metrics.agent_exited(&outcome);
-                self.ctx.metrics.processes().set(index, None);
-                let policy = self.config.restart;
-                let max = self.config.max_restarts;
-                let slot = &mut self.slots[index];
-                slot.alive = false;
-                if let Some(run) = slot.record.runs.last_mut() {
-                    run.ended_at = Some(at);
-                    run.outcome = Some(outcome.clone());
-                }
-                let k = slot.record.index;
-                let step = if stopping {
-                    Step::Finish(if outcome.is_success() {
-                        AgentState::Succeeded
-                    } else {
-                        AgentState::Failed
-                    })
-                } else {
-                    next_step(policy, &outcome, slot.record.restarts, max)
-                };
-                match step {
-                    Step::Restart { after } => {
-                        slot.record.state = AgentState::Backoff;
-                        slot.record.restarts += 1;
-                        warn!(
-                            "agent-{k} {outcome}; restart {} of {max} in {}",
-                            slot.record.restarts,
-                            humantime::format_duration(after)
-                        );
-                        let tx = self.events_tx.clone();
-                        tokio::spawn(async move {
-                            tokio::time::sleep(after).await;
-                            let _ = tx.send(Event::RestartDue { index });
-                        });
-                    }
-                    Step::Finish(state) => {
-                        slot.record.state = state;
-                        match state {
-                            _ if stopping => info!("agent-{k} stopped: {outcome}"),
-                            AgentState::Succeeded => info!("agent-{k} succeeded"),
-                            _ => warn!(
-                                "agent-{k} {outcome}; failed after {} restarts",
-                                slot.record.restarts
-                            ),
-                        }
-                    }
-                }
+    fn on_exit(&mut self, exited: Exited, stopping: bool) {
+        let Exited { index, outcome, at } = exited;
+        self.ctx.observer.agent_exited(index, &outcome);
+        let policy = self.config.restart;
+        let max = self.config.max_restarts;
+        let slot = &mut self.slots[index];
+        slot.alive = false;
+        if let Some(run) = slot.record.runs.last_mut() {
+            run.ended_at = Some(at);
+            run.outcome = Some(outcome.clone());
+        }
+        let k = slot.record.index;
+        let step = if stopping {
+            Step::Finish(if outcome.is_success() {
+                AgentState::Succeeded
+            } else {
+                AgentState::Failed
+            })
+        } else {
+            next_step(policy, &outcome, slot.record.restarts, max)
+        };
+        match step {
+            Step::Restart { after } => {
+                slot.record.state = AgentState::Backoff;
+                slot.record.restarts += 1;
+                warn!(
+                    "agent-{k} {outcome}; restart {} of {max} in {}",
+                    slot.record.restarts,
+                    humantime::format_duration(after)
+                );
+                self.restarts.spawn(async move {
+                    tokio::time::sleep(after).await;
+                    index
+                });
             }
-            Event::RestartDue { index } => {
-                if !stopping && self.slots[index].record.state == AgentState::Backoff {
-                    self.restart(index);
+            Step::Finish(state) => {
+                slot.record.state = state;
+                match state {
+                    _ if stopping => info!("agent-{k} stopped: {outcome}"),
+                    AgentState::Succeeded => info!("agent-{k} succeeded"),
+                    _ => warn!(
+                        "agent-{k} {outcome}; failed after {} restarts",
+                        slot.record.restarts
+                    ),
                 }
             }
         }
@@ -515,14 +537,16 @@ impl Supervisor {
         for slot in &self.slots {
             *counts.entry(slot.record.state).or_insert(0) += 1;
         }
-        self.ctx.metrics.set_states(&counts);
+        self.ctx.observer.states(&counts);
     }
 
     /// SIGTERM to every agent's process group, SIGKILL after the stop timeout (or at a
     /// second request), then SIGKILL to whatever is left in the groups.
-    async fn stop(&mut self, shutdown: &mut Shutdown) {
+    async fn stop(&mut self, shutdown: &Shutdown) {
+        // Agents waiting for a restart (their timers go), or never started, will not run:
+        // they failed.
+        self.restarts.abort_all();
         for slot in &mut self.slots {
-            // Agents waiting for a restart, or never started, will not run: they failed.
             let waiting = slot.record.state == AgentState::Backoff;
             let never_started = slot.record.state == AgentState::Running && !slot.alive;
             if waiting || never_started {
@@ -544,20 +568,22 @@ impl Supervisor {
         let mut killed = false;
         let mut kill_deadline = None;
         loop {
-            reap::reap_orphans(&self.ctx.tracked);
+            self.spawner.reap_orphans();
             let leaders_alive = self.slots.iter().any(|s| s.alive);
             if !leaders_alive && (killed || !self.any_group_alive()) {
                 break;
             }
             tokio::select! {
-                Some(event) = self.events.recv() => self.handle(event, true),
+                Some(exited) = self.exits.join_next() => {
+                    self.on_exit(exited.expect("exit watchers do not panic"), true);
+                }
                 () = next_signal(&mut sigchld) => {}
                 _ = recheck.tick() => {}
                 () = tokio::time::sleep_until(deadline), if !killed => {
                     warn!("stop timeout reached: killing the remaining agents");
                     killed = true;
                 }
-                () = shutdown.forced(), if !killed => killed = true,
+                () = shutdown.kill.cancelled(), if !killed => killed = true,
                 () = sleep_until_opt(kill_deadline) => {
                     warn!("agents did not go away after SIGKILL; giving up on them");
                     break;
@@ -576,15 +602,13 @@ impl Supervisor {
         self.slots
             .iter()
             .filter_map(|s| s.group)
-            .any(|group| killpg(Pid::from_raw(group), None).is_ok())
+            .any(|group| self.spawner.signal_group(group, None))
     }
 
     fn signal_groups(&self, signal: Signal) {
-        for slot in &self.slots {
-            if let Some(group) = slot.group {
-                // ESRCH: the group is already empty.
-                let _ = killpg(Pid::from_raw(group), signal);
-            }
+        for group in self.slots.iter().filter_map(|s| s.group) {
+            // False: the group is already empty.
+            self.spawner.signal_group(group, Some(signal));
         }
     }
 
@@ -628,90 +652,13 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
     }
 }
 
-struct Spawned {
-    child: tokio::process::Child,
-    pid: i32,
-    captures: Vec<JoinHandle<io::Result<u64>>>,
-}
-
-/// Starts agent `k`'s process in its own process group with its output captured.
-fn spawn_agent(config: &SuperviseConfig, k: u32, ctx: &SuperviseContext) -> io::Result<Spawned> {
-    let out_dir = config.output_dir(k);
-    let stdout_log = open_log(&out_dir.join("stdout.log"))?;
-    let stderr_log = open_log(&out_dir.join("stderr.log"))?;
-    let mut out_env: OsString = out_dir.into_os_string();
-    out_env.push("/");
-
-    let mut cmd = tokio::process::Command::new(&config.command.program);
-    cmd.args(&config.command.args)
-        .current_dir(&config.script_dir)
-        .env("AGENT_INDEX", k.to_string())
-        .env("WAVE_AGENT_ID", config.agent_id(k))
-        .env("PLAYERS_PER_AGENT", config.players_per_agent.to_string())
-        .env("WAVE_OUTPUT_DIR", out_env)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
-
-    // Spawn and record under the reaper's gate, so it never takes this agent for an orphan.
-    let mut child = {
-        let guard = ctx.tracked.spawning();
-        let child = cmd
-            .spawn()
-            .map_err(|err| spawn_error(&config.command.program, err))?;
-        if let Some(pid) = child.id() {
-            guard.track(pid as i32);
-        }
-        child
-    };
-    let pid = child
-        .id()
-        .map(|p| p as i32)
-        .expect("a child that was just spawned has not been waited for");
-    let prefix = format!("[agent-{k}] ").into_bytes();
-    let mut captures = Vec::with_capacity(2);
-    if let Some(out) = child.stdout.take() {
-        captures.push(tokio::spawn(capture(
-            out,
-            stdout_log,
-            prefix.clone(),
-            ctx.stdout.clone(),
-        )));
-    }
-    if let Some(err) = child.stderr.take() {
-        captures.push(tokio::spawn(capture(
-            err,
-            stderr_log,
-            prefix,
-            ctx.stdout.clone(),
-        )));
-    }
-    Ok(Spawned {
-        child,
-        pid,
-        captures,
-    })
-}
-
-fn open_log(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(|err| io::Error::new(err.kind(), format!("cannot open {}: {err}", path.display())))
-}
-
-fn spawn_error(program: &OsString, err: io::Error) -> io::Error {
-    io::Error::new(
-        err.kind(),
-        format!("cannot run {}: {err}", Path::new(program).display()),
-    )
-}
-
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+    use std::sync::Mutex;
+
+    use tokio::sync::mpsc;
+
     use super::*;
 
     const FAIL: ExitOutcome = ExitOutcome::Failure { code: 3 };
@@ -802,5 +749,344 @@ mod tests {
         };
         assert_eq!(config.agent_id(3), "pod-x-c1-a3");
         assert_eq!(config.output_dir(3), Path::new("/w/results/agent-3"));
+    }
+
+    /// How one scripted agent process behaves.
+    #[derive(Debug, Clone)]
+    enum Script {
+        /// Ends with `outcome` after `after`, or earlier by SIGTERM or SIGKILL.
+        Exit {
+            after: Duration,
+            outcome: ExitOutcome,
+        },
+        /// Runs until SIGKILL, ignoring SIGTERM.
+        IgnoreTerm,
+    }
+
+    /// What the scripted spawner saw, in virtual milliseconds since the test started.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    enum Seen {
+        Spawn(u32),
+        Signal(u32, Signal),
+    }
+
+    struct Fake {
+        alive: Arc<AtomicBool>,
+        index: u32,
+        signals: mpsc::UnboundedSender<Signal>,
+    }
+
+    /// A [`Spawn`] whose processes follow a script: start number `n` of any agent runs
+    /// `scripts[n]` (the last one repeats).
+    struct Scripted {
+        t0: Instant,
+        scripts: Vec<Script>,
+        starts: Mutex<usize>,
+        processes: Mutex<HashMap<i32, Fake>>,
+        seen: Mutex<Vec<(u64, Seen)>>,
+    }
+
+    impl Scripted {
+        fn new(scripts: Vec<Script>) -> Arc<Scripted> {
+            Arc::new(Scripted {
+                t0: Instant::now(),
+                scripts,
+                starts: Mutex::new(0),
+                processes: Mutex::new(HashMap::new()),
+                seen: Mutex::new(Vec::new()),
+            })
+        }
+
+        fn note(&self, seen: Seen) {
+            let ms = self.t0.elapsed().as_millis() as u64;
+            self.seen.lock().expect("not poisoned").push((ms, seen));
+        }
+
+        fn seen(&self) -> Vec<(u64, Seen)> {
+            self.seen.lock().expect("not poisoned").clone()
+        }
+    }
+
+    impl Spawn for Scripted {
+        fn spawn(&self, index: u32) -> io::Result<Spawned> {
+            let start = {
+                let mut starts = self.starts.lock().expect("not poisoned");
+                *starts += 1;
+                *starts
+            };
+            let script = self.scripts[(start - 1).min(self.scripts.len() - 1)].clone();
+            let pid = 1000 + start as i32;
+            let (signals, mut received) = mpsc::unbounded_channel();
+            let alive = Arc::new(AtomicBool::new(true));
+            self.processes.lock().expect("not poisoned").insert(
+                pid,
+                Fake {
+                    alive: alive.clone(),
+                    index,
+                    signals,
+                },
+            );
+            self.note(Seen::Spawn(index));
+            let exit = async move {
+                let (after, outcome, ignores_term) = match script {
+                    Script::Exit { after, outcome } => (Some(after), outcome, false),
+                    Script::IgnoreTerm => (None, ExitOutcome::Success, true),
+                };
+                let ends = async {
+                    match after {
+                        Some(after) => tokio::time::sleep(after).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::pin!(ends);
+                let outcome = loop {
+                    tokio::select! {
+                        () = &mut ends => break outcome,
+                        Some(signal) = received.recv() => {
+                            if signal == Signal::SIGKILL || !ignores_term {
+                                break ExitOutcome::Signal { signal: signal as i32 };
+                            }
+                        }
+                    }
+                };
+                alive.store(false, Ordering::Release);
+                outcome
+            };
+            Ok(Spawned {
+                pid,
+                exit: Box::pin(exit),
+                captures: Vec::new(),
+            })
+        }
+
+        fn signal_group(&self, group: i32, signal: Option<Signal>) -> bool {
+            let processes = self.processes.lock().expect("not poisoned");
+            let Some(fake) = processes.get(&group) else {
+                return false;
+            };
+            if !fake.alive.load(Ordering::Acquire) {
+                return false;
+            }
+            if let Some(signal) = signal {
+                self.note(Seen::Signal(fake.index, signal));
+                let _ = fake.signals.send(signal);
+            }
+            true
+        }
+
+        fn reap_orphans(&self) {}
+    }
+
+    struct Unobserved;
+
+    impl Observe for Unobserved {
+        fn agent_started(&self, _: usize, _: Option<i32>) {}
+        fn agent_exited(&self, _: usize, _: &ExitOutcome) {}
+        fn states(&self, _: &HashMap<AgentState, usize>) {}
+    }
+
+    fn config(results: &Path, restart: RestartPolicy, max_restarts: u32) -> SuperviseConfig {
+        SuperviseConfig {
+            agents: 1,
+            command: AgentCommand {
+                program: "scripted".into(),
+                args: vec![],
+            },
+            script_dir: results.to_owned(),
+            results_dir: results.to_owned(),
+            pod: "pod".into(),
+            container: 0,
+            players_per_agent: 1,
+            restart,
+            max_restarts,
+            stop_timeout: Duration::from_secs(20),
+        }
+    }
+
+    /// Supervises one scripted agent, sending shutdown requests at `requests` (virtual ms).
+    async fn supervise(
+        config: SuperviseConfig,
+        spawner: Arc<Scripted>,
+        requests: &[u64],
+    ) -> Supervision {
+        let ctx = SuperviseContext {
+            observer: Arc::new(Unobserved),
+            ready: Arc::new(AtomicBool::new(false)),
+        };
+        let supervisor = Supervisor::new(config, spawner, ctx).expect("output dirs");
+        let shutdown = Shutdown::default();
+        let requester = shutdown.clone();
+        let times = requests.to_vec();
+        tokio::spawn(async move {
+            let t0 = Instant::now();
+            for ms in times {
+                tokio::time::sleep_until(t0 + Duration::from_millis(ms)).await;
+                requester.request();
+            }
+        });
+        supervisor.run(shutdown).await
+    }
+
+    fn fails_after(ms: u64) -> Script {
+        Script::Exit {
+            after: Duration::from_millis(ms),
+            outcome: FAIL,
+        }
+    }
+
+    fn spawn_times(seen: &[(u64, Seen)]) -> Vec<u64> {
+        seen.iter()
+            .filter(|(_, s)| matches!(s, Seen::Spawn(_)))
+            .map(|&(ms, _)| ms)
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn restarts_wait_one_two_four_eight_seconds_after_each_failure() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spawner = Scripted::new(vec![fails_after(100)]);
+        let supervision = supervise(
+            config(dir.path(), RestartPolicy::OnFailure, 4),
+            spawner.clone(),
+            &[],
+        )
+        .await;
+        // Each run lasts 100 ms; then 1 s, 2 s, 4 s, 8 s of backoff.
+        assert_eq!(
+            spawn_times(&spawner.seen()),
+            [0, 1_100, 3_200, 7_300, 15_400]
+        );
+        assert!(!supervision.stopped);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_max_restarts_the_agent_is_failed_and_not_started_again() {
+        for max_restarts in [0, 2] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let spawner = Scripted::new(vec![fails_after(10)]);
+            let supervision = supervise(
+                config(dir.path(), RestartPolicy::OnFailure, max_restarts),
+                spawner.clone(),
+                &[],
+            )
+            .await;
+            let agent = &supervision.agents[0];
+            assert_eq!(agent.state, AgentState::Failed);
+            assert_eq!(agent.restarts, max_restarts);
+            assert_eq!(agent.runs.len(), 1 + max_restarts as usize);
+            assert_eq!(
+                spawn_times(&spawner.seen()).len(),
+                1 + max_restarts as usize
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_always_the_cap_ends_a_succeeding_agent_as_succeeded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let succeeds = Script::Exit {
+            after: Duration::from_millis(10),
+            outcome: ExitOutcome::Success,
+        };
+        let spawner = Scripted::new(vec![succeeds]);
+        let supervision = supervise(
+            config(dir.path(), RestartPolicy::Always, 2),
+            spawner.clone(),
+            &[],
+        )
+        .await;
+        assert_eq!(spawn_times(&spawner.seen()), [0, 1_010, 3_020]);
+        assert_eq!(supervision.agents[0].state, AgentState::Succeeded);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stop_sends_sigterm_then_sigkill_once_the_stop_timeout_has_passed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spawner = Scripted::new(vec![Script::IgnoreTerm]);
+        let started = Instant::now();
+        let supervision = supervise(
+            config(dir.path(), RestartPolicy::OnFailure, 5),
+            spawner.clone(),
+            &[500],
+        )
+        .await;
+        assert_eq!(
+            spawner.seen(),
+            [
+                (0, Seen::Spawn(0)),
+                (500, Seen::Signal(0, Signal::SIGTERM)),
+                (20_500, Seen::Signal(0, Signal::SIGKILL)),
+            ]
+        );
+        assert_eq!(started.elapsed(), Duration::from_millis(20_500));
+        assert!(supervision.stopped);
+        let agent = &supervision.agents[0];
+        assert_eq!(agent.state, AgentState::Failed);
+        assert_eq!(
+            agent.runs[0].outcome,
+            Some(ExitOutcome::Signal { signal: 9 })
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_agent_that_ends_on_sigterm_is_not_killed_and_stop_returns_at_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spawner = Scripted::new(vec![fails_after(60_000)]);
+        let started = Instant::now();
+        let supervision = supervise(
+            config(dir.path(), RestartPolicy::OnFailure, 5),
+            spawner.clone(),
+            &[500],
+        )
+        .await;
+        assert_eq!(
+            spawner.seen(),
+            [(0, Seen::Spawn(0)), (500, Seen::Signal(0, Signal::SIGTERM)),]
+        );
+        assert_eq!(started.elapsed(), Duration::from_millis(500));
+        assert_eq!(
+            supervision.agents[0].runs[0].outcome,
+            Some(ExitOutcome::Signal { signal: 15 })
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_second_shutdown_request_kills_at_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spawner = Scripted::new(vec![Script::IgnoreTerm]);
+        let supervision = supervise(
+            config(dir.path(), RestartPolicy::OnFailure, 5),
+            spawner.clone(),
+            &[500, 800],
+        )
+        .await;
+        assert_eq!(
+            spawner.seen(),
+            [
+                (0, Seen::Spawn(0)),
+                (500, Seen::Signal(0, Signal::SIGTERM)),
+                (800, Seen::Signal(0, Signal::SIGKILL)),
+            ]
+        );
+        assert!(supervision.stopped);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_agent_in_backoff_at_shutdown_is_failed_and_never_restarted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spawner = Scripted::new(vec![fails_after(100)]);
+        let started = Instant::now();
+        let supervision = supervise(
+            config(dir.path(), RestartPolicy::OnFailure, 5),
+            spawner.clone(),
+            &[500],
+        )
+        .await;
+        // Stopped during its 1 s backoff: the restart timer is gone with the supervisor.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(spawner.seen(), [(0, Seen::Spawn(0))]);
+        assert_eq!(started.elapsed(), Duration::from_millis(5_500));
+        assert_eq!(supervision.agents[0].state, AgentState::Failed);
+        assert_eq!(supervision.agents[0].restarts, 1);
     }
 }

@@ -6,11 +6,14 @@
     reason = "each bench binary uses its own part of the helpers"
 )]
 
+use std::fs::File;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use wave_agent::procfs::{self, MemoryStatus, ProcStat};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_wave-agent");
 
@@ -25,11 +28,11 @@ impl Supervisor {
     /// Starts `wave-agent run` with `agents` agents running `command`, stdout to /dev/null.
     pub fn start(agents: u32, extra: &[&str], command: &[&str]) -> Supervisor {
         let work = tempfile::tempdir().expect("work dir");
-        let port = free_port();
+        let log = work.path().join("supervisor.err");
         let child = Command::new(BIN)
             .arg("run")
             .args(["--agents", &agents.to_string()])
-            .args(["--metrics-port", &port.to_string()])
+            .args(["--metrics-port", "0"])
             .args(["--metrics-address", "127.0.0.1"])
             .arg("--work-dir")
             .arg(work.path())
@@ -37,12 +40,14 @@ impl Supervisor {
             .args(extra)
             .arg("--")
             .args(command)
-            .env("WAVE_LOG", "warn")
+            // Warnings, and the line naming the metrics address.
+            .env("WAVE_LOG", "warn,wave_agent::run=info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(File::create(&log).expect("log file"))
             .spawn()
             .expect("start wave-agent");
+        let port = metrics_port(&log);
         Supervisor { child, port, work }
     }
 
@@ -90,31 +95,13 @@ impl Drop for Supervisor {
 
 /// CPU seconds (user + system) a process has used, from /proc/<pid>/stat.
 pub fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
-    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
-    let fields: Vec<&str> = rest.split(' ').collect();
-    // fields[0] is field 3 (state); utime and stime are fields 14 and 15.
-    let ticks: f64 =
-        fields[11].parse::<f64>().expect("utime") + fields[12].parse::<f64>().expect("stime");
-    ticks / clock_ticks()
-}
-
-fn clock_ticks() -> f64 {
-    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .unwrap_or(100) as f64
+    let stat = ProcStat::read(pid as i32).expect("stat");
+    stat.own_cpu_ticks as f64 / procfs::clock_ticks()
 }
 
 /// Resident set size in bytes, from /proc/<pid>/status (VmRSS).
 pub fn rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .expect("VmRSS")
-        * 1024
+    MemoryStatus::read(pid as i32).expect("VmRSS").rss
 }
 
 pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
@@ -125,11 +112,18 @@ pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+/// The port in the supervisor's `serving metrics on <address>` log line.
+fn metrics_port(log: &Path) -> u16 {
+    let mut port = None;
+    wait_until("the metrics address in the log", || {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        port = text.lines().find_map(|line| {
+            let address = line.split_once("serving metrics on ")?.1;
+            Some(address.trim().parse::<SocketAddr>().ok()?.port())
+        });
+        port.is_some()
+    });
+    port.expect("found above")
 }
 
 pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {

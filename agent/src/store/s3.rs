@@ -16,7 +16,8 @@ use futures::{StreamExt, TryStreamExt};
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
 use super::file::temp_path_for;
-use super::{ErrorChain, PutOutcome, StoreError, StoreUrl, StoredObject};
+use super::{PutOutcome, StoreError, StoreUrl, StoredObject};
+use crate::error_chain::ErrorChain;
 
 /// When the SDK adds checksums to requests (`WAVE_S3_CHECKSUM`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -90,33 +91,6 @@ const DEFAULT_REGION: &str = "us-east-1";
 const MAX_PARTS: u64 = 10_000;
 
 impl S3Options {
-    /// Defaults with `WAVE_S3_PATH_STYLE` and `WAVE_S3_CHECKSUM` from the environment.
-    pub fn from_env() -> Result<S3Options, OptionError> {
-        S3Options::from_lookup(|name| std::env::var(name).ok())
-    }
-
-    /// Like [`S3Options::from_env`], reading variables through `lookup`.
-    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<S3Options, OptionError> {
-        let mut options = S3Options::default();
-        if let Some(value) = lookup("WAVE_S3_PATH_STYLE") {
-            options.path_style = match value.trim().to_ascii_lowercase().as_str() {
-                "true" | "1" | "yes" => true,
-                "false" | "0" | "no" | "" => false,
-                _ => {
-                    return Err(OptionError {
-                        name: "WAVE_S3_PATH_STYLE",
-                        value,
-                        expected: "true or false",
-                    });
-                }
-            };
-        }
-        if let Some(value) = lookup("WAVE_S3_CHECKSUM") {
-            options.checksum = value.trim().parse()?;
-        }
-        Ok(options)
-    }
-
     /// The part size for a file of `size` bytes: the configured one, or larger when the
     /// file would otherwise need more parts than S3 allows.
     fn part_size_for(&self, size: u64) -> u64 {
@@ -669,32 +643,11 @@ mod tests {
     }
 
     #[test]
-    fn options_come_from_the_environment() {
-        let env = |pairs: &'static [(&'static str, &'static str)]| {
-            move |name: &str| {
-                pairs
-                    .iter()
-                    .find(|(k, _)| *k == name)
-                    .map(|(_, v)| (*v).to_owned())
-            }
-        };
-        let options = S3Options::from_lookup(env(&[
-            ("WAVE_S3_PATH_STYLE", "true"),
-            ("WAVE_S3_CHECKSUM", "when-required"),
-        ]))
-        .expect("valid");
-        assert!(options.path_style);
-        assert_eq!(options.checksum, ChecksumMode::WhenRequired);
-        assert_eq!(
-            S3Options::from_lookup(env(&[])).expect("valid"),
-            S3Options::default()
-        );
-        let err = S3Options::from_lookup(env(&[("WAVE_S3_CHECKSUM", "never")]))
-            .expect_err("unknown mode");
+    fn an_unknown_checksum_mode_names_the_variable_and_the_choices() {
+        let err = "never".parse::<ChecksumMode>().expect_err("unknown mode");
         assert_eq!(
             err.to_string(),
             r#"WAVE_S3_CHECKSUM="never": expected when-supported or when-required"#
         );
-        assert!(S3Options::from_lookup(env(&[("WAVE_S3_PATH_STYLE", "maybe")])).is_err());
     }
 }

@@ -11,9 +11,10 @@ use std::time::Duration;
 use aws_sdk_s3::primitives::ByteStream;
 use prometheus_client::registry::Registry;
 use tokio::time::Instant;
+use wave_agent::error_chain::ErrorChain;
 use wave_agent::results::{UploadMetrics, Uploader};
 use wave_agent::script::{self, ScriptError, ScriptMetrics};
-use wave_agent::store::{ErrorChain, S3Options, Store, StoreError};
+use wave_agent::store::{S3Options, Store, StoreError};
 use wave_tests::s3::{Garage, S3sFs};
 
 const MIB: usize = 1024 * 1024;

@@ -2,7 +2,7 @@
 //! processes (sh scripts), real signals and a `file://` results store in a temp dir.
 
 use std::fs::File;
-use std::net::TcpListener;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -50,21 +50,34 @@ impl Sandbox {
         path
     }
 
-    /// A `wave-agent run` command with the sandbox's work dir, metrics on a free port and
-    /// the sandbox's output files.
-    fn command(&self, port: u16) -> Command {
+    /// A `wave-agent run` command with the sandbox's work dir, metrics on a free port (see
+    /// [`Sandbox::metrics_port`]) and the sandbox's output files.
+    fn command(&self) -> Command {
         let mut cmd = Command::new(workspace_bin("wave-agent"));
         cmd.arg("run")
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("WAVE_WORK_DIR", self.work())
-            .env("WAVE_METRICS_PORT", port.to_string())
+            .env("WAVE_METRICS_PORT", "0")
             .env("WAVE_METRICS_ADDRESS", "127.0.0.1")
             .env("POD_NAME", "pod-1")
             .stdin(Stdio::null())
             .stdout(File::create(self.path("supervisor.out")).expect("stdout file"))
             .stderr(File::create(self.path("supervisor.err")).expect("stderr file"));
         cmd
+    }
+
+    /// The port the supervisor bound, from its `serving metrics on <address>` log line.
+    fn metrics_port(&self) -> u16 {
+        let mut port = None;
+        wait_until("the metrics address in the log", || {
+            port = self.stderr().lines().find_map(|line| {
+                let address = line.split_once("serving metrics on ")?.1;
+                Some(address.trim().parse::<SocketAddr>().ok()?.port())
+            });
+            port.is_some()
+        });
+        port.expect("found above")
     }
 
     fn stdout(&self) -> Vec<u8> {
@@ -111,13 +124,6 @@ fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "gave up waiting for {what}");
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 /// A plain HTTP/1.0 GET; returns (status code, body).
@@ -169,7 +175,7 @@ fn agents_get_their_environment_and_output_dirs_from_env_configuration() {
         r#"printf '%s|%s|%s|%s|%s|%s\n' "$AGENT_INDEX" "$WAVE_AGENT_ID" "$PLAYERS_PER_AGENT" \
             "$WAVE_OUTPUT_DIR" "$(pwd)" "$TEST_ID" > "$WAVE_OUTPUT_DIR/env.txt""#,
     );
-    let mut cmd = sb.command(free_port());
+    let mut cmd = sb.command();
     cmd.env("TEST_ID", "t-42")
         .env("WAVE_AGENTS", "3")
         .env("WAVE_CONTAINER_INDEX", "2")
@@ -204,7 +210,7 @@ echo
 echo "to stderr" >&2
 printf 'no newline at the end'"#,
     );
-    let mut cmd = sb.command(free_port());
+    let mut cmd = sb.command();
     cmd.args(["--agents", "2", "--exit-on-complete", "--", "sh"])
         .arg(&agent);
     let status = sb.run_to_end(cmd);
@@ -252,7 +258,7 @@ fn a_crashing_agent_is_restarted_then_marked_failed() {
         "agent.sh",
         r#"echo run >> "$WAVE_OUTPUT_DIR/runs"; [ "$AGENT_INDEX" = 0 ] && exit 0; exit 3"#,
     );
-    let mut cmd = sb.command(free_port());
+    let mut cmd = sb.command();
     cmd.args(["--agents", "2", "--max-restarts", "2", "--exit-on-complete"])
         .args(["--test-id", "crash", "--", "sh"])
         .arg(&agent);
@@ -283,7 +289,7 @@ fn a_crashing_agent_is_restarted_then_marked_failed() {
 #[test]
 fn with_restart_never_a_failed_agent_is_not_restarted() {
     let sb = Sandbox::new();
-    let mut cmd = sb.command(free_port());
+    let mut cmd = sb.command();
     cmd.args([
         "--restart",
         "never",
@@ -310,7 +316,7 @@ trap 'echo term > "$out/agent-term"; exit 0' TERM
 sh -c 'trap "echo term > \"$0/child-term\"; exit 0" TERM; touch "$0/child-ready"; while :; do sleep 0.05; done' "$out" &
 while :; do sleep 0.05; done"#,
     );
-    let mut cmd = sb.command(free_port());
+    let mut cmd = sb.command();
     cmd.args(["--agents", "2", "--stop-timeout", "30s", "--", "sh"])
         .arg(&agent);
     let mut child = cmd.spawn().expect("start wave-agent");
@@ -341,7 +347,7 @@ fn an_agent_ignoring_sigterm_is_killed_after_the_stop_timeout() {
         "agent.sh",
         r#"trap '' TERM; echo $$ > "$WAVE_OUTPUT_DIR/pid"; while :; do sleep 0.05; done"#,
     );
-    let mut cmd = sb.command(free_port());
+    let mut cmd = sb.command();
     cmd.args(["--stop-timeout", "1s", "--", "sh"]).arg(&agent);
     let mut child = cmd.spawn().expect("start wave-agent");
     let pid_file = sb.results().join("agent-0/pid");
@@ -369,7 +375,7 @@ fn a_second_signal_kills_agents_at_once() {
         "agent.sh",
         r#"trap '' TERM; touch "$WAVE_OUTPUT_DIR/ready"; while :; do sleep 0.05; done"#,
     );
-    let mut cmd = sb.command(free_port());
+    let mut cmd = sb.command();
     // A stop timeout the test would never wait for.
     cmd.args(["--stop-timeout", "1h", "--", "sh"]).arg(&agent);
     let mut child = cmd.spawn().expect("start wave-agent");
@@ -397,8 +403,7 @@ fn an_orphaned_grandchild_is_reaped() {
         r#"setsid sh -c 'echo $$ > "$0/orphan.tmp"; mv "$0/orphan.tmp" "$0/orphan"; sleep 0.3' "$WAVE_OUTPUT_DIR" </dev/null >/dev/null 2>&1 &
 exit 0"#,
     );
-    let port = free_port();
-    let mut cmd = sb.command(port);
+    let mut cmd = sb.command();
     cmd.args(["--", "sh"]).arg(&agent);
     let mut child = cmd.spawn().expect("start wave-agent");
     let supervisor = child.id() as i32;
@@ -423,8 +428,7 @@ fn after_completion_it_stays_up_serving_metrics_and_uploads_to_the_spec_layout()
         "agent.sh",
         r#"mkdir -p "$WAVE_OUTPUT_DIR/nested"; echo "data $AGENT_INDEX" > "$WAVE_OUTPUT_DIR/nested/result.txt""#,
     );
-    let port = free_port();
-    let mut cmd = sb.command(port);
+    let mut cmd = sb.command();
     cmd.env("WAVE_RESULTS_URL", sb.store_url())
         .env("WAVE_CONTAINER_INDEX", "1")
         .env("TEST_ID", "layout")
@@ -450,6 +454,7 @@ fn after_completion_it_stays_up_serving_metrics_and_uploads_to_the_spec_layout()
     assert_eq!(uploaded["container"], 1);
 
     // Still up: metrics show the completed test.
+    let port = sb.metrics_port();
     let (status, headers, body) = http_get_with_headers(port, "/metrics").expect("metrics answer");
     assert_eq!(status, 200);
     assert!(
@@ -482,7 +487,7 @@ fn a_restart_that_finds_the_completed_summary_does_not_rerun_the_test() {
     let counter = sb.path("runs");
     let agent = sb.script("agent.sh", r#"echo run >> "$0.runs""#);
     let first = {
-        let mut cmd = sb.command(free_port());
+        let mut cmd = sb.command();
         cmd.args(["--exit-on-complete", "--restart", "never", "--", "sh"])
             .arg(&agent);
         sb.run_to_end(cmd)
@@ -490,7 +495,7 @@ fn a_restart_that_finds_the_completed_summary_does_not_rerun_the_test() {
     assert!(first.success());
     let summary_before = sb.summary();
 
-    let mut cmd = sb.command(free_port());
+    let mut cmd = sb.command();
     cmd.args(["--exit-on-complete", "--restart", "never", "--", "sh"])
         .arg(&agent);
     let second = sb.run_to_end(cmd);
@@ -505,7 +510,7 @@ fn a_restart_that_finds_the_completed_summary_does_not_rerun_the_test() {
 fn a_completed_test_with_a_failed_agent_exits_1_when_found_again() {
     let sb = Sandbox::new();
     let run = |sb: &Sandbox| {
-        let mut cmd = sb.command(free_port());
+        let mut cmd = sb.command();
         cmd.args(["--exit-on-complete", "--restart", "never", "--", "false"]);
         sb.run_to_end(cmd)
     };
@@ -516,7 +521,7 @@ fn a_completed_test_with_a_failed_agent_exits_1_when_found_again() {
 #[test]
 fn a_missing_agent_command_is_a_clear_error() {
     let sb = Sandbox::new();
-    let status = sb.run_to_end(sb.command(free_port()));
+    let status = sb.run_to_end(sb.command());
     assert_eq!(status.code(), Some(2));
     let expected = format!(
         "{}/run does not exist (give a command after `--` or a script with a `run` file)",
@@ -528,7 +533,7 @@ fn a_missing_agent_command_is_a_clear_error() {
 #[test]
 fn an_unstartable_agent_is_reported_and_fails() {
     let sb = Sandbox::new();
-    let mut cmd = sb.command(free_port());
+    let mut cmd = sb.command();
     cmd.args([
         "--exit-on-complete",
         "--max-restarts",
@@ -551,7 +556,7 @@ fn an_unstartable_agent_is_reported_and_fails() {
 #[test]
 fn a_bad_store_url_is_rejected_naming_the_variable_value() {
     let sb = Sandbox::new();
-    let mut cmd = sb.command(free_port());
+    let mut cmd = sb.command();
     cmd.env("WAVE_RESULTS_URL", "ftp://somewhere/")
         .args(["--", "true"]);
     let status = sb.run_to_end(cmd);
@@ -572,7 +577,7 @@ fn runs_the_script_run_file_fetched_from_a_file_store() {
         "#!/bin/sh\ncat lib/msg > \"$WAVE_OUTPUT_DIR/msg\"\n",
     )
     .expect("write");
-    let mut cmd = sb.command(free_port());
+    let mut cmd = sb.command();
     cmd.env("WAVE_SCRIPT_URL", format!("file://{}/", scripts.display()))
         .arg("--exit-on-complete");
     let status = sb.run_to_end(cmd);
@@ -633,7 +638,7 @@ fn as_pid_1_of_a_pid_namespace_it_reaps_orphans_and_stops_on_sigterm() {
         r#"setsid sh -c 'while [ ! -e "$0/release" ]; do sleep 0.05; done' "$WAVE_OUTPUT_DIR" </dev/null >/dev/null 2>&1 &
 exit 0"#,
     );
-    let cmd = sb.command(free_port());
+    let cmd = sb.command();
     let run_args: Vec<std::ffi::OsString> = ["--", "sh"]
         .iter()
         .map(Into::into)
@@ -691,7 +696,7 @@ fn results_are_uploaded_every_interval_while_agents_run() {
         r#"echo early > "$WAVE_OUTPUT_DIR/early.txt"
 while [ ! -e "$WAVE_OUTPUT_DIR/release" ]; do sleep 0.05; done"#,
     );
-    let mut cmd = sb.command(free_port());
+    let mut cmd = sb.command();
     cmd.env("WAVE_RESULTS_URL", sb.store_url())
         .env("WAVE_UPLOAD_INTERVAL", "200ms")
         .args(["--exit-on-complete", "--", "sh"])

@@ -3,6 +3,7 @@
 //! a grace period, SIGKILL), so a failing test leaves no supervisor or agent behind.
 
 use std::fs::File;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -48,6 +49,23 @@ impl Running {
         self.child.try_wait().expect("the child can be waited for")
     }
 
+    /// The port a `wave-agent` started with `WAVE_METRICS_PORT=0` serves metrics on, once
+    /// its log says; fails the test with its output after `limit`.
+    pub fn metrics_port(&self, limit: Duration) -> u16 {
+        let started = Instant::now();
+        loop {
+            if let Some(address) = metrics_address(&self.output()) {
+                return address.port();
+            }
+            assert!(
+                started.elapsed() < limit,
+                "no `serving metrics on` line after {limit:?}:\n{}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Waits for the child to exit on its own; fails the test with its output after `limit`.
     pub async fn wait(&mut self, limit: Duration) -> ExitStatus {
         let started = Instant::now();
@@ -62,6 +80,18 @@ impl Running {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// The address a `wave-agent` started with `WAVE_METRICS_PORT=0` bound, from the
+/// `serving metrics on <address>` line of its log.
+pub fn metrics_address(log: &str) -> Option<SocketAddr> {
+    log.lines().find_map(|line| {
+        line.split_once("serving metrics on ")?
+            .1
+            .trim()
+            .parse()
+            .ok()
+    })
 }
 
 impl Drop for Running {

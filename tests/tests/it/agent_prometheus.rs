@@ -6,18 +6,18 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use wave_tests::process::Running;
 use wave_tests::prometheus::Prometheus;
-use wave_tests::{free_port, workspace_bin};
+use wave_tests::workspace_bin;
 
-/// A supervisor serving metrics on `port`, stopped with SIGTERM on Drop so its agents go
+/// A supervisor serving metrics on a port of its choosing, stopped with SIGTERM on Drop so its agents go
 /// with it; the work dir lives as long as it does.
-fn start_supervisor(port: u16, test_id: &str, agents: u32) -> (Running, tempfile::TempDir) {
+fn start_supervisor(test_id: &str, agents: u32) -> (Running, tempfile::TempDir) {
     let work = tempfile::tempdir().expect("work dir");
     let mut command = Command::new(workspace_bin("wave-agent"));
     command
         .arg("run")
         .env("TEST_ID", test_id)
         .env("WAVE_AGENTS", agents.to_string())
-        .env("WAVE_METRICS_PORT", port.to_string())
+        .env("WAVE_METRICS_PORT", "0")
         .env("WAVE_METRICS_ADDRESS", "127.0.0.1")
         .env("WAVE_WORK_DIR", work.path())
         .env("WAVE_STOP_TIMEOUT", "5s")
@@ -55,8 +55,8 @@ fn query_until(prometheus: &Prometheus, promql: &str, want: f64) -> Value {
 
 #[test]
 fn prometheus_scrapes_the_running_agents_with_their_test_id() {
-    let port = free_port();
-    let _supervisor = start_supervisor(port, "prom-test", 3);
+    let supervisor = start_supervisor("prom-test", 3);
+    let port = supervisor.0.metrics_port(Duration::from_secs(30));
     let target = format!("127.0.0.1:{port}");
     let prometheus = Prometheus::start(std::slice::from_ref(&target));
     prometheus.wait_target_up(&target);

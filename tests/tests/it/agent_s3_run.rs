@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{self, Signal};
 use wave_tests::process::Running;
 use wave_tests::s3::{Garage, S3Access, S3sFs};
-use wave_tests::{free_port, workspace_bin};
+use wave_tests::workspace_bin;
 
 /// An agent that writes a log line and a 64 KiB frame every 100 ms, `ticks` times.
 fn agent_script(ticks: u32) -> String {
@@ -42,7 +42,7 @@ fn start_supervisor(
         .env("WAVE_WORK_DIR", work)
         .env("WAVE_SCRIPT_URL", script_url)
         .env("WAVE_RESULTS_URL", results_url)
-        .env("WAVE_METRICS_PORT", free_port().to_string())
+        .env("WAVE_METRICS_PORT", "0")
         .env("WAVE_UPLOAD_INTERVAL", "300ms")
         .env("WAVE_STOP_TIMEOUT", "30s")
         .env("WAVE_EXIT_ON_COMPLETE", "true")

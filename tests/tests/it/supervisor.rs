@@ -2,7 +2,6 @@
 //! processes (sh scripts), real signals and a `file://` results store in a temp dir.
 
 use std::fs::File;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -10,6 +9,8 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
+use wave_agent::procfs::{ProcStat, all_processes};
+use wave_tests::process::metrics_address;
 use wave_tests::workspace_bin;
 
 /// Bound on every wait, so a broken supervisor fails the test instead of hanging it.
@@ -71,10 +72,7 @@ impl Sandbox {
     fn metrics_port(&self) -> u16 {
         let mut port = None;
         wait_until("the metrics address in the log", || {
-            port = self.stderr().lines().find_map(|line| {
-                let address = line.split_once("serving metrics on ")?.1;
-                Some(address.trim().parse::<SocketAddr>().ok()?.port())
-            });
+            port = metrics_address(&self.stderr()).map(|address| address.port());
             port.is_some()
         });
         port.expect("found above")
@@ -150,20 +148,13 @@ fn pid_in(path: &Path) -> i32 {
 
 /// (state, ppid) of a process, None once it is gone.
 fn proc_state(pid: i32) -> Option<(char, i32)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let mut fields = rest.split(' ');
-    let state = fields.next()?.chars().next()?;
-    let ppid = fields.next()?.parse().ok()?;
-    Some((state, ppid))
+    ProcStat::read(pid).map(|stat| (stat.state, stat.ppid))
 }
 
 fn zombie_children_of(parent: i32) -> Vec<i32> {
-    std::fs::read_dir("/proc")
-        .expect("/proc")
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|&pid| proc_state(pid) == Some(('Z', parent)))
+    all_processes()
+        .filter(|(_, stat)| stat.state == 'Z' && stat.ppid == parent)
+        .map(|(pid, _)| pid)
         .collect()
 }
 

@@ -3,6 +3,7 @@
 //! built-in defaults; an unknown key is an error so a typo never passes silently.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::Toleration;
 use serde::Deserialize;
@@ -383,6 +384,43 @@ pub fn check_bucket(bucket: &str) -> Result<(), String> {
             "{bucket:?} is not an S3 bucket name (3-63 characters: a-z, 0-9, '.', '-')"
         ))
     }
+}
+
+/// Why the config file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not a valid configuration.
+    #[error("invalid config file {}", path.display())]
+    Invalid {
+        path: PathBuf,
+        #[source]
+        source: ConfigError,
+    },
+}
+
+/// Reads and parses the config file.
+pub fn load_config(path: &Path) -> Result<(Config, Vec<u8>), LoadConfigError> {
+    let bytes = std::fs::read(path).map_err(|source| LoadConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let config = parse_config(path, &bytes)?;
+    Ok((config, bytes))
+}
+
+pub(crate) fn parse_config(path: &Path, bytes: &[u8]) -> Result<Config, LoadConfigError> {
+    let text = String::from_utf8_lossy(bytes);
+    Config::from_yaml(&text).map_err(|source| LoadConfigError::Invalid {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ pub mod admission;
 pub mod annotations;
 pub mod catalog;
 pub mod config;
+mod errors;
 pub mod inject;
 pub mod metrics;
 pub mod mutate;

@@ -1,6 +1,6 @@
 //! Building the JSON Patch (RFC 6902) that turns a pod into its mutated copy.
 //!
-//! [`crate::mutate`] only appends to lists, adds map keys, sets `command` and removes `args`,
+//! The mutation only appends to lists, adds map keys, sets `command` and removes `args`,
 //! so the patch is built field by field from exactly those changes (parents before children).
 //! That costs a fraction of serializing both pods and diffing them, and applies to the pod
 //! exactly as the API server sent it, fields unknown to the typed pod included.
@@ -12,7 +12,7 @@ use json_patch::{AddOperation, PatchOperation, RemoveOperation};
 use k8s_openapi::api::core::v1::{Container, Pod};
 use serde::Serialize;
 
-/// The JSON Patch that turns `before` into `after`, its copy changed by [`crate::mutate`].
+/// The JSON Patch that turns `before` into `after`, its copy changed by the mutation.
 pub fn build(before: &Pod, after: &Pod) -> json_patch::Patch {
     // About six operations per container and a few for the pod: one allocation up front.
     let containers = after.spec.as_ref().map_or(0, |s| s.containers.len());

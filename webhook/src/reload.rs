@@ -80,8 +80,9 @@ pub fn check_tls(watched: &Watched, live: &Live, seen: &mut Seen) -> bool {
     {
         return false;
     }
-    seen.tls = Some((cert.clone(), key.clone()));
-    match tls::pair_from_pem(&watched.tls_cert, cert, &watched.tls_key, key) {
+    let loaded = tls::pair_from_pem(&watched.tls_cert, &cert, &watched.tls_key, &key);
+    seen.tls = Some((cert, key));
+    match loaded {
         Ok(loaded) => {
             live.resolver.set(loaded.certified);
             live.metrics.set_cert_expiry(loaded.not_after);

@@ -15,6 +15,7 @@ use kube::core::{DynamicObject, Status};
 use serde::Serialize;
 use tracing::{debug, info};
 
+use crate::annotations::{Reading, Settings};
 use crate::config::Config;
 use crate::metrics::Outcome;
 use crate::mutate::{self, OwnerReplicas, Verdict};
@@ -61,13 +62,15 @@ pub async fn review(body: &[u8], config: &Config, owners: &OwnerLookup) -> Answe
         .or(pod.metadata.namespace.as_deref())
         .filter(|ns| !ns.is_empty())
         .unwrap_or("default");
-    let replicas = if mutate::wants_owner_replicas(pod, config) {
-        owners.replicas(pod, namespace).await
-    } else {
-        OwnerReplicas::NoOwner
+    let reading = Settings::read(pod, config);
+    let replicas = match &reading {
+        Ok(Reading::Mutate(settings)) if settings.needs_owner_replicas() => {
+            owners.replicas(pod, namespace).await
+        }
+        _ => OwnerReplicas::NoOwner,
     };
     let mut response = AdmissionResponse::from(&request);
-    let outcome = match mutate::mutate(pod, replicas, config) {
+    let outcome = match mutate::decide(pod, reading, replicas, config) {
         Verdict::Skip { reason } => {
             debug!(uid = %request.uid, namespace, pod = pod_name(pod), reason, "allowed without patch");
             Outcome::Skipped

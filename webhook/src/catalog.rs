@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 /// CPU in millicores and memory in MiB: the units every share is computed in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Amount {
     /// Millicores.
     pub cpu_millis: u64,

@@ -3,6 +3,7 @@
 //! built-in defaults; an unknown key is an error so a typo never passes silently.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::Toleration;
 use serde::Deserialize;
@@ -66,7 +67,11 @@ impl Os {
 }
 
 /// The webhook's effective configuration: built-in defaults with the file's overrides.
-#[derive(Debug, Clone, PartialEq)]
+///
+/// Read straight from the file (kebab-case keys; a key left out keeps its default), except
+/// the values of the two keys that [`Config::from_yaml`] checks and merges itself.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Config {
     /// Bucket of the default script and results URLs.
     pub bucket: String,
@@ -85,20 +90,45 @@ pub struct Config {
     /// `WAVE_METRICS_PORT` of container 0; container `i` gets base + i.
     pub metrics_port_base: u16,
     /// What the DaemonSets take from every node (subtracted under `fit`).
+    #[serde(deserialize_with = "shape_only::<OverheadFile, _, _>")]
     pub daemonset_overhead: Amount,
     /// Whether to add the `node.kubernetes.io/instance-type` nodeSelector.
     pub instance_type_selector: bool,
     /// Whether Windows pods get the `vpc.amazonaws.com/PrivateIPv4Address` request.
     pub windows_private_ipv4_address: bool,
-    /// Tolerations added to Linux test machines.
-    pub linux_tolerations: Vec<Toleration>,
-    /// Tolerations added to Windows test machines.
-    pub windows_tolerations: Vec<Toleration>,
+    /// Tolerations added to test machines, per OS.
+    pub tolerations: Tolerations,
     /// Containers that are not test containers when the pod arrives with them: service-mesh
     /// proxies injected before wave. They get no agents, env, resources or wrapping.
     pub sidecar_containers: Vec<String>,
     /// Machine types by name.
+    #[serde(deserialize_with = "shape_only::<BTreeMap<String, CatalogEntryFile>, _, _>")]
     pub catalog: Catalog,
+}
+
+/// Tolerations added to test machines of each OS (Windows node groups are usually tainted).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Tolerations {
+    /// For Linux test machines.
+    pub linux: Vec<Toleration>,
+    /// For Windows test machines.
+    pub windows: Vec<Toleration>,
+}
+
+impl Default for Tolerations {
+    fn default() -> Self {
+        Self {
+            linux: Vec::new(),
+            windows: vec![Toleration {
+                key: Some("os".to_string()),
+                operator: Some("Equal".to_string()),
+                value: Some("windows".to_string()),
+                effect: Some("NoSchedule".to_string()),
+                toleration_seconds: None,
+            }],
+        }
+    }
 }
 
 /// Default image of the `wave-install` init container.
@@ -121,14 +151,7 @@ impl Default for Config {
             },
             instance_type_selector: true,
             windows_private_ipv4_address: true,
-            linux_tolerations: Vec::new(),
-            windows_tolerations: vec![Toleration {
-                key: Some("os".to_string()),
-                operator: Some("Equal".to_string()),
-                value: Some("windows".to_string()),
-                effect: Some("NoSchedule".to_string()),
-                toleration_seconds: None,
-            }],
+            tolerations: Tolerations::default(),
             sidecar_containers: vec!["istio-proxy".to_string(), "linkerd-proxy".to_string()],
             catalog: Catalog::builtin(),
         }
@@ -158,24 +181,22 @@ fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
     }
 }
 
-/// The file as written: every key optional, unknown keys refused.
+/// The keys whose values [`Config::from_yaml`] checks itself, so an error names the key,
+/// and merges over the defaults (a catalog entry over a built-in one, one quantity of the
+/// overhead over the other); read in a second pass over the same text.
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct ConfigFile {
-    bucket: Option<String>,
-    players_per_agent: Option<u32>,
-    agents: Option<u32>,
-    machine_type: Option<String>,
-    resources: Option<ResourcePolicy>,
-    supervisor: Option<SupervisorMode>,
-    supervisor_image: Option<String>,
-    metrics_port_base: Option<u16>,
+#[serde(default, rename_all = "kebab-case")]
+struct Merged {
     daemonset_overhead: Option<OverheadFile>,
-    instance_type_selector: Option<bool>,
-    windows_private_ipv4_address: Option<bool>,
-    tolerations: Option<TolerationsFile>,
-    sidecar_containers: Option<Vec<String>>,
-    catalog: Option<BTreeMap<String, CatalogEntryFile>>,
+    catalog: BTreeMap<String, CatalogEntryFile>,
+}
+
+/// For the first pass: checks that the value has the shape `T` (so a typo or a wrong type is
+/// reported with its line by the YAML reader) and leaves the value to [`Merged`].
+fn shape_only<'de, T: Deserialize<'de>, V: Default, D: serde::Deserializer<'de>>(
+    value: D,
+) -> Result<V, D::Error> {
+    T::deserialize(value).map(|_| V::default())
 }
 
 #[derive(Debug, Deserialize)]
@@ -183,13 +204,6 @@ struct ConfigFile {
 struct OverheadFile {
     cpu: Option<String>,
     memory: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TolerationsFile {
-    linux: Option<Vec<Toleration>>,
-    windows: Option<Vec<Toleration>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -212,35 +226,16 @@ impl Config {
     /// Reads a config file: its keys override the built-in defaults, catalog entries are
     /// added or merged over the built-in ones, and the result is checked as a whole.
     pub fn from_yaml(yaml: &str) -> Result<Self, ConfigError> {
-        let file: Option<ConfigFile> =
-            serde_saphyr::from_str(yaml).map_err(|e| ConfigError::Syntax(e.to_string()))?;
-        let file = file.unwrap_or_default();
-        let mut config = Self::default();
-        if let Some(bucket) = file.bucket {
-            config.bucket = bucket;
-        }
-        if let Some(n) = file.players_per_agent {
-            config.players_per_agent = n;
-        }
-        if let Some(n) = file.agents {
-            config.agents = n;
-        }
-        if let Some(m) = file.machine_type {
-            config.machine_type = m;
-        }
-        if let Some(r) = file.resources {
-            config.resources = r;
-        }
-        if let Some(s) = file.supervisor {
-            config.supervisor = s;
-        }
-        if let Some(image) = file.supervisor_image {
-            config.supervisor_image = image;
-        }
-        if let Some(port) = file.metrics_port_base {
-            config.metrics_port_base = port;
-        }
-        if let Some(overhead) = file.daemonset_overhead {
+        let syntax = |e: serde_saphyr::Error| ConfigError::Syntax(e.to_string());
+        let Some(mut config) = serde_saphyr::from_str::<Option<Self>>(yaml).map_err(syntax)? else {
+            return Ok(Self::default());
+        };
+        let merged: Option<Merged> = serde_saphyr::from_str(yaml).map_err(syntax)?;
+        let merged = merged.unwrap_or_default();
+        let defaults = Self::default();
+        config.daemonset_overhead = defaults.daemonset_overhead;
+        config.catalog = defaults.catalog;
+        if let Some(overhead) = merged.daemonset_overhead {
             if let Some(cpu) = overhead.cpu {
                 config.daemonset_overhead.cpu_millis = parse_cpu_millis(&cpu).ok_or_else(|| {
                     invalid(
@@ -259,24 +254,7 @@ impl Config {
                     })?;
             }
         }
-        if let Some(b) = file.instance_type_selector {
-            config.instance_type_selector = b;
-        }
-        if let Some(b) = file.windows_private_ipv4_address {
-            config.windows_private_ipv4_address = b;
-        }
-        if let Some(tolerations) = file.tolerations {
-            if let Some(t) = tolerations.linux {
-                config.linux_tolerations = t;
-            }
-            if let Some(t) = tolerations.windows {
-                config.windows_tolerations = t;
-            }
-        }
-        if let Some(names) = file.sidecar_containers {
-            config.sidecar_containers = names;
-        }
-        for (name, entry) in file.catalog.unwrap_or_default() {
+        for (name, entry) in merged.catalog {
             let machine = merge_entry(&config.catalog, &name, entry)?;
             config.catalog.insert(name, machine);
         }
@@ -287,8 +265,8 @@ impl Config {
     /// Tolerations for test machines of one OS.
     pub fn tolerations(&self, os: Os) -> &[Toleration] {
         match os {
-            Os::Linux => &self.linux_tolerations,
-            Os::Windows => &self.windows_tolerations,
+            Os::Linux => &self.tolerations.linux,
+            Os::Windows => &self.tolerations.windows,
         }
     }
 
@@ -385,6 +363,43 @@ pub fn check_bucket(bucket: &str) -> Result<(), String> {
     }
 }
 
+/// Why the config file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not a valid configuration.
+    #[error("invalid config file {}", path.display())]
+    Invalid {
+        path: PathBuf,
+        #[source]
+        source: ConfigError,
+    },
+}
+
+/// Reads and parses the config file.
+pub fn load_config(path: &Path) -> Result<(Config, Vec<u8>), LoadConfigError> {
+    let bytes = std::fs::read(path).map_err(|source| LoadConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let config = parse_config(path, &bytes)?;
+    Ok((config, bytes))
+}
+
+pub(crate) fn parse_config(path: &Path, bytes: &[u8]) -> Result<Config, LoadConfigError> {
+    let text = String::from_utf8_lossy(bytes);
+    Config::from_yaml(&text).map_err(|source| LoadConfigError::Invalid {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -407,10 +422,10 @@ mod tests {
         );
         assert!(c.instance_type_selector);
         assert!(c.windows_private_ipv4_address);
-        assert!(c.linux_tolerations.is_empty());
-        assert_eq!(c.windows_tolerations.len(), 1);
+        assert!(c.tolerations.linux.is_empty());
+        assert_eq!(c.tolerations.windows.len(), 1);
         assert_eq!(
-            c.windows_tolerations[0].effect.as_deref(),
+            c.tolerations.windows[0].effect.as_deref(),
             Some("NoSchedule")
         );
     }

@@ -5,8 +5,9 @@
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Map, Value};
 
+use crate::annotations::Denial;
 use crate::config::Config;
-use crate::mutate::{Denial, OwnerReplicas, Verdict, mutate};
+use crate::mutate::{OwnerReplicas, Verdict, mutate};
 
 /// A manifest that cannot be injected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

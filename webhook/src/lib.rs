@@ -1,20 +1,27 @@
 //! wave's mutating admission webhook: turns every pod labelled `testId` into a sized,
 //! configured wave test machine (SPEC section 1).
 //!
-//! The pure mutation lives in [`mutate`] (with [`config`], [`catalog`] and [`resources`]);
+//! The pure mutation reads the pod in [`annotations`], changes it in [`mutate`] and writes
+//! the JSON Patch in [`patch`] (with [`config`], [`catalog`] and [`resources`]);
 //! [`run`] serves it over HTTPS with the owner lookup ([`owners`]), file reloads
 //! ([`reload`], [`tls`]) and metrics ([`metrics`]) around it.
 
 pub mod admission;
+pub mod annotations;
 pub mod catalog;
 pub mod config;
+mod errors;
 pub mod inject;
 pub mod metrics;
 pub mod mutate;
 pub mod owners;
+pub mod patch;
 pub mod reload;
 pub mod resources;
 pub mod server;
 pub mod tls;
+
+#[cfg(test)]
+mod test_pods;
 
 pub use server::{ServeError, ServeOptions, run};

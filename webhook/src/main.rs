@@ -8,8 +8,9 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use tokio::net::TcpListener;
+use wave_webhook::config::{self, Config};
 use wave_webhook::owners::KubeAccess;
-use wave_webhook::{ServeOptions, config::Config, inject, reload};
+use wave_webhook::{ServeOptions, inject};
 
 /// Mutating admission webhook that turns pods labelled `testId` into sized wave test machines.
 #[derive(Debug, Parser)]
@@ -150,7 +151,7 @@ async fn shutdown_signal() {
 
 fn inject(args: InjectArgs) -> anyhow::Result<ExitCode> {
     let config = match &args.config {
-        Some(path) => reload::load_config(path)?.0,
+        Some(path) => config::load_config(path)?.0,
         None => Config::default(),
     };
     let mut input = String::new();

@@ -19,6 +19,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::errors::error_chain;
 use crate::mutate::OwnerReplicas;
 
 /// How long an admission may wait on a direct GET after a cache miss; the API server's
@@ -320,16 +321,4 @@ where
     Ok(fetched
         .filter(|o| is_referenced(o, reference))
         .map(std::sync::Arc::new))
-}
-
-/// `e` and its sources joined with ": ", for a one-line message.
-pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }

@@ -10,16 +10,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use notify::{RecursiveMode, Watcher as _};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::config::{Config, ConfigError};
-use crate::metrics::Reloaded;
-use crate::owners::error_chain;
-use crate::server::Shared;
-use crate::tls;
+use crate::config::{Config, parse_config};
+use crate::errors::error_chain;
+use crate::metrics::{Metrics, Reloaded};
+use crate::tls::{self, CertResolver};
 
 /// Events arriving within this window are handled as one change (writers often touch a file
 /// several times, and cert-manager writes the certificate and the key one after the other).
@@ -28,41 +28,14 @@ const SETTLE: Duration = Duration::from_millis(100);
 /// Re-reads the files this often even without a file event, in case an event was missed.
 const POLL: Duration = Duration::from_secs(30);
 
-/// Why the config file could not be used.
-#[derive(Debug, thiserror::Error)]
-pub enum LoadConfigError {
-    /// The file could not be read.
-    #[error("cannot read config file {}", path.display())]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    /// The file is not a valid configuration.
-    #[error("invalid config file {}", path.display())]
-    Invalid {
-        path: PathBuf,
-        #[source]
-        source: ConfigError,
-    },
-}
-
-/// Reads and parses the config file.
-pub fn load_config(path: &Path) -> Result<(Config, Vec<u8>), LoadConfigError> {
-    let bytes = std::fs::read(path).map_err(|source| LoadConfigError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let config = parse_config(path, &bytes)?;
-    Ok((config, bytes))
-}
-
-fn parse_config(path: &Path, bytes: &[u8]) -> Result<Config, LoadConfigError> {
-    let text = String::from_utf8_lossy(bytes);
-    Config::from_yaml(&text).map_err(|source| LoadConfigError::Invalid {
-        path: path.to_path_buf(),
-        source,
-    })
+/// What a reload replaces, shared with the server that serves from it.
+pub struct Live {
+    /// The config in force, swapped whole on reload.
+    pub config: ArcSwap<Config>,
+    /// The certificate in force.
+    pub resolver: Arc<CertResolver>,
+    /// Metric handles (reload outcomes, certificate expiry).
+    pub metrics: Metrics,
 }
 
 /// The files to follow.
@@ -87,12 +60,12 @@ pub struct Seen {
 
 /// Loads the certificate pair if its files changed since `seen`; on success it is served to
 /// every new connection. Returns whether a new pair was taken.
-pub fn check_tls(watched: &Watched, shared: &Shared, seen: &mut Seen) -> bool {
+pub fn check_tls(watched: &Watched, live: &Live, seen: &mut Seen) -> bool {
     let read = |p: &Path| std::fs::read(p);
     let (cert, key) = match (read(&watched.tls_cert), read(&watched.tls_key)) {
         (Ok(c), Ok(k)) => (c, k),
         (Err(e), _) | (_, Err(e)) => {
-            if shared.resolver.is_loaded() {
+            if live.resolver.is_loaded() {
                 warn!(error = %e, "cannot read the certificate files; keeping the previous certificate");
             } else {
                 warn!(error = %e, cert = %watched.tls_cert.display(), key = %watched.tls_key.display(), "cannot read the certificate files; not ready until they can be read");
@@ -107,17 +80,18 @@ pub fn check_tls(watched: &Watched, shared: &Shared, seen: &mut Seen) -> bool {
     {
         return false;
     }
-    seen.tls = Some((cert.clone(), key.clone()));
-    match tls::pair_from_pem(&watched.tls_cert, cert, &watched.tls_key, key) {
+    let loaded = tls::pair_from_pem(&watched.tls_cert, &cert, &watched.tls_key, &key);
+    seen.tls = Some((cert, key));
+    match loaded {
         Ok(loaded) => {
-            shared.resolver.set(loaded.certified);
-            shared.metrics.set_cert_expiry(loaded.not_after);
-            shared.metrics.observe_reload(Reloaded::Tls, true);
+            live.resolver.set(loaded.certified);
+            live.metrics.set_cert_expiry(loaded.not_after);
+            live.metrics.observe_reload(Reloaded::Tls, true);
             info!(cert = %watched.tls_cert.display(), not_after = loaded.not_after, "serving certificate loaded");
             true
         }
         Err(e) => {
-            shared.metrics.observe_reload(Reloaded::Tls, false);
+            live.metrics.observe_reload(Reloaded::Tls, false);
             warn!(error = %error_chain(&e), "new certificate not usable; keeping the previous one");
             false
         }
@@ -125,7 +99,7 @@ pub fn check_tls(watched: &Watched, shared: &Shared, seen: &mut Seen) -> bool {
 }
 
 /// Reloads the config if its file changed since `seen`. Returns whether a new one was taken.
-pub fn check_config(path: &Path, shared: &Shared, seen: &mut Seen) -> bool {
+pub fn check_config(path: &Path, live: &Live, seen: &mut Seen) -> bool {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) => {
@@ -140,13 +114,13 @@ pub fn check_config(path: &Path, shared: &Shared, seen: &mut Seen) -> bool {
     seen.config = Some(bytes);
     match parsed {
         Ok(config) => {
-            shared.config.store(Arc::new(config));
-            shared.metrics.observe_reload(Reloaded::Config, true);
+            live.config.store(Arc::new(config));
+            live.metrics.observe_reload(Reloaded::Config, true);
             info!(config = %path.display(), "config reloaded");
             true
         }
         Err(e) => {
-            shared.metrics.observe_reload(Reloaded::Config, false);
+            live.metrics.observe_reload(Reloaded::Config, false);
             warn!(error = %error_chain(&e), "new config not usable; keeping the previous config");
             false
         }
@@ -154,12 +128,7 @@ pub fn check_config(path: &Path, shared: &Shared, seen: &mut Seen) -> bool {
 }
 
 /// Follows the files until `stop` is cancelled.
-pub async fn follow(
-    watched: Watched,
-    shared: Arc<Shared>,
-    mut seen: Seen,
-    stop: CancellationToken,
-) {
+pub async fn follow(watched: Watched, live: Arc<Live>, mut seen: Seen, stop: CancellationToken) {
     let (tx, mut rx) = mpsc::channel::<()>(1);
     let mut dirs = BTreeSet::new();
     for file in [
@@ -209,12 +178,12 @@ pub async fn follow(
             }
         }
         let watched = watched.clone();
-        let shared_for_check = shared.clone();
+        let live = live.clone();
         let mut taken = std::mem::take(&mut seen);
         let checked = tokio::task::spawn_blocking(move || {
-            check_tls(&watched, &shared_for_check, &mut taken);
+            check_tls(&watched, &live, &mut taken);
             if let Some(path) = &watched.config {
-                check_config(path, &shared_for_check, &mut taken);
+                check_config(path, &live, &mut taken);
             }
             taken
         })

@@ -24,10 +24,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::admission::{self, MAX_BODY};
-use crate::config::Config;
+use crate::config::{Config, LoadConfigError, load_config};
 use crate::metrics::{self, Metrics, Outcome};
 use crate::owners::{KubeAccess, OwnerLookup};
-use crate::reload::{self, LoadConfigError, Seen, Watched};
+use crate::reload::{self, Live, Seen, Watched};
 use crate::tls::{self, CertResolver};
 
 /// A client gets this long to finish its TLS handshake.
@@ -68,12 +68,8 @@ pub enum ServeError {
 
 /// State shared by every connection and the reloader.
 pub struct Shared {
-    /// The config in force, swapped whole on reload.
-    pub config: ArcSwap<Config>,
-    /// The certificate in force.
-    pub resolver: Arc<CertResolver>,
-    /// Metric handles.
-    pub metrics: Metrics,
+    /// Config, certificate and metrics, kept current by the reloader.
+    live: Arc<Live>,
     registry: Registry,
     owners: OwnerLookup,
 }
@@ -81,7 +77,7 @@ pub struct Shared {
 impl Shared {
     /// Ready once a certificate is loaded (the config always is, or the server did not start).
     fn is_ready(&self) -> bool {
-        self.resolver.is_loaded()
+        self.live.resolver.is_loaded()
     }
 }
 
@@ -98,7 +94,7 @@ pub async fn run(
     let mut seen = Seen::default();
     let config = match &options.config {
         Some(path) => {
-            let (config, bytes) = reload::load_config(path)?;
+            let (config, bytes) = load_config(path)?;
             seen.config = Some(bytes);
             info!(config = %path.display(), "config loaded");
             config
@@ -112,10 +108,13 @@ pub async fn run(
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
     let owners = OwnerLookup::start(&options.kube, stop.clone()).await;
-    let shared = Arc::new(Shared {
+    let live = Arc::new(Live {
         config: ArcSwap::from_pointee(config),
         resolver: Arc::new(CertResolver::default()),
         metrics,
+    });
+    let shared = Arc::new(Shared {
+        live: live.clone(),
         registry,
         owners,
     });
@@ -124,10 +123,10 @@ pub async fn run(
         tls_key: options.tls_key.clone(),
         config: options.config.clone(),
     };
-    reload::check_tls(&watched, &shared, &mut seen);
-    let reloader = tokio::spawn(reload::follow(watched, shared.clone(), seen, stop.clone()));
+    reload::check_tls(&watched, &live, &mut seen);
+    let reloader = tokio::spawn(reload::follow(watched, live.clone(), seen, stop.clone()));
 
-    let acceptor = TlsAcceptor::from(tls::server_config(shared.resolver.clone()));
+    let acceptor = TlsAcceptor::from(tls::server_config(live.resolver.clone()));
     let graceful = Arc::new(GracefulShutdown::new());
     let admission_loop = accept_loop(
         listener,
@@ -290,15 +289,17 @@ async fn mutate(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>
     let body = read_body(req.into_body(), declared).await;
     match body {
         Ok(bytes) => {
-            let config = shared.config.load();
+            let config = shared.live.config.load();
             let answer = admission::review(&bytes, &config, &shared.owners).await;
             shared
+                .live
                 .metrics
                 .observe_admission(answer.outcome, started.elapsed().as_secs_f64());
             json(answer.status, answer.body)
         }
         Err(e) => {
             shared
+                .live
                 .metrics
                 .observe_admission(Outcome::Error, started.elapsed().as_secs_f64());
             if e == BodyError::TooLarge {

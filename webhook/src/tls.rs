@@ -15,13 +15,6 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 /// Why a certificate/key pair could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    /// A file could not be read.
-    #[error("cannot read {}", path.display())]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
     /// The certificate file holds no PEM certificate, or a broken one.
     #[error("{} holds no usable PEM certificate", path.display())]
     Certificate {
@@ -57,8 +50,6 @@ pub struct LoadedCert {
     pub certified: Arc<CertifiedKey>,
     /// notAfter of the leaf certificate, Unix seconds.
     pub not_after: i64,
-    /// The PEM bytes it was made from, to notice whether the files really changed.
-    pub source: (Vec<u8>, Vec<u8>),
 }
 
 /// The one crypto provider of the workspace.
@@ -66,27 +57,14 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// Reads the PEM files at `cert` and `key` and checks that they form a pair.
-pub fn load_pair(cert: &Path, key: &Path) -> Result<LoadedCert, TlsError> {
-    let cert_pem = std::fs::read(cert).map_err(|source| TlsError::Read {
-        path: cert.to_path_buf(),
-        source,
-    })?;
-    let key_pem = std::fs::read(key).map_err(|source| TlsError::Read {
-        path: key.to_path_buf(),
-        source,
-    })?;
-    pair_from_pem(cert, cert_pem, key, key_pem)
-}
-
 /// Builds a pair from PEM bytes; the paths only name the files in errors.
 pub fn pair_from_pem(
     cert: &Path,
-    cert_pem: Vec<u8>,
+    cert_pem: &[u8],
     key: &Path,
-    key_pem: Vec<u8>,
+    key_pem: &[u8],
 ) -> Result<LoadedCert, TlsError> {
-    let chain = CertificateDer::pem_slice_iter(&cert_pem)
+    let chain = CertificateDer::pem_slice_iter(cert_pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|source| TlsError::Certificate {
             path: cert.to_path_buf(),
@@ -99,7 +77,7 @@ pub fn pair_from_pem(
     let not_after = not_after(leaf).ok_or_else(|| TlsError::Expiry {
         path: cert.to_path_buf(),
     })?;
-    let private_key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|source| TlsError::Key {
+    let private_key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|source| TlsError::Key {
         path: key.to_path_buf(),
         source,
     })?;
@@ -113,7 +91,6 @@ pub fn pair_from_pem(
     Ok(LoadedCert {
         certified: Arc::new(certified),
         not_after,
-        source: (cert_pem, key_pem),
     })
 }
 

@@ -1,0 +1,481 @@
+//! Reading and checking what a pod asks for: the `testId` label and the `waveloadtest.io/*`
+//! annotations (SPEC 1.1, 1.2), against the webhook config. Every problem becomes a
+//! [`Denial`] that names the annotation or label at fault (SPEC 1.6).
+
+use k8s_openapi::api::core::v1::Pod;
+
+use crate::catalog::{MachineType, closest};
+use crate::config::{Config, Os, SupervisorMode, check_bucket};
+use crate::resources::ResourcePolicy;
+
+/// The label that marks a pod as a test machine: `<test-id>` or `<test-id>--<part>`.
+pub const TEST_ID_LABEL: &str = "testId";
+/// Prefix of every annotation wave reads.
+pub const ANNOTATION_PREFIX: &str = "waveloadtest.io/";
+/// Every annotation wave reads, without the prefix.
+pub const ANNOTATIONS: [&str; 10] = [
+    "inject",
+    "total-players",
+    "players-per-agent",
+    "agents",
+    "machine-type",
+    "os",
+    "resources",
+    "script",
+    "results",
+    "supervisor",
+];
+
+/// Node label of the OS; also the default of `waveloadtest.io/os`.
+pub(crate) const OS_SELECTOR: &str = "kubernetes.io/os";
+/// Node label of the EC2 instance type.
+pub(crate) const INSTANCE_TYPE_SELECTOR: &str = "node.kubernetes.io/instance-type";
+
+/// Why a pod is refused: the annotation (or label) at fault and the problem with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{subject}: {problem}")]
+pub struct Denial {
+    /// The annotation, label or field the user has to change, e.g. `waveloadtest.io/agents`.
+    pub subject: String,
+    /// What is wrong, written for the person reading kubectl output.
+    pub problem: String,
+}
+
+/// A denial about `waveloadtest.io/<name>`.
+pub(crate) fn deny_annotation(name: &str, problem: impl Into<String>) -> Denial {
+    Denial {
+        subject: format!("{ANNOTATION_PREFIX}{name}"),
+        problem: problem.into(),
+    }
+}
+
+fn test_id_label(pod: &Pod) -> Option<&str> {
+    pod.metadata
+        .labels
+        .as_ref()?
+        .get(TEST_ID_LABEL)
+        .map(String::as_str)
+}
+
+/// What the label and annotations say about a pod.
+pub enum Reading<'a> {
+    /// Allowed unchanged: not a test machine, or opted out; the text says which, for logs.
+    Skip(&'static str),
+    /// To be mutated with these settings.
+    Mutate(Settings<'a>),
+}
+
+/// Everything the annotations, label and config decide, checked.
+pub struct Settings<'a> {
+    pub(crate) test_id: &'a str,
+    pub(crate) part: &'a str,
+    /// `None`: not annotated, so derived from the owner's replicas.
+    pub(crate) total_players: Option<u64>,
+    pub(crate) players_per_agent: u32,
+    pub(crate) agents: u32,
+    pub(crate) machine_type: &'a str,
+    pub(crate) machine: &'a MachineType,
+    pub(crate) os: Os,
+    pub(crate) resources: ResourcePolicy,
+    pub(crate) script: String,
+    pub(crate) results: String,
+    pub(crate) supervisor: SupervisorMode,
+}
+
+/// The raw `waveloadtest.io/*` annotation values of a pod.
+#[derive(Default)]
+struct Raw<'a> {
+    inject: Option<&'a str>,
+    total_players: Option<&'a str>,
+    players_per_agent: Option<&'a str>,
+    agents: Option<&'a str>,
+    machine_type: Option<&'a str>,
+    os: Option<&'a str>,
+    resources: Option<&'a str>,
+    script: Option<&'a str>,
+    results: Option<&'a str>,
+    supervisor: Option<&'a str>,
+}
+
+impl<'a> Raw<'a> {
+    fn read(pod: &'a Pod) -> Result<Self, Denial> {
+        let mut raw = Self::default();
+        let Some(annotations) = pod.metadata.annotations.as_ref() else {
+            return Ok(raw);
+        };
+        for (key, value) in annotations {
+            let Some(name) = key.strip_prefix(ANNOTATION_PREFIX) else {
+                continue;
+            };
+            let slot = match name {
+                "inject" => &mut raw.inject,
+                "total-players" => &mut raw.total_players,
+                "players-per-agent" => &mut raw.players_per_agent,
+                "agents" => &mut raw.agents,
+                "machine-type" => &mut raw.machine_type,
+                "os" => &mut raw.os,
+                "resources" => &mut raw.resources,
+                "script" => &mut raw.script,
+                "results" => &mut raw.results,
+                "supervisor" => &mut raw.supervisor,
+                unknown => {
+                    let hint = closest(unknown, ANNOTATIONS)
+                        .map(|s| format!("did you mean {ANNOTATION_PREFIX}{s}?"))
+                        .unwrap_or_else(|| {
+                            format!("known: {ANNOTATION_PREFIX}{{{}}}", ANNOTATIONS.join(","))
+                        });
+                    return Err(deny_annotation(
+                        unknown,
+                        format!("unknown annotation ({hint})"),
+                    ));
+                }
+            };
+            *slot = Some(value.as_str());
+        }
+        Ok(raw)
+    }
+}
+
+/// A positive decimal integer, digits only.
+fn positive(name: &str, value: &str) -> Result<u64, Denial> {
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(deny_annotation(
+            name,
+            format!("{value:?} is not a positive integer"),
+        ));
+    }
+    match value.parse::<u64>() {
+        Ok(0) => Err(deny_annotation(
+            name,
+            "must be a positive integer, got \"0\"",
+        )),
+        Ok(n) => Ok(n),
+        Err(_) => Err(deny_annotation(name, format!("{value} is too large"))),
+    }
+}
+
+fn positive_u32(name: &str, value: &str) -> Result<u32, Denial> {
+    let n = positive(name, value)?;
+    u32::try_from(n).map_err(|_| deny_annotation(name, format!("{value} is too large")))
+}
+
+/// Checks an `s3://bucket/prefix/` URL given in an annotation.
+fn store_url(name: &str, url: &str) -> Result<String, Denial> {
+    let Some(rest) = url.strip_prefix("s3://") else {
+        return Err(deny_annotation(
+            name,
+            format!("{url:?} is not an s3:// URL (expected s3://bucket/prefix/)"),
+        ));
+    };
+    let bucket = rest.split('/').next().unwrap_or_default();
+    check_bucket(bucket).map_err(|problem| deny_annotation(name, problem))?;
+    if !url.ends_with('/') {
+        return Err(deny_annotation(
+            name,
+            format!("{url:?} must end with / (it is a prefix: s3://bucket/prefix/)"),
+        ));
+    }
+    Ok(url.to_string())
+}
+
+fn check_test_id(id: &str) -> Result<(), Denial> {
+    let problem = if id.is_empty() {
+        "the test id (the text before the first \"--\") is empty".to_string()
+    } else if !id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        format!("test id {id:?} has characters outside [A-Za-z0-9._-] (it becomes part of S3 keys)")
+    } else {
+        return Ok(());
+    };
+    Err(Denial {
+        subject: format!("label {TEST_ID_LABEL}"),
+        problem,
+    })
+}
+
+impl<'a> Settings<'a> {
+    /// Reads and checks the label and every annotation. Pure: the owner's replicas, the one
+    /// input that needs the API server, are asked for by [`Self::needs_owner_replicas`].
+    pub fn read(pod: &'a Pod, config: &'a Config) -> Result<Reading<'a>, Denial> {
+        let Some(label) = test_id_label(pod) else {
+            return Ok(Reading::Skip("no testId label"));
+        };
+        let raw = Raw::read(pod)?;
+        match raw.inject {
+            Some("false") => {
+                return Ok(Reading::Skip(
+                    "opted out with waveloadtest.io/inject: \"false\"",
+                ));
+            }
+            None | Some("true") => {}
+            Some(other) => {
+                return Err(deny_annotation(
+                    "inject",
+                    format!("{other:?} is neither \"true\" nor \"false\""),
+                ));
+            }
+        }
+        let (test_id, part) = label.split_once("--").unwrap_or((label, ""));
+        check_test_id(test_id)?;
+
+        let players_per_agent = match raw.players_per_agent {
+            Some(v) => positive_u32("players-per-agent", v)?,
+            None => config.players_per_agent,
+        };
+        let agents = match raw.agents {
+            Some(v) => positive_u32("agents", v)?,
+            None => config.agents,
+        };
+        let total_players = raw
+            .total_players
+            .map(|v| positive("total-players", v))
+            .transpose()?;
+        let machine_type = raw.machine_type.unwrap_or(&config.machine_type);
+        let Some(machine) = config.catalog.get(machine_type) else {
+            let hint = config
+                .catalog
+                .suggest(machine_type)
+                .map(|s| format!(" (did you mean {s}?)"))
+                .unwrap_or_default();
+            return Err(deny_annotation(
+                "machine-type",
+                format!("unknown machine type {machine_type:?}{hint}"),
+            ));
+        };
+        let os = match raw.os {
+            Some(v) => Os::parse(v).ok_or_else(|| {
+                let hint = closest(v, ["linux", "windows"])
+                    .map(|s| format!("; did you mean {s}?"))
+                    .unwrap_or_default();
+                deny_annotation(
+                    "os",
+                    format!("unknown OS {v:?} (expected linux or windows{hint})"),
+                )
+            })?,
+            None => node_selector(pod, OS_SELECTOR)
+                .and_then(Os::parse)
+                .unwrap_or(Os::Linux),
+        };
+        let resources = match raw.resources {
+            Some(v) => v.parse().map_err(|()| {
+                deny_annotation(
+                    "resources",
+                    format!(
+                        "unknown resources policy {v:?} (expected {})",
+                        ResourcePolicy::EXPECTED
+                    ),
+                )
+            })?,
+            None => config.resources,
+        };
+        let supervisor = match raw.supervisor {
+            Some(v) => SupervisorMode::parse(v).ok_or_else(|| {
+                deny_annotation(
+                    "supervisor",
+                    format!(
+                        "unknown supervisor mode {v:?} (expected {})",
+                        SupervisorMode::EXPECTED
+                    ),
+                )
+            })?,
+            None => config.supervisor,
+        };
+        let script = match raw.script {
+            Some(v) => store_url("script", v)?,
+            None => format!("s3://{}/scripts/{test_id}/", config.bucket),
+        };
+        let results = match raw.results {
+            Some(v) => store_url("results", v)?,
+            None => format!("s3://{}/results/{test_id}/", config.bucket),
+        };
+        Ok(Reading::Mutate(Self {
+            test_id,
+            part,
+            total_players,
+            players_per_agent,
+            agents,
+            machine_type,
+            machine,
+            os,
+            resources,
+            script,
+            results,
+            supervisor,
+        }))
+    }
+
+    /// True when `TOTAL_PLAYERS` is not annotated, so the server has to look up the owner's
+    /// replicas; false means it never asks the API server about this pod.
+    pub fn needs_owner_replicas(&self) -> bool {
+        self.total_players.is_none()
+    }
+}
+
+fn node_selector<'a>(pod: &'a Pod, key: &str) -> Option<&'a str> {
+    pod.spec
+        .as_ref()?
+        .node_selector
+        .as_ref()?
+        .get(key)
+        .map(String::as_str)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_pods::{mk_pod, wave};
+
+    fn denied(pod: &Pod) -> String {
+        match Settings::read(pod, &Config::default()) {
+            Err(d) => d.to_string(),
+            Ok(_) => panic!("expected a denial"),
+        }
+    }
+
+    /// Whether the server has to look up the owner: `None` when the pod is skipped.
+    fn needs_owner_replicas(pod: &Pod) -> Option<bool> {
+        match Settings::read(pod, &Config::default()).expect("valid") {
+            Reading::Mutate(settings) => Some(settings.needs_owner_replicas()),
+            Reading::Skip(_) => None,
+        }
+    }
+
+    #[test]
+    fn owner_replicas_are_needed_only_for_labelled_pods_without_total_players() {
+        assert_eq!(needs_owner_replicas(&mk_pod(1)), Some(true));
+        assert_eq!(
+            needs_owner_replicas(&wave(mk_pod(1), "total-players", "1234")),
+            Some(false)
+        );
+        assert_eq!(
+            needs_owner_replicas(&wave(mk_pod(1), "inject", "false")),
+            None
+        );
+        let mut unlabelled = mk_pod(1);
+        unlabelled.metadata.labels = None;
+        assert_eq!(needs_owner_replicas(&unlabelled), None);
+    }
+
+    fn with_label(value: &str) -> Pod {
+        let mut pod = mk_pod(1);
+        pod.metadata
+            .labels
+            .as_mut()
+            .expect("labels")
+            .insert(TEST_ID_LABEL.into(), value.into());
+        pod
+    }
+
+    #[test]
+    fn denies_a_script_url_that_is_not_s3() {
+        let msg = denied(&wave(mk_pod(1), "script", "https://example.com/x/"));
+        assert!(
+            msg.starts_with(
+                "waveloadtest.io/script: \"https://example.com/x/\" is not an s3:// URL"
+            ),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn denies_a_results_url_without_trailing_slash() {
+        let msg = denied(&wave(mk_pod(1), "results", "s3://bucket/results"));
+        assert!(
+            msg.starts_with("waveloadtest.io/results: \"s3://bucket/results\" must end with /"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn denies_an_empty_test_id() {
+        let msg = denied(&with_label("--p1"));
+        assert_eq!(
+            msg,
+            "label testId: the test id (the text before the first \"--\") is empty"
+        );
+    }
+
+    #[test]
+    fn denies_a_test_id_with_characters_outside_the_allowed_set() {
+        let msg = denied(&with_label("a/b--p1"));
+        assert!(
+            msg.starts_with("label testId: test id \"a/b\" has characters outside [A-Za-z0-9._-]"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn denies_an_unknown_machine_type_with_a_suggestion() {
+        let msg = denied(&wave(mk_pod(1), "machine-type", "r5.xlarg"));
+        assert_eq!(
+            msg,
+            "waveloadtest.io/machine-type: unknown machine type \"r5.xlarg\" (did you mean r5.xlarge?)"
+        );
+    }
+
+    #[test]
+    fn denies_an_unknown_os() {
+        let msg = denied(&wave(mk_pod(1), "os", "widows"));
+        assert_eq!(
+            msg,
+            "waveloadtest.io/os: unknown OS \"widows\" (expected linux or windows; did you mean windows?)"
+        );
+    }
+
+    #[test]
+    fn denies_an_unknown_resources_policy() {
+        let msg = denied(&wave(mk_pod(1), "resources", "max"));
+        assert_eq!(
+            msg,
+            "waveloadtest.io/resources: unknown resources policy \"max\" (expected fit, nominal or none)"
+        );
+    }
+
+    #[test]
+    fn denies_an_unknown_supervisor_mode() {
+        let msg = denied(&wave(mk_pod(1), "supervisor", "sidecar"));
+        assert_eq!(
+            msg,
+            "waveloadtest.io/supervisor: unknown supervisor mode \"sidecar\" (expected inject, image or off)"
+        );
+    }
+
+    #[test]
+    fn denies_an_unknown_annotation_with_a_suggestion() {
+        let msg = denied(&wave(mk_pod(1), "player-per-agent", "100"));
+        assert_eq!(
+            msg,
+            "waveloadtest.io/player-per-agent: unknown annotation (did you mean waveloadtest.io/players-per-agent?)"
+        );
+    }
+
+    #[test]
+    fn denies_non_numeric_zero_and_negative_numbers() {
+        for (name, value, problem) in [
+            ("agents", "ten", "\"ten\" is not a positive integer"),
+            ("agents", "0", "must be a positive integer, got \"0\""),
+            (
+                "players-per-agent",
+                "-5",
+                "\"-5\" is not a positive integer",
+            ),
+            ("total-players", "1.5", "\"1.5\" is not a positive integer"),
+            ("total-players", "+7", "\"+7\" is not a positive integer"),
+            ("agents", "99999999999", "99999999999 is too large"),
+        ] {
+            let msg = denied(&wave(mk_pod(1), name, value));
+            assert_eq!(msg, format!("waveloadtest.io/{name}: {problem}"));
+        }
+    }
+
+    #[test]
+    fn denies_an_inject_value_other_than_true_or_false() {
+        let msg = denied(&wave(mk_pod(1), "inject", "no"));
+        assert_eq!(
+            msg,
+            "waveloadtest.io/inject: \"no\" is neither \"true\" nor \"false\""
+        );
+    }
+}

@@ -86,7 +86,7 @@ pub fn decide(
     };
     match mutated_copy(pod, &settings, &replicas, config) {
         Ok((out, warnings)) => Verdict::Patch {
-            patch: patch::build(pod, &out),
+            patch: patch::build(pod, out),
             warnings,
         },
         Err(denial) => Verdict::Deny(denial),

@@ -9,11 +9,13 @@ use std::collections::BTreeMap;
 
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, PatchOperation, RemoveOperation};
-use k8s_openapi::api::core::v1::{Container, Pod};
+use k8s_openapi::api::core::v1::{Container, EnvVar, Pod};
 use serde::Serialize;
+use serde_json::{Map, Value};
 
 /// The JSON Patch that turns `before` into `after`, its copy changed by the mutation.
-pub fn build(before: &Pod, after: &Pod) -> json_patch::Patch {
+/// `after` is taken so the new env entries, most of the patch, move into it uncopied.
+pub fn build(before: &Pod, mut after: Pod) -> json_patch::Patch {
     // About six operations per container and a few for the pod: one allocation up front.
     let containers = after.spec.as_ref().map_or(0, |s| s.containers.len());
     let mut ops = Ops(Vec::with_capacity(8 + 6 * containers));
@@ -23,9 +25,9 @@ pub fn build(before: &Pod, after: &Pod) -> json_patch::Patch {
         before.metadata.annotations.as_ref(),
         after.metadata.annotations.as_ref(),
     );
-    if let (Some(b), Some(a)) = (&before.spec, &after.spec) {
+    if let (Some(b), Some(a)) = (&before.spec, &mut after.spec) {
         let mut path = PointerBuf::from_tokens(["spec", "containers"]);
-        for (i, (bc, ac)) in b.containers.iter().zip(&a.containers).enumerate() {
+        for (i, (bc, ac)) in b.containers.iter().zip(&mut a.containers).enumerate() {
             path.push_back(i);
             ops.container(&mut path, bc, ac);
             path.pop_back();
@@ -68,6 +70,28 @@ impl Ops {
         path.push_back(name);
         f(self, path);
         path.pop_back();
+    }
+
+    /// The env list of `len` entries (`None`: absent) that became `after`.
+    fn env(&mut self, path: &mut PointerBuf, len: Option<usize>, after: Option<Vec<EnvVar>>) {
+        let Some(after) = after else {
+            return;
+        };
+        let Some(len) = len else {
+            self.0.push(PatchOperation::Add(AddOperation {
+                path: path.clone(),
+                value: Value::Array(after.into_iter().map(env_json).collect()),
+            }));
+            return;
+        };
+        for (i, entry) in after.into_iter().enumerate().skip(len) {
+            path.push_back(i);
+            self.0.push(PatchOperation::Add(AddOperation {
+                path: path.clone(),
+                value: env_json(entry),
+            }));
+            path.pop_back();
+        }
     }
 
     /// A list that is new, or that got elements appended.
@@ -113,9 +137,9 @@ impl Ops {
     }
 
     /// What wave changes in one container.
-    fn container(&mut self, path: &mut PointerBuf, before: &Container, after: &Container) {
+    fn container(&mut self, path: &mut PointerBuf, before: &Container, after: &mut Container) {
         self.field(path, "env", |ops, path| {
-            ops.list(path, before.env.as_ref(), after.env.as_ref())
+            ops.env(path, before.env.as_ref().map(Vec::len), after.env.take())
         });
         match (&before.resources, &after.resources) {
             (None, Some(after)) => self.field(path, "resources", |ops, path| ops.add(path, after)),
@@ -154,6 +178,22 @@ impl Ops {
     }
 }
 
+/// An env entry as JSON. A plain value, most of what wave adds, is moved into the JSON rather
+/// than serialized (which copies every string); anything else goes through serde.
+fn env_json(entry: EnvVar) -> Value {
+    match entry {
+        EnvVar {
+            name,
+            value: Some(value),
+            value_from: None,
+        } => Value::Object(Map::from_iter([
+            ("name".to_string(), Value::String(name)),
+            ("value".to_string(), Value::String(value)),
+        ])),
+        other => serde_json::to_value(other).expect("Kubernetes types always serialize to JSON"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,14 +202,14 @@ mod tests {
 
     fn applied(before: &Pod, after: &Pod) -> serde_json::Value {
         let mut doc = serde_json::to_value(before).expect("pod to json");
-        json_patch::patch(&mut doc, &build(before, after)).expect("the patch applies");
+        json_patch::patch(&mut doc, &build(before, after.clone())).expect("the patch applies");
         doc
     }
 
     #[test]
     fn an_unchanged_pod_gets_an_empty_patch() {
         let pod = mk_pod(2);
-        assert!(build(&pod, &pod).0.is_empty());
+        assert!(build(&pod, pod.clone()).0.is_empty());
     }
 
     #[test]

@@ -94,6 +94,42 @@ pub fn metrics_address(log: &str) -> Option<SocketAddr> {
     })
 }
 
+/// The admission and metrics addresses a `wave-webhook serve` started on port 0 bound, from
+/// the `serving` line of its JSON log.
+pub fn webhook_addresses(log: &str) -> Option<(SocketAddr, SocketAddr)> {
+    log.lines().find_map(|line| {
+        let line: serde_json::Value = serde_json::from_str(line).ok()?;
+        let fields = &line["fields"];
+        if fields["message"] != "serving" {
+            return None;
+        }
+        Some((
+            fields["admission"].as_str()?.parse().ok()?,
+            fields["metrics"].as_str()?.parse().ok()?,
+        ))
+    })
+}
+
+/// Waits until `log` names the addresses a `wave-webhook serve` on port 0 bound; fails the
+/// test with the log after `limit`.
+pub fn wait_for_webhook_addresses(
+    log: &std::path::Path,
+    limit: Duration,
+) -> (SocketAddr, SocketAddr) {
+    let started = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(addresses) = webhook_addresses(&text) {
+            return addresses;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "no `serving` line after {limit:?}:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 impl Drop for Running {
     fn drop(&mut self) {
         if self.try_wait_quietly().is_some() {

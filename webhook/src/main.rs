@@ -40,7 +40,8 @@ struct ServeArgs {
     /// Private key of the serving certificate (PEM), reloaded when it changes.
     #[arg(long, env = "WAVE_WEBHOOK_TLS_KEY")]
     tls_key: PathBuf,
-    /// Address of the HTTPS admission listener.
+    /// Address of the HTTPS admission listener (port 0: the kernel picks one, and the
+    /// `serving` log line names it, as it does for the metrics listener).
     #[arg(long, env = "WAVE_WEBHOOK_LISTEN", default_value = "0.0.0.0:8443")]
     listen: SocketAddr,
     /// Address of the plain-HTTP metrics listener (also serves /healthz and /readyz).

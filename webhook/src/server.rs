@@ -126,6 +126,8 @@ pub async fn run(
     reload::check_tls(&watched, &live, &mut seen);
     let reloader = tokio::spawn(reload::follow(watched, live.clone(), seen, stop.clone()));
 
+    // Logged so that whoever asked for port 0 learns the port the kernel chose.
+    let addresses = (listener.local_addr(), metrics_listener.local_addr());
     let acceptor = TlsAcceptor::from(tls::server_config(live.resolver.clone()));
     let graceful = Arc::new(GracefulShutdown::new());
     let admission_loop = accept_loop(
@@ -164,7 +166,10 @@ pub async fn run(
         },
         handle_metrics_port,
     );
-    info!("serving");
+    match addresses {
+        (Ok(admission), Ok(metrics)) => info!(%admission, %metrics, "serving"),
+        _ => info!("serving"),
+    }
 
     tokio::select! {
         () = shutdown => {}

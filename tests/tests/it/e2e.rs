@@ -17,10 +17,11 @@ use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 use wave_tests::apiserver::FakeApiServer;
 use wave_tests::kubelet::{LocalPod, PodIdentity};
+use wave_tests::process::{metrics_address, wait_for_webhook_addresses};
 use wave_tests::prometheus::Prometheus;
 use wave_tests::s3::S3sFs;
 use wave_tests::tls::{HttpsClient, TlsFiles};
-use wave_tests::{free_port, wait_for, workspace_bin, workspace_root};
+use wave_tests::{wait_for, workspace_bin, workspace_root};
 
 const TEST_ID: &str = "2e9103ae-3268-11ed-b5cf-0242ac110033";
 const NAMESPACE: &str = "wave-tests";
@@ -145,13 +146,14 @@ struct Webhook {
     _child: Child,
     url: String,
     _config: tempfile::NamedTempFile,
+    _log: tempfile::NamedTempFile,
 }
 
 impl Webhook {
     async fn start(tls: &TlsFiles, api: &FakeApiServer, bucket: &str) -> Self {
         let config = tempfile::NamedTempFile::new().expect("config file");
         std::fs::write(config.path(), format!("bucket: {bucket}\n")).expect("write config");
-        let port = free_port();
+        let log = tempfile::NamedTempFile::new().expect("log file");
         let child = Command::new(workspace_bin("wave-webhook"))
             .arg("serve")
             .arg("--config")
@@ -160,19 +162,19 @@ impl Webhook {
             .arg(tls.cert_path())
             .arg("--tls-key")
             .arg(tls.key_path())
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--metrics-listen")
-            .arg(format!("127.0.0.1:{}", free_port()))
+            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
             .arg("--kubeconfig")
             .arg(api.kubeconfig())
+            .stdout(log.reopen().expect("log file"))
             .kill_on_drop(true)
             .spawn()
             .expect("start wave-webhook");
+        let (https, _) = wait_for_webhook_addresses(log.path(), Duration::from_secs(30));
         let webhook = Webhook {
             _child: child,
-            url: format!("https://127.0.0.1:{port}"),
+            url: format!("https://{https}"),
             _config: config,
+            _log: log,
         };
         let client = HttpsClient::trusting(&tls.ca);
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -333,8 +335,8 @@ async fn example_test_runs_from_deployment_to_s3_and_prometheus() {
         Some("ip-10-0-1-23.ec2.internal")
     );
     // What the node provides outside the pod spec: S3 credentials (IRSA in a cluster), the
-    // work dir's local folder, and a free port (every pod has its own network namespace,
-    // this machine has one loopback).
+    // work dir's local folder, and a port of its own (every pod has its own network
+    // namespace, this machine has one loopback: port 0, read back from the log).
     for (key, value) in s3.agent_env() {
         container.set_env(&key, value);
     }
@@ -342,15 +344,29 @@ async fn example_test_runs_from_deployment_to_s3_and_prometheus() {
         "WAVE_WORK_DIR",
         volumes.path().join("wave-work").display().to_string(),
     );
-    let metrics_port = free_port();
-    container.set_env("WAVE_METRICS_PORT", metrics_port.to_string());
+    container.set_env("WAVE_METRICS_PORT", "0");
     container.set_env("WAVE_UPLOAD_INTERVAL", "1s");
     container.set_env("WAVE_EXAMPLE_SECONDS", "4");
+    let supervisor_log = volumes.path().join("supervisor.log");
     let mut supervisor = Command::from(container.command())
         .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&supervisor_log).expect("supervisor log"))
         .kill_on_drop(true)
         .spawn()
         .expect("start the container's command");
+    let mut metrics_port = 0;
+    wait_for(
+        "the supervisor's metrics address",
+        Duration::from_secs(30),
+        || {
+            metrics_port = std::fs::read_to_string(&supervisor_log)
+                .ok()
+                .and_then(|log| metrics_address(&log))
+                .map_or(0, |address| address.port());
+            std::future::ready(metrics_port != 0)
+        },
+    )
+    .await;
 
     // Prometheus sees the supervisor while it runs and after it completes.
     let target = format!("127.0.0.1:{metrics_port}");

@@ -11,8 +11,9 @@ use crate::support::captured_review;
 use http::StatusCode;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
+use wave_tests::process::wait_for_webhook_addresses;
 use wave_tests::tls::{HttpsClient, TlsFiles};
-use wave_tests::{free_port, workspace_bin, workspace_root};
+use wave_tests::{workspace_bin, workspace_root};
 
 /// The binary, stopped with SIGKILL on drop if a test failed before stopping it.
 struct Server {
@@ -29,16 +30,9 @@ impl Drop for Server {
 
 impl Server {
     fn start(tls: &TlsFiles, kubeconfig: &Path, log: &Path) -> Server {
-        let https: SocketAddr = format!("127.0.0.1:{}", free_port())
-            .parse()
-            .expect("address");
-        let metrics = format!("127.0.0.1:{}", free_port());
         let child = Command::new(workspace_bin("wave-webhook"))
             .arg("serve")
-            .arg("--listen")
-            .arg(https.to_string())
-            .arg("--metrics-listen")
-            .arg(metrics)
+            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
             .env("WAVE_WEBHOOK_TLS_CERT", tls.cert_path())
             .env("WAVE_WEBHOOK_TLS_KEY", tls.key_path())
             .env("WAVE_WEBHOOK_KUBECONFIG", kubeconfig)
@@ -47,6 +41,7 @@ impl Server {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start wave-webhook");
+        let (https, _) = wait_for_webhook_addresses(log, Duration::from_secs(20));
         Server { child, https }
     }
 

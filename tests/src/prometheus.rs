@@ -25,9 +25,6 @@ impl Prometheus {
     /// Starts Prometheus scraping `targets` (`host:port`, path `/metrics`) every second,
     /// with its database in a temporary directory, and waits until it is ready.
     pub fn start(targets: &[String]) -> Prometheus {
-        let binary = prometheus_binary();
-        let dir = tempfile::tempdir().expect("a temporary directory for Prometheus");
-        let port = free_port();
         let target_list = targets
             .iter()
             .map(|t| format!("'{t}'"))
@@ -37,6 +34,15 @@ impl Prometheus {
             "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
              scrape_configs:\n  - job_name: wave\n    static_configs:\n      - targets: [{target_list}]\n"
         );
+        Prometheus::with_config(&config)
+    }
+
+    /// Starts Prometheus with the configuration file `config` (YAML text), its database in a
+    /// temporary directory, and waits until it is ready.
+    pub fn with_config(config: &str) -> Prometheus {
+        let binary = prometheus_binary();
+        let dir = tempfile::tempdir().expect("a temporary directory for Prometheus");
+        let port = free_port();
         let config_path = dir.path().join("prometheus.yml");
         std::fs::write(&config_path, config).expect("write the Prometheus config");
         let log = std::fs::File::create(dir.path().join("prometheus.log")).expect("log file");
@@ -114,7 +120,8 @@ impl Prometheus {
         }
     }
 
-    fn get_json(&self, path: &str) -> Option<Value> {
+    /// A GET on Prometheus's HTTP API; the JSON body of a 200 answer.
+    pub fn get_json(&self, path: &str) -> Option<Value> {
         let crate::PlainResponse { status, body, .. } = http_get(self.port, path)?;
         (status == 200).then(|| serde_json::from_str(&body).ok())?
     }

@@ -9,6 +9,7 @@ use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
 use serde_json::Value;
+use wave_tests::prometheus::Prometheus;
 use wave_tests::{tool, workspace_bin, workspace_root};
 
 fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -415,33 +416,21 @@ fn prometheus_scrape_config_keeps_every_wave_metrics_port_of_labelled_pods() {
     .collect();
     let dir = tempfile::tempdir().expect("temp dir");
     let config = dir.path().join("prometheus.yml");
-    std::fs::write(&config, scrape_job_on_static_targets(&targets)).expect("write config");
+    let scrape_config = scrape_job_on_static_targets(&targets);
+    std::fs::write(&config, &scrape_config).expect("write config");
     run(Command::new(tool("promtool"))
         .args(["check", "config", "--syntax-only"])
         .arg(&config));
 
-    let port = wave_tests::free_port();
-    let mut prometheus = Command::new(tool("prometheus"))
-        .arg(format!("--config.file={}", config.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.path().join("data").display()
-        ))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start prometheus");
+    let prometheus = Prometheus::with_config(&scrape_config);
     let targets = (0..150).find_map(|_| {
         std::thread::sleep(std::time::Duration::from_millis(200));
-        let body = http_get(port, "/api/v1/targets?state=any")?;
-        let answer: Value = serde_json::from_str(&body).ok()?;
+        let answer = prometheus.get_json("/api/v1/targets?state=any")?;
         let active = answer["data"]["activeTargets"].as_array()?.len();
         let dropped = answer["data"]["droppedTargets"].as_array()?.len();
         (active + dropped == 5).then_some(answer)
     });
-    let _ = prometheus.kill();
-    let _ = prometheus.wait();
+    drop(prometheus);
     let targets = targets.expect("Prometheus lists all five targets within 30 s");
     let mut active: Vec<String> = targets["data"]["activeTargets"]
         .as_array()
@@ -463,13 +452,6 @@ fn prometheus_scrape_config_keeps_every_wave_metrics_port_of_labelled_pods() {
         ],
         "only wave-metrics* ports of testId pods are scraped, labelled with pod and container"
     );
-}
-
-/// The body of a 200 answer to a plain GET, enough for Prometheus's JSON API.
-fn http_get(port: u16, path: &str) -> Option<String> {
-    wave_tests::http_get(port, path)
-        .filter(|r| r.status == 200)
-        .map(|r| r.body)
 }
 
 #[test]

@@ -156,6 +156,15 @@ impl ExitOutcome {
         matches!(self, ExitOutcome::Success)
     }
 
+    /// The state an agent ends in when this was its last run.
+    pub fn final_state(&self) -> AgentState {
+        if self.is_success() {
+            AgentState::Succeeded
+        } else {
+            AgentState::Failed
+        }
+    }
+
     /// The exit code a shell would report: 128 + signal for a killed process, 127 when the
     /// command could not be started.
     pub fn exit_code(&self) -> i32 {
@@ -222,11 +231,6 @@ pub fn next_step(
     restarts_done: u32,
     max_restarts: u32,
 ) -> Step {
-    let finished = if outcome.is_success() {
-        AgentState::Succeeded
-    } else {
-        AgentState::Failed
-    };
     let wants_restart = match policy {
         RestartPolicy::Never => false,
         RestartPolicy::OnFailure => !outcome.is_success(),
@@ -237,7 +241,7 @@ pub fn next_step(
             after: backoff(restarts_done),
         }
     } else {
-        Step::Finish(finished)
+        Step::Finish(outcome.final_state())
     }
 }
 
@@ -495,11 +499,7 @@ impl<S: Spawn> Supervisor<S> {
         }
         let k = slot.record.index;
         let step = if stopping {
-            Step::Finish(if outcome.is_success() {
-                AgentState::Succeeded
-            } else {
-                AgentState::Failed
-            })
+            Step::Finish(outcome.final_state())
         } else {
             next_step(policy, &outcome, slot.record.restarts, max)
         };

@@ -54,9 +54,15 @@ struct Ops(Vec<PatchOperation>);
 
 impl Ops {
     fn add<T: Serialize>(&mut self, path: &PointerBuf, value: &T) {
+        let value = serde_json::to_value(value).expect("Kubernetes types always serialize to JSON");
+        self.add_json(path, value);
+    }
+
+    /// An `add` of a value already in JSON form.
+    fn add_json(&mut self, path: &PointerBuf, value: Value) {
         self.0.push(PatchOperation::Add(AddOperation {
             path: path.clone(),
-            value: serde_json::to_value(value).expect("Kubernetes types always serialize to JSON"),
+            value,
         }));
     }
 
@@ -78,18 +84,15 @@ impl Ops {
             return;
         };
         let Some(len) = len else {
-            self.0.push(PatchOperation::Add(AddOperation {
-                path: path.clone(),
-                value: Value::Array(after.into_iter().map(env_json).collect()),
-            }));
+            self.add_json(
+                path,
+                Value::Array(after.into_iter().map(env_json).collect()),
+            );
             return;
         };
         for (i, entry) in after.into_iter().enumerate().skip(len) {
             path.push_back(i);
-            self.0.push(PatchOperation::Add(AddOperation {
-                path: path.clone(),
-                value: env_json(entry),
-            }));
+            self.add_json(path, env_json(entry));
             path.pop_back();
         }
     }

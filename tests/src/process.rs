@@ -4,12 +4,14 @@
 
 use std::fs::File;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+
+use crate::poll_blocking;
 
 /// How long Drop waits after SIGTERM before it kills.
 const GRACE: Duration = Duration::from_secs(10);
@@ -52,18 +54,19 @@ impl Running {
     /// The port a `wave-agent` started with `WAVE_METRICS_PORT=0` serves metrics on, once
     /// its log says; fails the test with its output after `limit`.
     pub fn metrics_port(&self, limit: Duration) -> u16 {
-        let started = Instant::now();
-        loop {
-            if let Some(address) = metrics_address(&self.output()) {
-                return address.port();
-            }
-            assert!(
-                started.elapsed() < limit,
-                "no `serving metrics on` line after {limit:?}:\n{}",
-                self.output()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        poll_blocking(limit, || metrics_address(&self.output()))
+            .unwrap_or_else(|| {
+                panic!(
+                    "no `serving metrics on` line after {limit:?}:\n{}",
+                    self.output()
+                )
+            })
+            .port()
+    }
+
+    /// `try_wait` for Drop, which must not panic while a test is already failing.
+    fn try_wait_quietly(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
     }
 
     /// Waits for the child to exit on its own; fails the test with its output after `limit`.
@@ -112,22 +115,10 @@ pub fn webhook_addresses(log: &str) -> Option<(SocketAddr, SocketAddr)> {
 
 /// Waits until `log` names the addresses a `wave-webhook serve` on port 0 bound; fails the
 /// test with the log after `limit`.
-pub fn wait_for_webhook_addresses(
-    log: &std::path::Path,
-    limit: Duration,
-) -> (SocketAddr, SocketAddr) {
-    let started = Instant::now();
-    loop {
-        let text = std::fs::read_to_string(log).unwrap_or_default();
-        if let Some(addresses) = webhook_addresses(&text) {
-            return addresses;
-        }
-        assert!(
-            started.elapsed() < limit,
-            "no `serving` line after {limit:?}:\n{text}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+pub fn wait_for_webhook_addresses(log: &Path, limit: Duration) -> (SocketAddr, SocketAddr) {
+    let read = || std::fs::read_to_string(log).unwrap_or_default();
+    poll_blocking(limit, || webhook_addresses(&read()))
+        .unwrap_or_else(|| panic!("no `serving` line after {limit:?}:\n{}", read()))
 }
 
 impl Drop for Running {
@@ -145,12 +136,5 @@ impl Drop for Running {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-impl Running {
-    /// `try_wait` for Drop, which must not panic while a test is already failing.
-    fn try_wait_quietly(&mut self) -> Option<ExitStatus> {
-        self.child.try_wait().ok().flatten()
     }
 }

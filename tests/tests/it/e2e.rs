@@ -21,7 +21,7 @@ use wave_tests::process::{metrics_address, wait_for_webhook_addresses};
 use wave_tests::prometheus::Prometheus;
 use wave_tests::s3::S3sFs;
 use wave_tests::tls::{HttpsClient, TlsFiles};
-use wave_tests::{wait_for, workspace_bin, workspace_root};
+use wave_tests::{wait_for, wait_for_value, workspace_bin, workspace_root};
 
 const TEST_ID: &str = "2e9103ae-3268-11ed-b5cf-0242ac110033";
 const NAMESPACE: &str = "wave-tests";
@@ -354,16 +354,12 @@ async fn example_test_runs_from_deployment_to_s3_and_prometheus() {
         .kill_on_drop(true)
         .spawn()
         .expect("start the container's command");
-    let mut metrics_port = 0;
-    wait_for(
+    let metrics_port = wait_for_value(
         "the supervisor's metrics address",
         Duration::from_secs(30),
         || {
-            metrics_port = std::fs::read_to_string(&supervisor_log)
-                .ok()
-                .and_then(|log| metrics_address(&log))
-                .map_or(0, |address| address.port());
-            std::future::ready(metrics_port != 0)
+            let log = std::fs::read_to_string(&supervisor_log).unwrap_or_default();
+            std::future::ready(metrics_address(&log).map(|address| address.port()))
         },
     )
     .await;

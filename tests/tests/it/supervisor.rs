@@ -11,7 +11,7 @@ use nix::unistd::Pid;
 use serde_json::Value;
 use wave_agent::procfs::{ProcStat, all_processes};
 use wave_tests::process::metrics_address;
-use wave_tests::workspace_bin;
+use wave_tests::{poll_blocking, workspace_bin};
 
 /// Bound on every wait, so a broken supervisor fails the test instead of hanging it.
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -70,12 +70,9 @@ impl Sandbox {
 
     /// The port the supervisor bound, from its `serving metrics on <address>` log line.
     fn metrics_port(&self) -> u16 {
-        let mut port = None;
-        wait_until("the metrics address in the log", || {
-            port = metrics_address(&self.stderr()).map(|address| address.port());
-            port.is_some()
-        });
-        port.expect("found above")
+        poll_blocking(PATIENCE, || metrics_address(&self.stderr()))
+            .unwrap_or_else(|| panic!("no metrics address in the log:\n{}", self.stderr()))
+            .port()
     }
 
     fn stdout(&self) -> Vec<u8> {
@@ -117,11 +114,10 @@ impl Sandbox {
 }
 
 fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + PATIENCE;
-    while !done() {
-        assert!(Instant::now() < deadline, "gave up waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert!(
+        poll_blocking(PATIENCE, || done().then_some(())).is_some(),
+        "gave up waiting for {what}"
+    );
 }
 
 /// A plain HTTP/1.0 GET; returns (status code, body).

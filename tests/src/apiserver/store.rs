@@ -948,7 +948,7 @@ mod tests {
         store.collect_garbage();
         assert!(store.get(&only.key()).is_none());
         let kept = store.get(&both.key()).expect("one owner is left");
-        assert_eq!(kept.owners, [other.uid.clone()]);
+        assert_eq!(kept.owners, std::slice::from_ref(&other.uid));
     }
 
     #[test]

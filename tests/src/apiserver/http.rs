@@ -294,6 +294,12 @@ async fn authorized(
         Ok(collected) => collected.to_bytes(),
         Err(_) => return error_response(&ApiError::too_large()),
     };
+    let dry_run = query.get("dryRun").is_some()
+        || serde_json::from_slice::<Value>(&body)
+            .is_ok_and(|b| b.get("dryRun").is_some_and(|d| d != &json!([])));
+    if dry_run && !matches!(verb, "get" | "list" | "watch") {
+        return error_response(&ApiError::not_served("dryRun"));
+    }
     let result = match verb {
         "get" => get(cluster, route, shape),
         "list" => list(cluster, route, query, shape),

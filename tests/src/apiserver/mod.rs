@@ -71,8 +71,9 @@
 //! - Plain HTTP (no TLS), JSON only (no protobuf, no `as=Table`: 406), HTTP/1.1.
 //! - `application/strategic-merge-patch+json` is served as a JSON merge patch (lists are
 //!   replaced, not merged by key); `application/apply-patch+yaml` (server-side apply) is
-//!   415. No `dryRun`, no `fieldManager`/managedFields, no admission, no defaulting beyond
-//!   metadata (a POSTed pod's status becomes `{"phase": "Pending"}`, other statuses `{}`).
+//!   415. `dryRun` is refused with 400 (so a dry run never writes). No
+//!   `fieldManager`/managedFields, no admission, no defaulting beyond metadata (a POSTed
+//!   pod's status becomes `{"phase": "Pending"}`, other statuses `{}`).
 //! - `Foreground` propagation is served as `Background`; the GC controller's orphaning is
 //!   done at once, inside the DELETE.
 //! - Later pages of a chunked list are read from the current state (the token's rv is

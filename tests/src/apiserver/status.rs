@@ -145,6 +145,23 @@ impl ApiError {
         Self::new(410, "Expired", message.into(), None)
     }
 
+    /// An error the real server did not map to a reason: 500 with an empty reason, as
+    /// apiserver's `ErrorToAPIStatus` answers (the etcd layer refusing a create that
+    /// carries a resourceVersion).
+    pub fn internal(message: &str) -> Self {
+        Self::new(500, "", message.to_string(), None)
+    }
+
+    /// A feature the stand-in does not serve, said plainly rather than half-done.
+    pub fn not_served(what: &str) -> Self {
+        Self::new(
+            400,
+            "BadRequest",
+            format!("{what} is not served by the wave test API server"),
+            None,
+        )
+    }
+
     /// A path that names no served resource.
     pub fn no_route() -> Self {
         Self::new(
@@ -231,9 +248,11 @@ impl ApiError {
             "metadata": {},
             "status": "Failure",
             "message": self.message,
-            "reason": self.reason,
             "code": self.code,
         });
+        if !self.reason.is_empty() {
+            status["reason"] = json!(self.reason);
+        }
         if let Some(details) = &self.details {
             status["details"] = details.clone();
         }

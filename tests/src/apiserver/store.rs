@@ -479,13 +479,9 @@ impl Store {
                 .as_str()
                 .is_some_and(|rv| !rv.is_empty())
         {
-            return Err(ApiError {
-                code: 500,
-                reason: "InternalError",
-                message: "resourceVersion should not be set on objects to be created".to_string(),
-                details: None,
-                retry_after: None,
-            });
+            return Err(ApiError::internal(
+                "resourceVersion should not be set on objects to be created",
+            ));
         }
         if origin == Origin::Client || meta["uid"].as_str().is_none_or(str::is_empty) {
             meta["uid"] = json!(self.new_uid());

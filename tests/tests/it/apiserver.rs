@@ -1045,3 +1045,252 @@ async fn injected_failures_answer_a_status_and_then_pass() {
         .collect();
     assert_eq!(creates, [503, 503, 201]);
 }
+
+/// A ReplicaSet as the Deployment controller writes one for a test.
+fn game_replica_set(i: usize) -> Value {
+    json!({"apiVersion": "apps/v1", "kind": "ReplicaSet",
+           "metadata": {"name": format!("game-{i:05}-7c9d8f6b5d"), "namespace": format!("team-{}", i % 20),
+                        "labels": {"testId": format!("t{}", i % 100), "pod-template-hash": "7c9d8f6b5d"}},
+           "spec": {"replicas": 480, "selector": {"matchLabels": {"testId": format!("t{}", i % 100)}},
+                    "template": {"metadata": {"labels": {"testId": format!("t{}", i % 100)}},
+                                 "spec": {"containers": [{"name": "game", "image": "example.com/game:1.0",
+                                                          "resources": {"requests": {"cpu": "3", "memory": "12Gi"}}}]}}}})
+}
+
+#[tokio::test]
+async fn twenty_thousand_replica_sets_are_listed_in_pages_and_watched() {
+    let api = ApiServer::start().await;
+    for i in 0..20_000 {
+        api.seed(game_replica_set(i));
+    }
+    let sets: Api<ReplicaSet> = Api::all(client(&api, USER).await);
+    let (reader, writer) = reflector::store();
+    let stream = reflector(writer, watcher(sets.clone(), watcher::Config::default()))
+        .applied_objects()
+        .boxed();
+    let task = tokio::spawn(stream.for_each(|_| async {}));
+    reader.wait_until_ready().await.expect("the cache fills");
+    assert_eq!(reader.state().len(), 20_000);
+    let lists = api.requests().iter().filter(|r| r.verb == "list").count();
+    assert_eq!(lists, 40, "kube's watcher lists in pages of 500");
+    let metadata = sets
+        .list_metadata(&ListParams::default())
+        .await
+        .expect("metadata list");
+    assert_eq!(metadata.items.len(), 20_000);
+    task.abort();
+}
+
+#[tokio::test]
+async fn held_watch_events_wait_while_gets_see_the_write() {
+    let api = ApiServer::start().await;
+    api.set_bookmark_interval(Duration::from_millis(50));
+    let leases = leases(&api).await;
+    let before = api.resource_version().to_string();
+    let mut events = leases
+        .watch(&WatchParams::default(), &before)
+        .await
+        .expect("watch")
+        .boxed();
+    api.hold_watch_events();
+    leases
+        .create(&PostParams::default(), &lease("slot-0"))
+        .await
+        .expect("created");
+    assert!(leases.get("slot-0").await.is_ok(), "a GET sees the write");
+    // Bookmarks go on, at the held version, and nothing else comes.
+    for _ in 0..3 {
+        match tokio::time::timeout(WAIT, events.try_next()).await {
+            Ok(Ok(Some(WatchEvent::Bookmark(b)))) => {
+                assert_eq!(b.metadata.resource_version, before)
+            }
+            other => panic!(
+                "expected a bookmark at the held version, got {:?}",
+                other.map(|o| o.map(|e| e.is_some()))
+            ),
+        }
+    }
+    api.release_watch_events();
+    match next_change(&mut events).await {
+        WatchEvent::Added(l) => assert_eq!(l.metadata.name.as_deref(), Some("slot-0")),
+        other => panic!("expected the held ADDED, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn finalizers_keep_a_deleted_object_until_they_are_removed() {
+    let api = ApiServer::start().await;
+    let maps: Api<ConfigMap> = Api::namespaced(client(&api, USER).await, NS);
+    let mut map = ConfigMap::default();
+    map.metadata.name = Some("guarded".to_string());
+    map.metadata.finalizers = Some(vec!["example.com/cleanup".to_string()]);
+    maps.create(&PostParams::default(), &map)
+        .await
+        .expect("created");
+    let answer = maps
+        .delete("guarded", &DeleteParams::default())
+        .await
+        .expect("deleted");
+    let pending = answer
+        .left()
+        .expect("a pending deletion answers with the object");
+    assert!(pending.metadata.deletion_timestamp.is_some());
+    assert!(
+        maps.get("guarded").await.is_ok(),
+        "it stays while a finalizer is left"
+    );
+    maps.patch(
+        "guarded",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .expect("finalizer removed");
+    assert_eq!(status_of(maps.get("guarded").await).code, 404);
+}
+
+#[tokio::test]
+async fn main_resource_writes_keep_the_status_and_spec_changes_bump_generation() {
+    let api = ApiServer::start().await;
+    let sets: Api<ReplicaSet> = Api::namespaced(client(&api, USER).await, NS);
+    let mut set: ReplicaSet = serde_json::from_value(game_replica_set(0)).expect("a ReplicaSet");
+    set.metadata.namespace = Some(NS.to_string());
+    set.status = Some(k8s_openapi::api::apps::v1::ReplicaSetStatus {
+        replicas: 9,
+        ..Default::default()
+    });
+    let created = sets
+        .create(&PostParams::default(), &set)
+        .await
+        .expect("created");
+    assert_eq!(created.metadata.generation, Some(1));
+    assert_eq!(
+        created.status.as_ref().map(|s| s.replicas),
+        Some(0),
+        "a client cannot create a status"
+    );
+
+    let mut scaled = created.clone();
+    scaled.spec.as_mut().expect("spec").replicas = Some(960);
+    scaled.status = Some(k8s_openapi::api::apps::v1::ReplicaSetStatus {
+        replicas: 5,
+        ..Default::default()
+    });
+    let scaled = sets
+        .replace("game-00000-7c9d8f6b5d", &PostParams::default(), &scaled)
+        .await
+        .expect("replaced");
+    assert_eq!(scaled.metadata.generation, Some(2));
+    assert_eq!(
+        scaled.status.as_ref().map(|s| s.replicas),
+        Some(0),
+        "status is written through /status only"
+    );
+
+    let mut observed = scaled.clone();
+    observed.status = Some(k8s_openapi::api::apps::v1::ReplicaSetStatus {
+        replicas: 960,
+        ..Default::default()
+    });
+    let updated = sets
+        .replace_status("game-00000-7c9d8f6b5d", &PostParams::default(), &observed)
+        .await
+        .expect("status replaced");
+    assert_eq!(updated.status.map(|s| s.replicas), Some(960));
+    assert_eq!(
+        updated.metadata.generation,
+        Some(2),
+        "a status write is not a spec change"
+    );
+}
+
+#[tokio::test]
+async fn deleting_a_job_orphans_its_pods_by_default_as_batch_v1_does() {
+    let api = ApiServer::start().await;
+    let job = api.seed(json!({"apiVersion": "batch/v1", "kind": "Job",
+                              "metadata": {"name": "report", "namespace": NS}, "spec": {"template": {}}}));
+    let mut pod = running_pod("report-x");
+    pod["metadata"]["ownerReferences"] = json!([{"apiVersion": "batch/v1", "kind": "Job", "name": "report",
+                                                 "uid": job["metadata"]["uid"], "controller": true}]);
+    api.seed(pod);
+    api.delete("batch/v1", "Job", Some(NS), "report");
+    assert!(api.get("batch/v1", "Job", Some(NS), "report").is_none());
+    let pod = api
+        .get("v1", "Pod", Some(NS), "report-x")
+        .expect("the pod stays");
+    assert!(pod["metadata"].get("ownerReferences").is_none(), "{pod}");
+}
+
+#[tokio::test]
+async fn a_streaming_list_watcher_fills_its_cache_from_the_initial_events() {
+    let api = ApiServer::start().await;
+    for i in 0..3 {
+        api.seed(game_replica_set(i));
+    }
+    let sets: Api<ReplicaSet> = Api::all(client(&api, USER).await);
+    let (reader, writer) = reflector::store();
+    let config = watcher::Config::default().streaming_lists();
+    let task = tokio::spawn(
+        reflector(writer, watcher(sets, config))
+            .applied_objects()
+            .for_each(|_| async {}),
+    );
+    tokio::time::timeout(WAIT, reader.wait_until_ready())
+        .await
+        .expect("the initial-events-end bookmark arrives")
+        .expect("the cache fills");
+    assert_eq!(reader.state().len(), 3);
+    assert!(
+        api.requests().iter().all(|r| r.verb == "watch"),
+        "no list was needed"
+    );
+    task.abort();
+}
+
+#[tokio::test]
+async fn pods_are_watched_per_node_with_a_field_selector() {
+    let api = ApiServer::start().await;
+    let pods: Api<Pod> = Api::all(client(&api, USER).await);
+    let mut events = pods
+        .watch(&WatchParams::default().fields("spec.nodeName=node-1"), "0")
+        .await
+        .expect("watch")
+        .boxed();
+    let mut elsewhere = running_pod("elsewhere");
+    elsewhere["spec"]["nodeName"] = json!("node-2");
+    api.seed(elsewhere);
+    api.seed(running_pod("here"));
+    match next_change(&mut events).await {
+        WatchEvent::Added(p) => assert_eq!(p.metadata.name.as_deref(), Some("here")),
+        other => panic!("expected the pod on node-1, got {other:?}"),
+    }
+    let unknown = pods
+        .list(&ListParams::default().fields("spec.hostname=x"))
+        .await;
+    assert_eq!(
+        status_of(unknown).message,
+        "field label not supported: spec.hostname"
+    );
+}
+
+#[tokio::test]
+async fn a_dry_run_is_refused_rather_than_written() {
+    let api = ApiServer::start().await;
+    let leases = leases(&api).await;
+    let status = status_of(
+        leases
+            .create(
+                &PostParams {
+                    dry_run: true,
+                    ..Default::default()
+                },
+                &lease("slot-0"),
+            )
+            .await,
+    );
+    assert_eq!(status.code, 400);
+    assert!(
+        api.list("coordination.k8s.io/v1", "Lease", Some(NS))
+            .is_empty()
+    );
+}

@@ -300,6 +300,10 @@ async fn authorized(
     if dry_run && !matches!(verb, "get" | "list" | "watch") {
         return error_response(&ApiError::not_served("dryRun"));
     }
+    if r.namespaced && route.namespace.is_none() && !matches!(verb, "list" | "watch") {
+        // The all-namespaces path serves reads only, as on the real server.
+        return error_response(&ApiError::method_not_allowed(verb, r));
+    }
     let result = match verb {
         "get" => get(cluster, route, shape),
         "list" => list(cluster, route, query, shape),

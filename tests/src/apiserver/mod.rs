@@ -6,13 +6,18 @@
 //! against.
 //!
 //! # What it serves
-//! - Types: core `v1` pods, secrets, configmaps; `coordination.k8s.io/v1` leases;
+//! - Types: core `v1` pods, secrets, configmaps, events; `events.k8s.io/v1` events;
+//!   `coordination.k8s.io/v1` leases;
 //!   `apps/v1` replicasets, deployments, statefulsets; `batch/v1` jobs;
 //!   `admissionregistration.k8s.io/v1` mutatingwebhookconfigurations (cluster-scoped).
 //!   Paths as the real server's: `/api/v1/namespaces/{ns}/pods/{name}`,
 //!   `/apis/{group}/{version}/namespaces/{ns}/{resource}`, cluster-wide lists
 //!   (`/apis/apps/v1/replicasets`), the `status` subresource of pods, replicasets,
 //!   deployments, statefulsets and jobs (a write to the main resource keeps the old status).
+//!   The all-namespaces paths serve list and watch only (other verbs: 405).
+//! - Secrets as stored by the real server: `stringData` folded into base64 `data`, `data`
+//!   that is not base64 refused (400), `type` defaulted to `Opaque`, `kubernetes.io/tls`
+//!   Secrets needing `tls.crt` and `tls.key` (422).
 //! - One global resourceVersion counter (etcd's revision): every write bumps it; objects get
 //!   `uid`, `resourceVersion`, `creationTimestamp`, and `generation` for the types that have
 //!   one (bumped when anything but metadata and status changes). A write that changes

@@ -467,6 +467,9 @@ impl Store {
         if !causes.is_empty() {
             return Err(ApiError::invalid(r, &name, causes));
         }
+        if r.kind == "Secret" {
+            validate::normalize_secret(r, &mut value)?;
+        }
         if self
             .objects
             .contains_key(&(resource, namespace.clone(), name.clone()))
@@ -573,6 +576,9 @@ impl Store {
         let causes = validate::metadata_causes(&value);
         if !causes.is_empty() {
             return Err(ApiError::invalid(r, &key.2, causes));
+        }
+        if r.kind == "Secret" {
+            validate::normalize_secret(r, &mut value)?;
         }
         let old_meta = &old_value["metadata"];
         let meta = &mut value["metadata"];

@@ -12,7 +12,7 @@ use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{
     Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions, WatchEvent,
@@ -1292,5 +1292,74 @@ async fn a_dry_run_is_refused_rather_than_written() {
     assert!(
         api.list("coordination.k8s.io/v1", "Lease", Some(NS))
             .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn secrets_keep_string_data_as_base64_and_refuse_what_is_not() {
+    let api = ApiServer::start().await;
+    let secrets: Api<Secret> = Api::namespaced(client(&api, USER).await, NS);
+    let mut tls = Secret::default();
+    tls.metadata.name = Some("webhook-tls".to_string());
+    tls.type_ = Some("kubernetes.io/tls".to_string());
+    tls.string_data = Some([("tls.crt".to_string(), "CERT".to_string())].into());
+    let status = status_of(secrets.create(&PostParams::default(), &tls).await);
+    assert_eq!(status.code, 422);
+    assert_eq!(
+        status.message,
+        "Secret \"webhook-tls\" is invalid: data[tls.key]: Required value"
+    );
+
+    tls.string_data = Some(
+        [
+            ("tls.crt".to_string(), "CERT".to_string()),
+            ("tls.key".to_string(), "KEY".to_string()),
+        ]
+        .into(),
+    );
+    let stored = secrets
+        .create(&PostParams::default(), &tls)
+        .await
+        .expect("created");
+    assert!(stored.string_data.is_none());
+    let data = stored.data.expect("data");
+    assert_eq!(
+        data.get("tls.key").map(|b| b.0.as_slice()),
+        Some(b"KEY".as_slice())
+    );
+
+    let token = api.token(USER);
+    let bad = json!({"metadata": {"name": "bad"}, "data": {"k": "%%%"}});
+    let answer = raw(
+        &api,
+        "POST",
+        "/api/v1/namespaces/wave-tests/secrets",
+        Some(&token),
+        Some(&bad),
+    );
+    assert_eq!(answer.status, 400);
+    assert_eq!(
+        answer.body["message"],
+        "Secret in version \"v1\" cannot be handled as a Secret: illegal base64 data at input byte 0"
+    );
+}
+
+#[tokio::test]
+async fn the_all_namespaces_path_only_reads() {
+    let api = ApiServer::start().await;
+    let token = api.token(USER);
+    let body = json!({"metadata": {"name": "rs", "namespace": NS}});
+    let answer = raw(
+        &api,
+        "POST",
+        "/apis/apps/v1/replicasets",
+        Some(&token),
+        Some(&body),
+    );
+    assert_eq!(answer.status, 405);
+    assert_eq!(answer.body["reason"], "MethodNotAllowed");
+    assert_eq!(
+        raw(&api, "GET", "/apis/apps/v1/replicasets", Some(&token), None).status,
+        200
     );
 }

@@ -19,7 +19,7 @@ use super::cluster::Cluster;
 use super::resources::{RESOURCES, ResourceId, ResourceType, by_plural};
 use super::selectors::{FieldSelector, LabelSelector};
 use super::status::ApiError;
-use super::store::{DeleteOptions, Deleted, Key, Propagation, Store, Stored};
+use super::store::{DeleteOptions, Deleted, Key, Part, Propagation, Store, Stored};
 use super::watch::{self, WatchRequest};
 
 /// The real server's limit on request bodies.
@@ -343,6 +343,14 @@ fn key_of(route: &Route) -> Key {
     )
 }
 
+fn part_of(route: &Route) -> Part {
+    if route.status {
+        Part::Status
+    } else {
+        Part::Main
+    }
+}
+
 fn parse_body(r: &ResourceType, body: &[u8]) -> Result<Value, ApiError> {
     serde_json::from_slice(body).map_err(|e| {
         ApiError::bad_request(format!(
@@ -526,7 +534,7 @@ fn update(
 ) -> Result<Response<Body>, ApiError> {
     let value = parse_body(&RESOURCES[route.resource], body)?;
     let key = key_of(route);
-    let updated = cluster.write(|s| s.update(&key, value, route.status))?;
+    let updated = cluster.write(|s| s.update(&key, value, part_of(route)))?;
     Ok(object_response(200, &updated, shape))
 }
 
@@ -575,7 +583,7 @@ fn patch(
         let current = s.get(&key).ok_or_else(|| ApiError::not_found(r, &key.2))?;
         let mut value = current.to_value();
         apply_patch(&mut value, content_type, body)?;
-        s.update(&key, value, route.status)
+        s.update(&key, value, part_of(route))
     })?;
     Ok(object_response(200, &patched, shape))
 }

@@ -121,6 +121,15 @@ pub fn metadata_causes(object: &Value) -> Vec<Cause> {
     causes
 }
 
+/// The real pod validation's answer to a spec change it does not allow.
+pub fn pod_update_forbidden() -> Cause {
+    Cause {
+        reason: "FieldValueForbidden",
+        field: "spec".to_string(),
+        message: "Forbidden: pod updates may not change fields other than `spec.containers[*].image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)".to_string(),
+    }
+}
+
 const CONFIG_KEY_MESSAGE: &str = "a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')";
 
 /// A Secret as the real server stores it: `stringData` folded into `data` (base64) and

@@ -1060,9 +1060,7 @@ fn game_replica_set(i: usize) -> Value {
 #[tokio::test]
 async fn twenty_thousand_replica_sets_are_listed_in_pages_and_watched() {
     let api = ApiServer::start().await;
-    for i in 0..20_000 {
-        api.seed(game_replica_set(i));
-    }
+    api.seed_all((0..20_000).map(game_replica_set));
     let sets: Api<ReplicaSet> = Api::all(client(&api, USER).await);
     let (reader, writer) = reflector::store();
     let stream = reflector(writer, watcher(sets.clone(), watcher::Config::default()))
@@ -1362,4 +1360,42 @@ async fn the_all_namespaces_path_only_reads() {
         raw(&api, "GET", "/apis/apps/v1/replicasets", Some(&token), None).status,
         200
     );
+}
+
+#[tokio::test]
+async fn a_pod_update_may_change_images_but_not_the_rest_of_the_spec() {
+    let api = ApiServer::start().await;
+    api.seed(running_pod("machine-0"));
+    let pods: Api<Pod> = Api::namespaced(client(&api, USER).await, NS);
+    let mut pod = pods.get("machine-0").await.expect("pod");
+    pod.spec.as_mut().expect("spec").containers[0].image = Some("wave-agent:2".to_string());
+    let pod = pods
+        .replace("machine-0", &PostParams::default(), &pod)
+        .await
+        .expect("image changed");
+    let mut moved = pod.clone();
+    moved.spec.as_mut().expect("spec").node_name = Some("node-2".to_string());
+    let status = status_of(
+        pods.replace("machine-0", &PostParams::default(), &moved)
+            .await,
+    );
+    assert_eq!(status.code, 422);
+    assert!(
+        status.message.starts_with("Pod \"machine-0\" is invalid: spec: Forbidden: pod updates may not change fields other than"),
+        "{}",
+        status.message
+    );
+}
+
+#[test]
+fn the_test_side_updates_spec_and_status_in_one_write() {
+    let api = ApiServer::start_blocking();
+    let mut pod = api.seed(running_pod("machine-0"));
+    let before = api.resource_version();
+    pod["status"]["phase"] = json!("Succeeded");
+    pod["metadata"]["labels"] = json!({"done": "true"});
+    let updated = api.update(pod);
+    assert_eq!(updated["status"]["phase"], "Succeeded");
+    assert_eq!(updated["metadata"]["labels"]["done"], "true");
+    assert_eq!(api.resource_version(), before + 1, "one write");
 }

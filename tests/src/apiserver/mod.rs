@@ -82,6 +82,8 @@
 //!   415. `dryRun` is refused with 400 (so a dry run never writes). No
 //!   `fieldManager`/managedFields, no admission, no defaulting beyond metadata (a POSTed
 //!   pod's status becomes `{"phase": "Pending"}`, other statuses `{}`).
+//! - A write to the `status` subresource changes the status only (the real pod status
+//!   strategy also lets label and annotation changes through).
 //! - `Foreground` propagation is served as `Background`; the GC controller's orphaning is
 //!   done at once, inside the DELETE.
 //! - Later pages of a chunked list are read from the current state (the token's rv is

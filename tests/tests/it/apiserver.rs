@@ -1399,3 +1399,51 @@ fn the_test_side_updates_spec_and_status_in_one_write() {
     assert_eq!(updated["metadata"]["labels"]["done"], "true");
     assert_eq!(api.resource_version(), before + 1, "one write");
 }
+
+#[tokio::test]
+async fn a_collection_delete_takes_only_the_selected_objects() {
+    let api = ApiServer::start().await;
+    for (name, app) in [("a", "game"), ("b", "game"), ("c", "db")] {
+        api.seed(json!({"apiVersion": "v1", "kind": "ConfigMap",
+                        "metadata": {"name": name, "namespace": NS, "labels": {"app": app}}}));
+    }
+    let maps: Api<ConfigMap> = Api::namespaced(client(&api, USER).await, NS);
+    let deleted = maps
+        .delete_collection(
+            &DeleteParams::default(),
+            &ListParams::default().labels("app=game"),
+        )
+        .await
+        .expect("deleted");
+    let names: Vec<String> = deleted
+        .left()
+        .expect("the deleted objects are listed")
+        .items
+        .into_iter()
+        .filter_map(|c| c.metadata.name)
+        .collect();
+    assert_eq!(names, ["a", "b"]);
+    let left: Vec<Value> = api.list("v1", "ConfigMap", Some(NS));
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0]["metadata"]["name"], "c");
+}
+
+#[tokio::test]
+async fn the_kubelets_status_patch_changes_only_the_status() {
+    let api = ApiServer::start().await;
+    api.seed(running_pod("machine-0"));
+    let pods: Api<Pod> = Api::namespaced(client(&api, USER).await, NS);
+    let patch = json!({"status": {"phase": "Failed", "reason": "Evicted"},
+                       "spec": {"nodeName": "node-9"}});
+    let patched = pods
+        .patch_status("machine-0", &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .expect("status patched");
+    let status = patched.status.expect("status");
+    assert_eq!(status.phase.as_deref(), Some("Failed"));
+    assert_eq!(status.reason.as_deref(), Some("Evicted"));
+    assert!(
+        patched.metadata.labels.is_none(),
+        "the status subresource writes the status only"
+    );
+}

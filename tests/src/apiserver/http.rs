@@ -310,7 +310,7 @@ async fn authorized(
         "watch" => return watch(cluster, route, query, shape),
         "create" => create(cluster, route, &body, shape),
         "update" => update(cluster, route, &body, shape),
-        "patch" => patch(cluster, route, &content_type, &body, shape),
+        "patch" => patch(cluster, route, query, &content_type, &body, shape),
         "delete" => delete(cluster, route, query, &body, shape),
         "deletecollection" => delete_collection(cluster, route, query, &body),
         _ => Err(ApiError::method_not_allowed(verb, r)),
@@ -573,12 +573,16 @@ fn apply_patch(object: &mut Value, content_type: &str, body: &[u8]) -> Result<()
 fn patch(
     cluster: &Cluster,
     route: &Route,
+    query: &Query,
     content_type: &str,
     body: &[u8],
     shape: Shape,
 ) -> Result<Response<Body>, ApiError> {
     let r = &RESOURCES[route.resource];
     let key = key_of(route);
+    if content_type.split(';').next().map(str::trim) == Some("application/apply-patch+yaml") {
+        return apply(cluster, route, query, body, shape);
+    }
     let patched = cluster.write(|s: &mut Store| {
         let current = s.get(&key).ok_or_else(|| ApiError::not_found(r, &key.2))?;
         let mut value = current.to_value();
@@ -586,6 +590,55 @@ fn patch(
         s.update(&key, value, part_of(route))
     })?;
     Ok(object_response(200, &patched, shape))
+}
+
+/// Server-side apply, approximated: the applied configuration (JSON or YAML) creates the
+/// object when it is missing (201) and is merged into it otherwise, as a merge patch.
+/// Field ownership is not tracked: no manager conflicts, and fields left out of a later
+/// apply are not removed.
+fn apply(
+    cluster: &Cluster,
+    route: &Route,
+    query: &Query,
+    body: &[u8],
+    shape: Shape,
+) -> Result<Response<Body>, ApiError> {
+    let r = &RESOURCES[route.resource];
+    if query.get("fieldManager").is_none_or(str::is_empty) {
+        return Err(ApiError::invalid_options(
+            "fieldManager",
+            "Required value: is required for apply patch",
+        ));
+    }
+    let text = std::str::from_utf8(body)
+        .map_err(|_| ApiError::bad_request("error decoding YAML: the body is not UTF-8"))?;
+    let applied: Value = serde_json::from_str(text)
+        .or_else(|_| serde_saphyr::from_str(text))
+        .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?;
+    if applied["apiVersion"].as_str().is_none() || applied["kind"].as_str().is_none() {
+        return Err(ApiError::bad_request(
+            "invalid object type: apiVersion and kind are required for apply",
+        ));
+    }
+    let key = key_of(route);
+    cluster.write(|s: &mut Store| {
+        let Some(current) = s.get(&key) else {
+            if route.status {
+                return Err(ApiError::not_found(r, &key.2));
+            }
+            let created = s.create(
+                route.resource,
+                route.namespace.as_deref(),
+                applied,
+                super::store::Origin::Client,
+            )?;
+            return Ok(object_response(201, &created, shape));
+        };
+        let mut value = current.to_value();
+        json_patch::merge(&mut value, &applied);
+        let updated = s.update(&key, value, part_of(route))?;
+        Ok(object_response(200, &updated, shape))
+    })
 }
 
 fn delete_options(query: &Query, body: &[u8]) -> Result<DeleteOptions, ApiError> {

@@ -78,8 +78,10 @@
 //! # Where it differs from a real API server, on purpose
 //! - Plain HTTP (no TLS), JSON only (no protobuf, no `as=Table`: 406), HTTP/1.1.
 //! - `application/strategic-merge-patch+json` is served as a JSON merge patch (lists are
-//!   replaced, not merged by key); `application/apply-patch+yaml` (server-side apply) is
-//!   415. `dryRun` is refused with 400 (so a dry run never writes). No
+//!   replaced, not merged by key). Server-side apply (`application/apply-patch+yaml`,
+//!   `fieldManager` required) creates a missing object and otherwise merges the applied
+//!   configuration like a merge patch: no field ownership, so no manager conflicts and no
+//!   removal of fields a later apply leaves out. `dryRun` is refused with 400 (so a dry run never writes). No
 //!   `fieldManager`/managedFields, no admission, no defaulting beyond metadata (a POSTed
 //!   pod's status becomes `{"phase": "Pending"}`, other statuses `{}`).
 //! - A write to the `status` subresource changes the status only (the real pod status

@@ -117,6 +117,17 @@ impl ApiError {
         )
     }
 
+    /// Invalid request options (`PatchOptions`, `DeleteOptions`): 422 naming the field.
+    pub fn invalid_options(field: &str, why: &str) -> Self {
+        Self::new(
+            422,
+            "Invalid",
+            format!("PatchOptions.meta.k8s.io \"\" is invalid: {field}: {why}"),
+            Some(json!({"group": "meta.k8s.io", "kind": "PatchOptions",
+                        "causes": [{"reason": "FieldValueRequired", "message": why, "field": field}]})),
+        )
+    }
+
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(400, "BadRequest", message.into(), None)
     }

@@ -391,17 +391,42 @@ async fn patches_merge_or_apply_json_patch_and_keep_system_fields() {
             .await,
     );
     assert_eq!(status.reason, "Conflict");
-    let apply = leases
+    let mut applied = lease("slot-0");
+    applied
+        .spec
+        .get_or_insert_with(Default::default)
+        .lease_duration_seconds = Some(15);
+    let applied = leases
         .patch(
             "slot-0",
             &PatchParams::apply("wave"),
-            &Patch::Apply(lease("slot-0")),
+            &Patch::Apply(applied),
+        )
+        .await
+        .expect("applied onto the lease");
+    let spec = applied.spec.expect("spec");
+    assert_eq!(spec.lease_duration_seconds, Some(15));
+    assert_eq!(spec.holder_identity.as_deref(), Some("machine-0"));
+    let fresh = leases
+        .patch(
+            "slot-7",
+            &PatchParams::apply("wave"),
+            &Patch::Apply(lease("slot-7")),
+        )
+        .await
+        .expect("apply creates a missing lease");
+    assert!(fresh.metadata.uid.is_some());
+    let unmanaged = leases
+        .patch(
+            "slot-7",
+            &PatchParams::default(),
+            &Patch::Apply(lease("slot-7")),
         )
         .await;
     assert_eq!(
-        status_of(apply).code,
-        415,
-        "server-side apply is not served"
+        status_of(unmanaged).code,
+        422,
+        "apply needs a field manager"
     );
 }
 

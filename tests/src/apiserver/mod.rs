@@ -20,7 +20,8 @@
 //!   the real pod validation; whether tolerations were only added is not checked).
 //! - Secrets as stored by the real server: `stringData` folded into base64 `data`, `data`
 //!   that is not base64 refused (400), `type` defaulted to `Opaque`, `kubernetes.io/tls`
-//!   Secrets needing `tls.crt` and `tls.key` (422).
+//!   Secrets needing `tls.crt` and `tls.key` (422). ConfigMaps and Secrets marked
+//!   `immutable: true` refuse changes to their data (422).
 //! - One global resourceVersion counter (etcd's revision): every write bumps it; objects get
 //!   `uid`, `resourceVersion`, `creationTimestamp`, and `generation` for the types that have
 //!   one (bumped when anything but metadata and status changes). A write that changes
@@ -29,7 +30,8 @@
 //!   a DNS-1123 subdomain or bad label keys/values, with `details.causes`; 400 for a body of
 //!   another kind or apiVersion), get (404 `NotFound`), update (409 `Conflict` on a stale
 //!   `metadata.resourceVersion`; none means an unconditional update; 404 when missing),
-//!   patch (`application/merge-patch+json`, `application/json-patch+json`), delete (with
+//!   patch (`application/merge-patch+json`, `application/json-patch+json`, and see below
+//!   for strategic merge and server-side apply), delete (with
 //!   `preconditions`, `propagationPolicy`, `gracePeriodSeconds`, in the body or the query),
 //!   deletecollection. Failures are `Status` objects with apimachinery's `reason`, `code`,
 //!   `details` and message (`leases.coordination.k8s.io "x" not found`).
@@ -81,9 +83,10 @@
 //!   replaced, not merged by key). Server-side apply (`application/apply-patch+yaml`,
 //!   `fieldManager` required) creates a missing object and otherwise merges the applied
 //!   configuration like a merge patch: no field ownership, so no manager conflicts and no
-//!   removal of fields a later apply leaves out. `dryRun` is refused with 400 (so a dry run never writes). No
-//!   `fieldManager`/managedFields, no admission, no defaulting beyond metadata (a POSTed
-//!   pod's status becomes `{"phase": "Pending"}`, other statuses `{}`).
+//!   removal of fields a later apply leaves out, no managedFields.
+//! - `dryRun` is refused with 400 (so a dry run never writes). No admission, no defaulting
+//!   beyond metadata (a POSTed pod's status becomes `{"phase": "Pending"}`, other statuses
+//!   `{}`).
 //! - A write to the `status` subresource changes the status only (the real pod status
 //!   strategy also lets label and annotation changes through).
 //! - `Foreground` propagation is served as `Background`; the GC controller's orphaning is
@@ -95,6 +98,11 @@
 //! - A watch started from `0` while events are held sees the current state.
 //! - Tokens are fixed per user name ([`ApiServer::token`]); there is no authorizer besides
 //!   the denials a test sets (everything else is allowed).
+//!
+//! # Use
+//! `ApiServer::start().await`, then `seed` objects, point a kube client at
+//! `kubeconfig("system:serviceaccount:NS:SA")`, and assert on the client's results, on
+//! `get`/`list`, and on `requests()`. The `it::apiserver` tests show each feature in use.
 //!
 //! # Threads
 //! The server runs on its own thread with its own tokio runtime, so the methods here are

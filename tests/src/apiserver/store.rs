@@ -589,6 +589,12 @@ impl Store {
         if !causes.is_empty() {
             return Err(ApiError::invalid(r, &key.2, causes));
         }
+        if matches!(r.kind, "ConfigMap" | "Secret") && old_value["immutable"] == json!(true) {
+            let causes = validate::immutable_causes(&old_value, &value);
+            if !causes.is_empty() {
+                return Err(ApiError::invalid(r, &key.2, causes));
+            }
+        }
         if r.kind == "Pod" && !status_only && pod_spec_changed(&old_value, &value) {
             return Err(ApiError::invalid(
                 r,

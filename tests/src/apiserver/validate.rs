@@ -130,6 +130,19 @@ pub fn pod_update_forbidden() -> Cause {
     }
 }
 
+/// What an update of an `immutable: true` ConfigMap or Secret may not change.
+pub fn immutable_causes(old: &Value, new: &Value) -> Vec<Cause> {
+    ["data", "binaryData", "stringData", "immutable"]
+        .into_iter()
+        .filter(|field| old.get(*field) != new.get(*field))
+        .map(|field| Cause {
+            reason: "FieldValueForbidden",
+            field: field.to_string(),
+            message: "Forbidden: field is immutable when `immutable` is set".to_string(),
+        })
+        .collect()
+}
+
 const CONFIG_KEY_MESSAGE: &str = "a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')";
 
 /// A Secret as the real server stores it: `stringData` folded into `data` (base64) and

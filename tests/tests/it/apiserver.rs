@@ -1472,3 +1472,24 @@ async fn the_kubelets_status_patch_changes_only_the_status() {
         "the status subresource writes the status only"
     );
 }
+
+#[tokio::test]
+async fn an_immutable_config_map_refuses_data_changes() {
+    let api = ApiServer::start().await;
+    api.seed(
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "immutable": true, "data": {"k": "v"},
+                    "metadata": {"name": "frozen", "namespace": NS}}),
+    );
+    let maps: Api<ConfigMap> = Api::namespaced(client(&api, USER).await, NS);
+    let change = Patch::Merge(json!({"data": {"k": "w"}}));
+    let status = status_of(maps.patch("frozen", &PatchParams::default(), &change).await);
+    assert_eq!(status.code, 422);
+    assert_eq!(
+        status.message,
+        "ConfigMap \"frozen\" is invalid: data: Forbidden: field is immutable when `immutable` is set"
+    );
+    let relabel = Patch::Merge(json!({"metadata": {"labels": {"a": "b"}}}));
+    maps.patch("frozen", &PatchParams::default(), &relabel)
+        .await
+        .expect("metadata may change");
+}

@@ -652,7 +652,8 @@ fn delete_options(query: &Query, body: &[u8]) -> Result<DeleteOptions, ApiError>
         .as_str()
         .or_else(|| query.get("propagationPolicy"))
         .map(|p| match p {
-            "Background" | "Foreground" => Ok(Propagation::Background),
+            "Background" => Ok(Propagation::Background),
+            "Foreground" => Ok(Propagation::Foreground),
             "Orphan" => Ok(Propagation::Orphan),
             other => Err(ApiError::bad_request(format!(
                 "propagationPolicy: Unsupported value: {other:?}: supported values: \"Foreground\", \"Background\", \"Orphan\""

@@ -63,7 +63,9 @@
 //!   dangling references. Objects created naming an owner uid that does not exist are
 //!   collected the same way ([`ApiServer::set_garbage_collection`] turns this off).
 //!   `propagationPolicy: Orphan` (the default for batch/v1 Jobs, as on the real server)
-//!   removes the references from dependents instead.
+//!   removes the references from dependents instead; `Foreground` keeps the owner (with a
+//!   deletionTimestamp and the `foregroundDeletion` finalizer) until its dependents are
+//!   gone, then removes it.
 //! - Users and RBAC: [`ApiServer::kubeconfig`] gives each user a bearer token; a missing or
 //!   unknown token is 401 `Unauthorized`. [`ApiServer::deny`] makes matching requests 403
 //!   `Forbidden` with the real authorizer's message. Every request is recorded
@@ -89,8 +91,8 @@
 //!   `{}`).
 //! - A write to the `status` subresource changes the status only (the real pod status
 //!   strategy also lets label and annotation changes through).
-//! - `Foreground` propagation is served as `Background`; the GC controller's orphaning is
-//!   done at once, inside the DELETE.
+//! - The GC controller's orphaning is done at once, inside the DELETE; a foreground
+//!   deletion waits for every dependent, whatever its `blockOwnerDeletion`.
 //! - Later pages of a chunked list are read from the current state (the token's rv is
 //!   reported, but objects changed meanwhile show their new state); a list ignores
 //!   `resourceVersion`/`resourceVersionMatch` and always serves the latest state.

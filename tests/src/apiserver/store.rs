@@ -150,9 +150,11 @@ pub struct DeleteOptions {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Propagation {
-    /// Dependents are deleted by the garbage collector afterwards (Foreground is served
-    /// the same way).
+    /// Dependents are deleted by the garbage collector afterwards.
     Background,
+    /// The owner stays (deletionTimestamp, `foregroundDeletion` finalizer) until the
+    /// garbage collector has deleted its dependents.
+    Foreground,
     /// Dependents lose their reference to the deleted owner and stay.
     Orphan,
 }
@@ -204,6 +206,20 @@ pub struct Store {
     pub gc_enabled: bool,
     /// Seed for uids and generated names.
     entropy: u64,
+}
+
+/// The finalizer that holds an owner deleted in the foreground.
+const FOREGROUND: &str = "foregroundDeletion";
+
+/// The finalizers an object had, as JSON.
+fn old_meta_finalizers(object: &Stored) -> Value {
+    object.to_value()["metadata"]["finalizers"].clone()
+}
+
+/// Whether an object is being deleted in the foreground (waiting for its dependents).
+fn in_foreground_deletion(object: &Stored) -> bool {
+    object.metadata.contains("\"deletionTimestamp\"")
+        && object.metadata.contains(&format!("\"{FOREGROUND}\""))
 }
 
 /// The first resourceVersion handed out; clients must treat them as opaque anyway.
@@ -335,6 +351,11 @@ impl Store {
         self.uids.remove(&old.uid);
         if let Some(dependents) = self.dependents.get(&old.uid) {
             self.gc_queue.extend(dependents.iter().cloned());
+        }
+        for owner in &old.owners {
+            if let Some(owner_key) = self.uids.get(owner) {
+                self.gc_queue.push(owner_key.clone());
+            }
         }
         self.rv += 1;
         let mut last = old.to_value();
@@ -687,6 +708,23 @@ impl Store {
             self.orphan_dependents(&old.uid);
         }
         let mut value = old.to_value();
+        let dependents: Vec<Key> = self
+            .dependents
+            .get(&old.uid)
+            .map(|d| d.iter().cloned().collect())
+            .unwrap_or_default();
+        if propagation == Propagation::Foreground && !dependents.is_empty() {
+            let finalizers = &mut value["metadata"]["finalizers"];
+            if !finalizers.is_array() {
+                *finalizers = json!([]);
+            }
+            if let Some(list) = finalizers.as_array_mut()
+                && !list.contains(&json!(FOREGROUND))
+            {
+                list.push(json!(FOREGROUND));
+            }
+            self.gc_queue.extend(dependents);
+        }
         let grace = if r.kind == "Pod" {
             pod_grace_period(&value, options.grace_period_seconds)
         } else {
@@ -701,7 +739,7 @@ impl Store {
         }
         let meta = &mut value["metadata"];
         let current = meta["deletionGracePeriodSeconds"].as_i64();
-        if current.is_some_and(|c| c <= grace) {
+        if current.is_some_and(|c| c <= grace) && meta["finalizers"] == old_meta_finalizers(&old) {
             return Ok(Deleted::Pending(old));
         }
         let at = Timestamp::now()
@@ -761,15 +799,24 @@ impl Store {
             let Some(object) = self.objects.get(&key).cloned() else {
                 continue;
             };
+            if in_foreground_deletion(&object) && !self.dependents.contains_key(&object.uid) {
+                self.release_foreground(&key);
+                continue;
+            }
             if object.owners.is_empty() {
                 continue;
             }
-            let dangling: Vec<&String> = object
-                .owners
-                .iter()
-                .filter(|uid| !self.uids.contains_key(*uid))
-                .collect();
-            if dangling.len() == object.owners.len() {
+            let (mut dangling, mut deleting) = (HashSet::new(), 0);
+            for uid in &object.owners {
+                match self.uids.get(uid).and_then(|k| self.objects.get(k)) {
+                    None => {
+                        dangling.insert(uid.clone());
+                    }
+                    Some(owner) if in_foreground_deletion(owner) => deleting += 1,
+                    Some(_) => {}
+                }
+            }
+            if dangling.len() + deleting == object.owners.len() {
                 let background = DeleteOptions {
                     propagation: Some(Propagation::Background),
                     ..DeleteOptions::default()
@@ -777,15 +824,23 @@ impl Store {
                 // Only NotFound can fail here, and the object was just found.
                 let _ = self.delete(&key, &background);
             } else if !dangling.is_empty() {
-                let uids = &self.uids;
-                let dangling: HashSet<String> = dangling
-                    .into_iter()
-                    .filter(|d| !uids.contains_key(*d))
-                    .cloned()
-                    .collect();
                 self.strip_owners(&key, |uid| dangling.contains(uid));
             }
         }
+    }
+
+    /// Removes the `foregroundDeletion` finalizer of an owner whose dependents are gone;
+    /// with no other finalizer left, the owner goes too.
+    fn release_foreground(&mut self, key: &Key) {
+        let Some(owner) = self.objects.get(key).cloned() else {
+            return;
+        };
+        let mut value = owner.to_value();
+        if let Some(list) = value["metadata"]["finalizers"].as_array_mut() {
+            list.retain(|f| f != FOREGROUND);
+        }
+        // The value is the stored one less a finalizer: nothing to refuse.
+        let _ = self.update(key, value, Part::Whole);
     }
 
     /// The kubelet's part of a pod deletion: the terminating pod goes away.
@@ -1005,6 +1060,36 @@ mod tests {
         assert!(store.get(&only.key()).is_none());
         let kept = store.get(&both.key()).expect("one owner is left");
         assert_eq!(kept.owners, std::slice::from_ref(&other.uid));
+    }
+
+    #[test]
+    fn a_foreground_deletion_waits_for_the_dependents() {
+        let mut store = Store::new(100);
+        let owner = store
+            .create(leases(), Some("ns"), lease("owner"), Origin::Client)
+            .expect("created");
+        let mut dependent = lease("dependent");
+        dependent["metadata"]["ownerReferences"] =
+            json!([{"apiVersion": "v1", "kind": "X", "name": "owner", "uid": owner.uid}]);
+        let dependent = store
+            .create(leases(), Some("ns"), dependent, Origin::Client)
+            .expect("created");
+        let foreground = DeleteOptions {
+            propagation: Some(Propagation::Foreground),
+            ..DeleteOptions::default()
+        };
+        let Ok(Deleted::Pending(pending)) = store.delete(&owner.key(), &foreground) else {
+            panic!("the owner waits for its dependents");
+        };
+        assert!(in_foreground_deletion(&pending));
+        store.collect_garbage();
+        assert!(
+            store.get(&dependent.key()).is_none(),
+            "the dependent went first"
+        );
+        assert!(store.get(&owner.key()).is_some());
+        store.collect_garbage();
+        assert!(store.get(&owner.key()).is_none(), "then the owner");
     }
 
     #[test]

@@ -1493,3 +1493,50 @@ async fn an_immutable_config_map_refuses_data_changes() {
         .await
         .expect("metadata may change");
 }
+
+#[tokio::test]
+async fn a_foreground_deletion_keeps_the_owner_until_its_pods_are_gone() {
+    let api = ApiServer::start().await;
+    let owner = api.seed(game_replica_set(0));
+    let owned_by = json!([{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": owner["metadata"]["name"],
+                           "uid": owner["metadata"]["uid"], "controller": true, "blockOwnerDeletion": true}]);
+    let mut pod = running_pod("game-0");
+    pod["metadata"]["namespace"] = owner["metadata"]["namespace"].clone();
+    pod["metadata"]["ownerReferences"] = owned_by;
+    let ns = owner["metadata"]["namespace"]
+        .as_str()
+        .expect("namespace")
+        .to_string();
+    let name = owner["metadata"]["name"]
+        .as_str()
+        .expect("name")
+        .to_string();
+    api.seed(pod);
+    let sets: Api<ReplicaSet> = Api::namespaced(client(&api, USER).await, &ns);
+    let answer = sets
+        .delete(&name, &DeleteParams::foreground())
+        .await
+        .expect("deleted");
+    let pending = answer.left().expect("the owner is still there");
+    assert!(
+        pending
+            .metadata
+            .finalizers
+            .unwrap_or_default()
+            .contains(&"foregroundDeletion".to_string())
+    );
+    wait_for("the pod to terminate", WAIT, || async {
+        api.get("v1", "Pod", Some(&ns), "game-0")
+            .is_some_and(|p| p["metadata"]["deletionTimestamp"].is_string())
+    })
+    .await;
+    assert!(
+        sets.get(&name).await.is_ok(),
+        "the owner waits for its terminating pod"
+    );
+    api.finish_termination(&ns, "game-0");
+    wait_for("the owner to go", WAIT, || async {
+        api.get("apps/v1", "ReplicaSet", Some(&ns), &name).is_none()
+    })
+    .await;
+}

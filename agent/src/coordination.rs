@@ -30,7 +30,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// How long one wait for a free slot lasts before the part is listed again.
 const FULL_WAIT: Duration = Duration::from_secs(30);
 /// How often file slots and the file start object are looked at while waiting.
-const FILE_POLL: Duration = Duration::from_millis(50);
+const FILE_POLL: Duration = Duration::from_millis(100);
 
 /// `WAVE_COORDINATION`: how the pod claims its slot.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -290,6 +290,7 @@ fn apply(
                 "WAVE_PART_PLAYER_OFFSET",
                 EnvValue::Plain(s.part_settings.player_offset.to_string()),
             ),
+            ("WAVE_POD_AGENTS", EnvValue::Plain(s.agents.to_string())),
         ];
         for (name, value) in env {
             add_env(container, name, value, warnings);
@@ -743,6 +744,7 @@ mod tests {
                 "WAVE_START_QUORUM",
                 "WAVE_START_TIMEOUT",
                 "WAVE_PART_PLAYER_OFFSET",
+                "WAVE_POD_AGENTS",
             ]
         );
     }
@@ -758,6 +760,7 @@ mod tests {
         assert_eq!(env(c, "WAVE_START_QUORUM"), Some("100%"));
         assert_eq!(env(c, "WAVE_START_TIMEOUT"), Some("10m"));
         assert_eq!(env(c, "WAVE_PART_PLAYER_OFFSET"), Some("0"));
+        assert_eq!(env(c, "WAVE_POD_AGENTS"), Some("10"));
 
         let pod = wave(mk_pod(1), "start", "together");
         let pod = wave(pod, "start-quorum", "95%");

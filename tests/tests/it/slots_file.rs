@@ -156,7 +156,9 @@ fn file_slots_tile_the_part_and_a_fourth_pod_waits_for_the_slot_freed_by_a_dead_
     for (pod, running) in &pods {
         let starts = part.wait_starts(pod, running);
         assert!(
-            starts.iter().all(|s| s.machine_index == starts[0].machine_index),
+            starts
+                .iter()
+                .all(|s| s.machine_index == starts[0].machine_index),
             "one slot per pod: {starts:?}"
         );
         all.extend(starts);
@@ -167,7 +169,11 @@ fn file_slots_tile_the_part_and_a_fourth_pod_waits_for_the_slot_freed_by_a_dead_
     assert_eq!(numbers, (0..6).collect(), "every agent number once");
     let mut offsets: Vec<u64> = all.iter().map(|s| s.player_offset).collect();
     offsets.sort_unstable();
-    assert_eq!(offsets, [0, 100, 200, 300, 400, 500], "players [0, 600) tiled");
+    assert_eq!(
+        offsets,
+        [0, 100, 200, 300, 400, 500],
+        "players [0, 600) tiled"
+    );
     assert!(all.iter().all(|s| s.machines == 3 && s.total_agents == 6));
 
     // A fourth pod finds every slot held and says so in /readyz and its metrics.
@@ -176,7 +182,12 @@ fn file_slots_tile_the_part_and_a_fourth_pod_waits_for_the_slot_freed_by_a_dead_
     let readyz = poll_blocking(PATIENCE, || {
         http_get(port, "/readyz").filter(|r| r.body.contains("are held"))
     })
-    .unwrap_or_else(|| panic!("/readyz never said the slots are held:\n{}", fourth.output()));
+    .unwrap_or_else(|| {
+        panic!(
+            "/readyz never said the slots are held:\n{}",
+            fourth.output()
+        )
+    });
     assert_eq!(readyz.status, 503, "{}", readyz.body);
     let text = metrics(&fourth);
     assert!(

@@ -360,41 +360,11 @@ pub async fn claim(
                 Some(FixedSlot::JobIndex(index)) => (index, "the Indexed Job's completion index"),
                 Some(FixedSlot::Ordinal(index)) => (index, "the StatefulSet ordinal"),
                 None => {
-                    let mut logged = false;
-                    let index = loop {
-                        let Some(round) =
-                            retrying("claiming a slot Lease", metrics, waiting, shutdown, || {
-                                slots.try_claim(machines)
-                            })
+                    let Some(index) =
+                        claim_lease(&slots, machines, &config.part, metrics, waiting, shutdown)
                             .await
-                        else {
-                            return Ok(Claim::Stopped);
-                        };
-                        match round {
-                            Round::Held(index) => break index,
-                            Round::Full { resource_version } => {
-                                if !logged {
-                                    let text = format!(
-                                        "all {machines} slots of {} are held by running pods \
-                                         (a replaced pod still terminating?): waiting for one to free",
-                                        config.part
-                                    );
-                                    info!("{text}");
-                                    say(waiting, text);
-                                    metrics.set_state("waiting");
-                                    logged = true;
-                                }
-                                let wait = slots.wait_for_a_free_slot(&resource_version, FULL_WAIT);
-                                tokio::select! {
-                                    result = wait => if let Err(err) = result {
-                                        metrics.error(&err);
-                                        warn!("{}", ErrorChain(&err));
-                                        tokio::time::sleep(BACKOFF_START).await;
-                                    },
-                                    () = shutdown.stop.cancelled() => return Ok(Claim::Stopped),
-                                }
-                            }
-                        }
+                    else {
+                        return Ok(Claim::Stopped);
                     };
                     (index, "a slot Lease")
                 }
@@ -434,6 +404,49 @@ pub async fn claim(
         waiting: waiting.clone(),
         claimed_at: began,
     })))
+}
+
+/// Claims a slot Lease among `machines`, waiting while every slot is held and retrying
+/// failed calls; `None` when a shutdown request came first.
+pub async fn claim_lease(
+    slots: &KubeSlots,
+    machines: u32,
+    part: &Part,
+    metrics: &CoordinationMetrics,
+    waiting: &Waiting,
+    shutdown: &Shutdown,
+) -> Option<u32> {
+    let mut logged = false;
+    loop {
+        let round = retrying("claiming a slot Lease", metrics, waiting, shutdown, || {
+            slots.try_claim(machines)
+        })
+        .await?;
+        match round {
+            Round::Held(index) => return Some(index),
+            Round::Full { resource_version } => {
+                if !logged {
+                    let text = format!(
+                        "all {machines} slots of {part} are held by running pods \
+                         (a replaced pod still terminating?): waiting for one to free"
+                    );
+                    info!("{text}");
+                    say(waiting, text);
+                    metrics.set_state("waiting");
+                    logged = true;
+                }
+                let wait = slots.wait_for_a_free_slot(&resource_version, FULL_WAIT);
+                tokio::select! {
+                    result = wait => if let Err(err) = result {
+                        metrics.error(&err);
+                        warn!("{}", ErrorChain(&err));
+                        tokio::time::sleep(BACKOFF_START).await;
+                    },
+                    () = shutdown.stop.cancelled() => return None,
+                }
+            }
+        }
+    }
 }
 
 /// The start of agents when there is no slot (coordination `off`): `together` cannot be

@@ -12,6 +12,7 @@ mod architecture;
 mod e2e;
 mod manifests;
 mod slots_file;
+mod slots_kube;
 mod supervisor;
 mod webhook_admission;
 mod webhook_binary;

@@ -158,13 +158,16 @@ fn fnv1a(parts: &[&str]) -> u64 {
     hash ^ (hash >> 33)
 }
 
-/// The order in which a pod tries the slots: every index of `0..machines` once, starting at
-/// a hash of its identity (the pod UID), so that pods arriving together spread over the
-/// slots instead of all trying slot 0 first.
+/// The order in which a pod tries the slots: every index of `0..machines` once, ranked by a
+/// hash of its identity (the pod UID) and the slot, so that pods arriving together each try
+/// the slots in an order of their own instead of all trying slot 0 (or one neighbourhood)
+/// first: two pods working from the same stale list rarely want the same free slot.
 pub fn probe_order(identity: &str, machines: u32) -> impl Iterator<Item = u32> {
-    let machines = machines.max(1);
-    let start = (fnv1a(&[identity]) % u64::from(machines)) as u32;
-    (0..machines).map(move |i| (start + i) % machines)
+    let mut order: Vec<(u64, u32)> = (0..machines.max(1))
+        .map(|m| (fnv1a(&[identity, "\0", &m.to_string()]), m))
+        .collect();
+    order.sort_unstable();
+    order.into_iter().map(|(_, m)| m)
 }
 
 /// Where one container's agents sit in the test part: what makes their agent numbers and
@@ -281,7 +284,7 @@ mod tests {
     }
 
     #[test]
-    fn probe_order_visits_every_slot_once_from_a_hash_of_the_identity() {
+    fn probe_order_visits_every_slot_once_in_an_order_of_the_pods_own() {
         let order: Vec<u32> = probe_order("0e9f8a7b-6c5d-4e3f-8a1b-2c3d4e5f6a7b", 480).collect();
         assert_eq!(order.len(), 480);
         assert_eq!(order.iter().copied().collect::<BTreeSet<_>>().len(), 480);

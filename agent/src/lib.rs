@@ -17,6 +17,7 @@ pub mod script;
 pub mod shutdown;
 pub mod slots;
 pub mod start;
+pub mod status;
 pub mod store;
 pub mod summary;
 pub mod supervise;

@@ -14,6 +14,8 @@ pub const TEST_ID_LABEL: &str = "waveloadtest.io/test-id";
 pub const PART_LABEL: &str = "waveloadtest.io/part";
 /// Label of a slot Lease: its machine index.
 pub const SLOT_LABEL: &str = "waveloadtest.io/slot";
+/// Annotation of a slot Lease: M, the part's machine count when it was claimed.
+pub const MACHINES_ANNOTATION: &str = "waveloadtest.io/machines";
 /// Annotation of the start object: the agreed start time (RFC 3339, UTC, milliseconds).
 pub const START_AT_ANNOTATION: &str = "waveloadtest.io/start-at";
 /// Annotation of the start object that stops the test part (SPEC 5.3); its value is the reason.

@@ -16,7 +16,9 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, ListParams, PostParams, Preconditions, WatchEvent, WatchParams};
 use kube::{Api, Client};
 
-use super::{Part, SLOT_LABEL, START_AT_ANNOTATION, STOP_ANNOTATION, probe_order};
+use super::{
+    MACHINES_ANNOTATION, Part, SLOT_LABEL, START_AT_ANNOTATION, STOP_ANNOTATION, probe_order,
+};
 
 /// Leases, as RBAC names them.
 pub const LEASES: &str = "leases.coordination.k8s.io";
@@ -234,7 +236,7 @@ impl KubeSlots {
             .take(TRIES_PER_ROUND)
             .collect();
         for index in &free {
-            if self.create_slot(*index).await? {
+            if self.create_slot(*index, machines).await? {
                 return Ok(Round::Held(*index));
             }
         }
@@ -249,7 +251,7 @@ impl KubeSlots {
         for index in holders {
             let lease = &taken[&index];
             if self.owner_vanished(lease).await? && self.reclaim(lease).await? {
-                if self.create_slot(index).await? {
+                if self.create_slot(index, machines).await? {
                     return Ok(Round::Held(index));
                 }
             }
@@ -257,11 +259,15 @@ impl KubeSlots {
         Ok(Round::Full { resource_version })
     }
 
-    async fn create_slot(&self, index: u32) -> Result<bool, KubeError> {
-        let lease = self.lease(
+    async fn create_slot(&self, index: u32, machines: u32) -> Result<bool, KubeError> {
+        let mut lease = self.lease(
             self.part.slot_name(index),
             &[(SLOT_LABEL, index.to_string())],
         );
+        lease.metadata.annotations = Some(BTreeMap::from([(
+            MACHINES_ANNOTATION.to_owned(),
+            machines.to_string(),
+        )]));
         self.create(&lease).await
     }
 

@@ -39,7 +39,8 @@ fn pod(name: &str) -> Value {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": name, "namespace": NS, "labels": {"testId": LABEL}},
-        "spec": {"nodeName": "node-1", "containers": [{"name": "game", "image": "game:1"}]}
+        "spec": {"nodeName": "node-1", "containers": [{"name": "game", "image": "game:1"}]},
+        "status": {"phase": "Running"}
     })
 }
 
@@ -390,4 +391,88 @@ fn a_restarted_container_keeps_its_slot_while_another_pod_waits_for_one() {
         "{}",
         again.output()
     );
+}
+
+/// `wave` as a user runs it, with their own kubeconfig; its stdout.
+fn wave(api: &ApiServer, args: &[&str]) -> String {
+    let output = Command::new(workspace_bin("wave"))
+        .args(args)
+        .env("KUBECONFIG", api.kubeconfig("alice"))
+        .output()
+        .expect("run wave");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "wave {args:?}: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+#[test]
+fn wave_status_counts_the_machines_and_wave_stop_stops_every_supervisor_of_the_part() {
+    let api = ApiServer::start_blocking();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let running: Vec<(String, Running)> = ["pod-a", "pod-b"]
+        .into_iter()
+        .map(|name| {
+            let uid = seed_pod(&api, name);
+            (name.to_owned(), supervisor(&api, dir.path(), name, &uid, 3))
+        })
+        .collect();
+    for (name, supervisor) in &running {
+        wait_slot(dir.path(), name, supervisor);
+    }
+    let status = wave(&api, &["status", "kube-slots", "-n", NS]);
+    assert_eq!(
+        status.trim(),
+        "test kube-slots part p1: 3 machines: 2 claimed, 0 ready, 2 running, 0 completed; \
+         not started together; pods: 2 Running"
+    );
+
+    let stopped = wave(
+        &api,
+        &[
+            "stop",
+            "kube-slots",
+            "-n",
+            NS,
+            "--part",
+            "p1",
+            "--reason",
+            "enough load",
+        ],
+    );
+    assert!(stopped.contains("stopped (enough load"), "{stopped}");
+    for (name, supervisor) in &running {
+        let summary = poll_blocking(PATIENCE, || {
+            let text = std::fs::read(dir.path().join(name).join("results/summary.json")).ok()?;
+            serde_json::from_slice::<Value>(&text).ok()
+        })
+        .unwrap_or_else(|| panic!("no summary from {name}:\n{}", supervisor.output()));
+        assert_eq!(summary["stopped"], "enough load", "{summary}");
+        assert_eq!(
+            summary["agents"][0]["state"], "failed",
+            "stopped agents did not succeed"
+        );
+        let port = supervisor.metrics_port(PATIENCE);
+        poll_blocking(PATIENCE, || {
+            http_get(port, "/metrics").filter(|m| {
+                m.body
+                    .contains("wave_test_completed{test_id=\"kube-slots\"} 1")
+            })
+        })
+        .unwrap_or_else(|| panic!("{name} never reported completion:\n{}", supervisor.output()));
+    }
+    let status = poll_blocking(PATIENCE, || {
+        Some(wave(&api, &["status", "kube-slots", "-n", NS])).filter(|s| s.contains("2 completed"))
+    })
+    .expect("both pods completed");
+    assert!(status.contains("stopped: enough load"), "{status}");
+    for (name, mut supervisor) in running {
+        assert!(
+            supervisor.try_wait().is_none(),
+            "{name}'s supervisor stays up"
+        );
+    }
 }

@@ -476,3 +476,31 @@ fn wave_status_counts_the_machines_and_wave_stop_stops_every_supervisor_of_the_p
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lease_of_a_pod_that_no_longer_exists_is_reclaimed() {
+    let api = ApiServer::start().await;
+    // A garbage collector that has not caught up: the Lease outlives its pod.
+    api.set_garbage_collection(false);
+    let mut tasks = JoinSet::new();
+    let uid = seed_pod(&api, "gone");
+    spawn_claim(&api, &mut tasks, "gone", uid, 1);
+    let (_, index) = tasks.join_next().await.expect("a claim").expect("no panic");
+    assert_eq!(index, Some(0));
+    api.delete("v1", "Pod", Some(NS), "gone");
+    api.finish_termination(NS, "gone");
+    assert_eq!(held_slots(&api)[&0], "gone", "the Lease is still there");
+
+    let uid = seed_pod(&api, "next");
+    spawn_claim(&api, &mut tasks, "next", uid, 1);
+    let (_, index) = tasks.join_next().await.expect("a claim").expect("no panic");
+    assert_eq!(index, Some(0));
+    assert_eq!(held_slots(&api)[&0], "next");
+    let deletes: Vec<_> = api
+        .requests()
+        .into_iter()
+        .filter(|r| r.verb == "delete" && r.resource == "leases")
+        .collect();
+    assert_eq!(deletes.len(), 1, "{deletes:?}");
+    assert_eq!(deletes[0].user.as_deref(), Some(user("next").as_str()));
+}

@@ -211,7 +211,7 @@ fn say(waiting: &Waiting, text: impl Into<String>) {
 
 enum Backend {
     File { slots: FileSlots, held: FileSlot },
-    Kube(KubeSlots),
+    Kube(Box<KubeSlots>),
 }
 
 /// A pod that holds its slot.
@@ -374,7 +374,7 @@ pub async fn claim(
                     "slot {index} is outside [0, {machines}): WAVE_MACHINES is smaller than the owner's pod count"
                 );
             }
-            (Backend::Kube(slots), index, how)
+            (Backend::Kube(Box::new(slots)), index, how)
         }
     };
     metrics.set_state("held");

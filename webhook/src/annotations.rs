@@ -87,7 +87,7 @@ pub struct Settings<'a> {
     pub(crate) results: String,
     pub(crate) supervisor: SupervisorMode,
     /// Slots, start and player offset of the test part (SPEC 5).
-    pub(crate) part_settings: PartSettings,
+    pub(crate) part_settings: Box<PartSettings>,
 }
 
 /// The raw `waveloadtest.io/*` annotation values of a pod.
@@ -304,7 +304,7 @@ impl<'a> Settings<'a> {
             Some(v) => store_url("results", v)?,
             None => format!("s3://{}/results/{test_id}/", config.bucket),
         };
-        let part_settings = PartSettings::read(&raw.part, &config.coordination)?;
+        let part_settings = Box::new(PartSettings::read(&raw.part, &config.coordination)?);
         Ok(Reading::Mutate(Self {
             test_id,
             part,

@@ -250,10 +250,11 @@ impl KubeSlots {
             .collect();
         for index in holders {
             let lease = &taken[&index];
-            if self.owner_vanished(lease).await? && self.reclaim(lease).await? {
-                if self.create_slot(index, machines).await? {
-                    return Ok(Round::Held(index));
-                }
+            if self.owner_vanished(lease).await?
+                && self.reclaim(lease).await?
+                && self.create_slot(index, machines).await?
+            {
+                return Ok(Round::Held(index));
             }
         }
         Ok(Round::Full { resource_version })

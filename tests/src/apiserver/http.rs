@@ -19,7 +19,7 @@ use super::cluster::Cluster;
 use super::resources::{RESOURCES, ResourceId, ResourceType, by_plural};
 use super::selectors::{FieldSelector, LabelSelector};
 use super::status::ApiError;
-use super::store::{DeleteOptions, Deleted, Key, Propagation, Store, Stored};
+use super::store::{DeleteOptions, Deleted, Key, Part, Propagation, Store, Stored};
 use super::watch::{self, WatchRequest};
 
 /// The real server's limit on request bodies.
@@ -294,13 +294,23 @@ async fn authorized(
         Ok(collected) => collected.to_bytes(),
         Err(_) => return error_response(&ApiError::too_large()),
     };
+    let dry_run = query.get("dryRun").is_some()
+        || serde_json::from_slice::<Value>(&body)
+            .is_ok_and(|b| b.get("dryRun").is_some_and(|d| d != &json!([])));
+    if dry_run && !matches!(verb, "get" | "list" | "watch") {
+        return error_response(&ApiError::not_served("dryRun"));
+    }
+    if r.namespaced && route.namespace.is_none() && !matches!(verb, "list" | "watch") {
+        // The all-namespaces path serves reads only, as on the real server.
+        return error_response(&ApiError::method_not_allowed(verb, r));
+    }
     let result = match verb {
         "get" => get(cluster, route, shape),
         "list" => list(cluster, route, query, shape),
         "watch" => return watch(cluster, route, query, shape),
         "create" => create(cluster, route, &body, shape),
         "update" => update(cluster, route, &body, shape),
-        "patch" => patch(cluster, route, &content_type, &body, shape),
+        "patch" => patch(cluster, route, query, &content_type, &body, shape),
         "delete" => delete(cluster, route, query, &body, shape),
         "deletecollection" => delete_collection(cluster, route, query, &body),
         _ => Err(ApiError::method_not_allowed(verb, r)),
@@ -331,6 +341,14 @@ fn key_of(route: &Route) -> Key {
         route.namespace.clone().unwrap_or_default(),
         route.name.clone().unwrap_or_default(),
     )
+}
+
+fn part_of(route: &Route) -> Part {
+    if route.status {
+        Part::Status
+    } else {
+        Part::Main
+    }
 }
 
 fn parse_body(r: &ResourceType, body: &[u8]) -> Result<Value, ApiError> {
@@ -516,7 +534,7 @@ fn update(
 ) -> Result<Response<Body>, ApiError> {
     let value = parse_body(&RESOURCES[route.resource], body)?;
     let key = key_of(route);
-    let updated = cluster.write(|s| s.update(&key, value, route.status))?;
+    let updated = cluster.write(|s| s.update(&key, value, part_of(route)))?;
     Ok(object_response(200, &updated, shape))
 }
 
@@ -555,19 +573,72 @@ fn apply_patch(object: &mut Value, content_type: &str, body: &[u8]) -> Result<()
 fn patch(
     cluster: &Cluster,
     route: &Route,
+    query: &Query,
     content_type: &str,
     body: &[u8],
     shape: Shape,
 ) -> Result<Response<Body>, ApiError> {
     let r = &RESOURCES[route.resource];
     let key = key_of(route);
+    if content_type.split(';').next().map(str::trim) == Some("application/apply-patch+yaml") {
+        return apply(cluster, route, query, body, shape);
+    }
     let patched = cluster.write(|s: &mut Store| {
         let current = s.get(&key).ok_or_else(|| ApiError::not_found(r, &key.2))?;
         let mut value = current.to_value();
         apply_patch(&mut value, content_type, body)?;
-        s.update(&key, value, route.status)
+        s.update(&key, value, part_of(route))
     })?;
     Ok(object_response(200, &patched, shape))
+}
+
+/// Server-side apply, approximated: the applied configuration (JSON or YAML) creates the
+/// object when it is missing (201) and is merged into it otherwise, as a merge patch.
+/// Field ownership is not tracked: no manager conflicts, and fields left out of a later
+/// apply are not removed.
+fn apply(
+    cluster: &Cluster,
+    route: &Route,
+    query: &Query,
+    body: &[u8],
+    shape: Shape,
+) -> Result<Response<Body>, ApiError> {
+    let r = &RESOURCES[route.resource];
+    if query.get("fieldManager").is_none_or(str::is_empty) {
+        return Err(ApiError::invalid_options(
+            "fieldManager",
+            "Required value: is required for apply patch",
+        ));
+    }
+    let text = std::str::from_utf8(body)
+        .map_err(|_| ApiError::bad_request("error decoding YAML: the body is not UTF-8"))?;
+    let applied: Value = serde_json::from_str(text)
+        .or_else(|_| serde_saphyr::from_str(text))
+        .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?;
+    if applied["apiVersion"].as_str().is_none() || applied["kind"].as_str().is_none() {
+        return Err(ApiError::bad_request(
+            "invalid object type: apiVersion and kind are required for apply",
+        ));
+    }
+    let key = key_of(route);
+    cluster.write(|s: &mut Store| {
+        let Some(current) = s.get(&key) else {
+            if route.status {
+                return Err(ApiError::not_found(r, &key.2));
+            }
+            let created = s.create(
+                route.resource,
+                route.namespace.as_deref(),
+                applied,
+                super::store::Origin::Client,
+            )?;
+            return Ok(object_response(201, &created, shape));
+        };
+        let mut value = current.to_value();
+        json_patch::merge(&mut value, &applied);
+        let updated = s.update(&key, value, part_of(route))?;
+        Ok(object_response(200, &updated, shape))
+    })
 }
 
 fn delete_options(query: &Query, body: &[u8]) -> Result<DeleteOptions, ApiError> {

@@ -6,13 +6,21 @@
 //! against.
 //!
 //! # What it serves
-//! - Types: core `v1` pods, secrets, configmaps; `coordination.k8s.io/v1` leases;
+//! - Types: core `v1` pods, secrets, configmaps, events; `events.k8s.io/v1` events;
+//!   `coordination.k8s.io/v1` leases;
 //!   `apps/v1` replicasets, deployments, statefulsets; `batch/v1` jobs;
 //!   `admissionregistration.k8s.io/v1` mutatingwebhookconfigurations (cluster-scoped).
 //!   Paths as the real server's: `/api/v1/namespaces/{ns}/pods/{name}`,
 //!   `/apis/{group}/{version}/namespaces/{ns}/{resource}`, cluster-wide lists
 //!   (`/apis/apps/v1/replicasets`), the `status` subresource of pods, replicasets,
 //!   deployments, statefulsets and jobs (a write to the main resource keeps the old status).
+//!   The all-namespaces paths serve list and watch only (other verbs: 405).
+//! - Pod updates may change only container images, `activeDeadlineSeconds`, tolerations
+//!   and `terminationGracePeriodSeconds` of the spec (422 `Forbidden` cause otherwise, as
+//!   the real pod validation; whether tolerations were only added is not checked).
+//! - Secrets as stored by the real server: `stringData` folded into base64 `data`, `data`
+//!   that is not base64 refused (400), `type` defaulted to `Opaque`, `kubernetes.io/tls`
+//!   Secrets needing `tls.crt` and `tls.key` (422).
 //! - One global resourceVersion counter (etcd's revision): every write bumps it; objects get
 //!   `uid`, `resourceVersion`, `creationTimestamp`, and `generation` for the types that have
 //!   one (bumped when anything but metadata and status changes). A write that changes
@@ -70,9 +78,14 @@
 //! # Where it differs from a real API server, on purpose
 //! - Plain HTTP (no TLS), JSON only (no protobuf, no `as=Table`: 406), HTTP/1.1.
 //! - `application/strategic-merge-patch+json` is served as a JSON merge patch (lists are
-//!   replaced, not merged by key); `application/apply-patch+yaml` (server-side apply) is
-//!   415. No `dryRun`, no `fieldManager`/managedFields, no admission, no defaulting beyond
-//!   metadata (a POSTed pod's status becomes `{"phase": "Pending"}`, other statuses `{}`).
+//!   replaced, not merged by key). Server-side apply (`application/apply-patch+yaml`,
+//!   `fieldManager` required) creates a missing object and otherwise merges the applied
+//!   configuration like a merge patch: no field ownership, so no manager conflicts and no
+//!   removal of fields a later apply leaves out. `dryRun` is refused with 400 (so a dry run never writes). No
+//!   `fieldManager`/managedFields, no admission, no defaulting beyond metadata (a POSTed
+//!   pod's status becomes `{"phase": "Pending"}`, other statuses `{}`).
+//! - A write to the `status` subresource changes the status only (the real pod status
+//!   strategy also lets label and annotation changes through).
 //! - `Foreground` propagation is served as `Background`; the GC controller's orphaning is
 //!   done at once, inside the DELETE.
 //! - Later pages of a chunked list are read from the current state (the token's rv is
@@ -217,17 +230,25 @@ impl ApiServer {
         path
     }
 
+    /// Seeds many objects under one lock, without returning them: the fast way to fill
+    /// a cluster with thousands of objects. Panics on what the server would refuse.
+    pub fn seed_all(&self, objects: impl IntoIterator<Item = Value>) {
+        self.cluster.write(|s| {
+            for object in objects {
+                let resource = resource_of(&object);
+                let namespace = namespace_of(resource, &object);
+                s.create(resource, namespace.as_deref(), object, Origin::Seed)
+                    .unwrap_or_else(|e| panic!("cannot seed: {}", e.message));
+            }
+        });
+    }
+
     /// Stores `object` as if a client had created it (uid, resourceVersion, timestamps
     /// assigned; a uid, creationTimestamp or status it carries is kept) and returns it as
     /// stored. Watches see it as any write. Panics on what the server would refuse.
     pub fn seed(&self, object: Value) -> Value {
         let resource = resource_of(&object);
-        let namespace = resources::RESOURCES[resource].namespaced.then(|| {
-            object["metadata"]["namespace"]
-                .as_str()
-                .unwrap_or("default")
-                .to_string()
-        });
+        let namespace = namespace_of(resource, &object);
         self.cluster
             .write(|s| s.create(resource, namespace.as_deref(), object, Origin::Seed))
             .unwrap_or_else(|e| panic!("cannot seed: {}", e.message))
@@ -245,8 +266,9 @@ impl ApiServer {
         serde_json::from_value(self.seed(value)).expect("stored objects deserialize")
     }
 
-    /// Replaces a stored object as a client PUT would (its resourceVersion, if set, must
-    /// be current); returns it as stored. Panics on what the server would refuse.
+    /// Replaces a stored object, status included, in one write (as a client PUT of the
+    /// object and then of its status would, with one event); its resourceVersion, if set,
+    /// must be current. Returns it as stored. Panics on what the server would refuse.
     pub fn update(&self, object: Value) -> Value {
         let resource = resource_of(&object);
         let key = (
@@ -260,18 +282,8 @@ impl ApiServer {
                 .unwrap_or_default()
                 .to_string(),
         );
-        let status_too = resources::RESOURCES[resource].status_subresource;
         self.cluster
-            .write(|s| {
-                let updated = s.update(&key, object.clone(), false)?;
-                if status_too {
-                    let mut with_status = updated.to_value();
-                    with_status["status"] = object["status"].clone();
-                    s.update(&key, with_status, true)
-                } else {
-                    Ok(updated)
-                }
-            })
+            .write(|s| s.update(&key, object, store::Part::Whole))
             .unwrap_or_else(|e| panic!("cannot update: {}", e.message))
             .to_value()
     }
@@ -426,6 +438,17 @@ fn resource_of(object: &Value) -> resources::ResourceId {
     let kind = object["kind"].as_str().unwrap_or_default();
     resources::by_kind(api_version, kind).unwrap_or_else(|| {
         panic!("the stand-in does not serve apiVersion {api_version:?} kind {kind:?}")
+    })
+}
+
+/// The namespace a seeded object goes to: its own, else `default`; none for
+/// cluster-scoped types.
+fn namespace_of(resource: resources::ResourceId, object: &Value) -> Option<String> {
+    resources::RESOURCES[resource].namespaced.then(|| {
+        object["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("default")
+            .to_string()
     })
 }
 

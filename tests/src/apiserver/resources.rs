@@ -79,7 +79,7 @@ const fn resource(
 }
 
 /// Every served type; a [`ResourceId`] is an index into it.
-pub static RESOURCES: [ResourceType; 9] = [
+pub static RESOURCES: [ResourceType; 11] = [
     ResourceType {
         fields: &[
             "spec.nodeName",
@@ -97,6 +97,8 @@ pub static RESOURCES: [ResourceType; 9] = [
         ..resource("", "secrets", "Secret", false, false)
     },
     resource("", "configmaps", "ConfigMap", false, false),
+    resource("", "events", "Event", false, false),
+    resource("events.k8s.io", "events", "Event", false, false),
     resource("coordination.k8s.io", "leases", "Lease", false, false),
     resource("apps", "replicasets", "ReplicaSet", true, true),
     resource("apps", "deployments", "Deployment", true, true),

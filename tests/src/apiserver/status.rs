@@ -117,6 +117,17 @@ impl ApiError {
         )
     }
 
+    /// Invalid request options (`PatchOptions`, `DeleteOptions`): 422 naming the field.
+    pub fn invalid_options(field: &str, why: &str) -> Self {
+        Self::new(
+            422,
+            "Invalid",
+            format!("PatchOptions.meta.k8s.io \"\" is invalid: {field}: {why}"),
+            Some(json!({"group": "meta.k8s.io", "kind": "PatchOptions",
+                        "causes": [{"reason": "FieldValueRequired", "message": why, "field": field}]})),
+        )
+    }
+
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(400, "BadRequest", message.into(), None)
     }
@@ -143,6 +154,23 @@ impl ApiError {
     /// A watch or continue token older than the kept history.
     pub fn expired(message: impl Into<String>) -> Self {
         Self::new(410, "Expired", message.into(), None)
+    }
+
+    /// An error the real server did not map to a reason: 500 with an empty reason, as
+    /// apiserver's `ErrorToAPIStatus` answers (the etcd layer refusing a create that
+    /// carries a resourceVersion).
+    pub fn internal(message: &str) -> Self {
+        Self::new(500, "", message.to_string(), None)
+    }
+
+    /// A feature the stand-in does not serve, said plainly rather than half-done.
+    pub fn not_served(what: &str) -> Self {
+        Self::new(
+            400,
+            "BadRequest",
+            format!("{what} is not served by the wave test API server"),
+            None,
+        )
     }
 
     /// A path that names no served resource.
@@ -231,9 +259,11 @@ impl ApiError {
             "metadata": {},
             "status": "Failure",
             "message": self.message,
-            "reason": self.reason,
             "code": self.code,
         });
+        if !self.reason.is_empty() {
+            status["reason"] = json!(self.reason);
+        }
         if let Some(details) = &self.details {
             status["details"] = details.clone();
         }

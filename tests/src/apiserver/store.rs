@@ -166,6 +166,17 @@ pub enum Deleted {
     Pending(Arc<Stored>),
 }
 
+/// What an update replaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// The main resource: the status is kept where the type has a status subresource.
+    Main,
+    /// The `status` subresource: only the status changes.
+    Status,
+    /// Both at once (the test's own updates).
+    Whole,
+}
+
 /// How a create treats system fields the caller set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Origin {
@@ -467,6 +478,9 @@ impl Store {
         if !causes.is_empty() {
             return Err(ApiError::invalid(r, &name, causes));
         }
+        if r.kind == "Secret" {
+            validate::normalize_secret(r, &mut value)?;
+        }
         if self
             .objects
             .contains_key(&(resource, namespace.clone(), name.clone()))
@@ -479,13 +493,9 @@ impl Store {
                 .as_str()
                 .is_some_and(|rv| !rv.is_empty())
         {
-            return Err(ApiError {
-                code: 500,
-                reason: "InternalError",
-                message: "resourceVersion should not be set on objects to be created".to_string(),
-                details: None,
-                retry_after: None,
-            });
+            return Err(ApiError::internal(
+                "resourceVersion should not be set on objects to be created",
+            ));
         }
         if origin == Origin::Client || meta["uid"].as_str().is_none_or(str::is_empty) {
             meta["uid"] = json!(self.new_uid());
@@ -512,15 +522,16 @@ impl Store {
         Ok(self.put(resource, value))
     }
 
-    /// PUT (and the end of PATCH): `value` replaces the object; `status_only` for the
-    /// `status` subresource. An rv in `value` must be the current one; none means an
-    /// unconditional update, as the real server allows for these types.
+    /// PUT (and the end of PATCH): `value` replaces `part` of the object. An rv in `value`
+    /// must be the current one; none means an unconditional update, as the real server
+    /// allows for these types.
     pub fn update(
         &mut self,
         key: &Key,
         mut value: Value,
-        status_only: bool,
+        part: Part,
     ) -> Result<Arc<Stored>, ApiError> {
+        let status_only = part == Part::Status;
         let r = &RESOURCES[key.0];
         let old = self
             .objects
@@ -564,7 +575,7 @@ impl Store {
                     }
                 }
             }
-        } else if r.status_subresource {
+        } else if r.status_subresource && part == Part::Main {
             match old_value.get("status") {
                 Some(status) => value["status"] = status.clone(),
                 None => {
@@ -577,6 +588,16 @@ impl Store {
         let causes = validate::metadata_causes(&value);
         if !causes.is_empty() {
             return Err(ApiError::invalid(r, &key.2, causes));
+        }
+        if r.kind == "Pod" && !status_only && pod_spec_changed(&old_value, &value) {
+            return Err(ApiError::invalid(
+                r,
+                &key.2,
+                vec![validate::pod_update_forbidden()],
+            ));
+        }
+        if r.kind == "Secret" {
+            validate::normalize_secret(r, &mut value)?;
         }
         let old_meta = &old_value["metadata"];
         let meta = &mut value["metadata"];
@@ -794,6 +815,35 @@ fn pod_grace_period(pod: &Value, requested: Option<i64>) -> i64 {
         .max(0)
 }
 
+/// Whether a pod update changes its spec beyond what the real server lets change after
+/// creation: container images, `activeDeadlineSeconds`, tolerations and
+/// `terminationGracePeriodSeconds`.
+fn pod_spec_changed(old: &Value, new: &Value) -> bool {
+    let mutable_stripped = |pod: &Value| {
+        let mut spec = pod["spec"].clone();
+        for list in ["containers", "initContainers"] {
+            if let Some(containers) = spec[list].as_array_mut() {
+                for container in containers {
+                    if let Some(c) = container.as_object_mut() {
+                        c.remove("image");
+                    }
+                }
+            }
+        }
+        if let Some(m) = spec.as_object_mut() {
+            for field in [
+                "activeDeadlineSeconds",
+                "tolerations",
+                "terminationGracePeriodSeconds",
+            ] {
+                m.remove(field);
+            }
+        }
+        spec
+    };
+    mutable_stripped(old) != mutable_stripped(new)
+}
+
 /// Whether anything but metadata and status changed (what bumps `generation`).
 fn spec_changed(old: &Value, new: &Value) -> bool {
     let strip = |v: &Value| {
@@ -874,7 +924,7 @@ mod tests {
             .create(leases(), Some("ns"), lease("a"), Origin::Client)
             .expect("created");
         let again = store
-            .update(&a.key(), a.to_value(), false)
+            .update(&a.key(), a.to_value(), Part::Main)
             .expect("updated");
         assert_eq!(again.rv, a.rv);
         assert_eq!(store.resource_version(), a.rv);

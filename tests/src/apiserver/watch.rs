@@ -80,6 +80,19 @@ impl WatchRequest {
     }
 }
 
+/// What a write looks like to a watch with selectors: `before` and `now` say whether the
+/// object matched before a MODIFIED and after the write. `None`: the watch sees nothing.
+fn event_type(kind: EventType, before: Option<bool>, now: bool) -> Option<&'static str> {
+    match (kind, before, now) {
+        (EventType::Added, _, true) => Some("ADDED"),
+        (EventType::Deleted, _, true) => Some("DELETED"),
+        (EventType::Modified, Some(true), true) => Some("MODIFIED"),
+        (EventType::Modified, Some(false) | None, true) => Some("ADDED"),
+        (EventType::Modified, Some(true), false) => Some("DELETED"),
+        _ => None,
+    }
+}
+
 fn expired_line(too_old: u64, oldest: u64) -> String {
     let status =
         ApiError::expired(format!("too old resource version: {too_old} ({oldest})")).to_status();
@@ -157,13 +170,8 @@ async fn run(cluster: Arc<Cluster>, request: WatchRequest, tx: mpsc::Sender<Byte
                 }
                 let now = request.selects(&event.object);
                 let before = event.previous.as_deref().map(|p| request.selects(p));
-                let kind = match (event.kind, before, now) {
-                    (EventType::Added, _, true) => "ADDED",
-                    (EventType::Deleted, _, true) => "DELETED",
-                    (EventType::Modified, Some(true), true) => "MODIFIED",
-                    (EventType::Modified, Some(false) | None, true) => "ADDED",
-                    (EventType::Modified, Some(true), false) => "DELETED",
-                    _ => continue,
+                let Some(kind) = event_type(event.kind, before, now) else {
+                    continue;
                 };
                 text.push_str(&request.line(kind, &event.object));
             }
@@ -202,5 +210,42 @@ async fn run(cluster: Arc<Cluster>, request: WatchRequest, tx: mpsc::Sender<Byte
             }
             () = tx.closed() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn objects_entering_or_leaving_the_selector_are_added_or_deleted() {
+        assert_eq!(
+            event_type(EventType::Modified, Some(true), true),
+            Some("MODIFIED")
+        );
+        assert_eq!(
+            event_type(EventType::Modified, Some(false), true),
+            Some("ADDED")
+        );
+        assert_eq!(
+            event_type(EventType::Modified, Some(true), false),
+            Some("DELETED")
+        );
+        assert_eq!(event_type(EventType::Modified, Some(false), false), None);
+        assert_eq!(event_type(EventType::Added, None, false), None);
+        assert_eq!(event_type(EventType::Deleted, None, true), Some("DELETED"));
+    }
+
+    #[test]
+    fn an_expired_start_is_an_error_event_with_a_410_status() {
+        let line = expired_line(5, 1200);
+        let event: serde_json::Value = serde_json::from_str(line.trim_end()).expect("JSON");
+        assert_eq!(event["type"], "ERROR");
+        assert_eq!(event["object"]["code"], 410);
+        assert_eq!(event["object"]["reason"], "Expired");
+        assert_eq!(
+            event["object"]["message"],
+            "too old resource version: 5 (1200)"
+        );
     }
 }

@@ -12,7 +12,7 @@ use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{
     Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions, WatchEvent,
@@ -391,17 +391,42 @@ async fn patches_merge_or_apply_json_patch_and_keep_system_fields() {
             .await,
     );
     assert_eq!(status.reason, "Conflict");
-    let apply = leases
+    let mut applied = lease("slot-0");
+    applied
+        .spec
+        .get_or_insert_with(Default::default)
+        .lease_duration_seconds = Some(15);
+    let applied = leases
         .patch(
             "slot-0",
             &PatchParams::apply("wave"),
-            &Patch::Apply(lease("slot-0")),
+            &Patch::Apply(applied),
+        )
+        .await
+        .expect("applied onto the lease");
+    let spec = applied.spec.expect("spec");
+    assert_eq!(spec.lease_duration_seconds, Some(15));
+    assert_eq!(spec.holder_identity.as_deref(), Some("machine-0"));
+    let fresh = leases
+        .patch(
+            "slot-7",
+            &PatchParams::apply("wave"),
+            &Patch::Apply(lease("slot-7")),
+        )
+        .await
+        .expect("apply creates a missing lease");
+    assert!(fresh.metadata.uid.is_some());
+    let unmanaged = leases
+        .patch(
+            "slot-7",
+            &PatchParams::default(),
+            &Patch::Apply(lease("slot-7")),
         )
         .await;
     assert_eq!(
-        status_of(apply).code,
-        415,
-        "server-side apply is not served"
+        status_of(unmanaged).code,
+        422,
+        "apply needs a field manager"
     );
 }
 
@@ -1044,4 +1069,406 @@ async fn injected_failures_answer_a_status_and_then_pass() {
         .map(|r| r.status)
         .collect();
     assert_eq!(creates, [503, 503, 201]);
+}
+
+/// A ReplicaSet as the Deployment controller writes one for a test.
+fn game_replica_set(i: usize) -> Value {
+    json!({"apiVersion": "apps/v1", "kind": "ReplicaSet",
+           "metadata": {"name": format!("game-{i:05}-7c9d8f6b5d"), "namespace": format!("team-{}", i % 20),
+                        "labels": {"testId": format!("t{}", i % 100), "pod-template-hash": "7c9d8f6b5d"}},
+           "spec": {"replicas": 480, "selector": {"matchLabels": {"testId": format!("t{}", i % 100)}},
+                    "template": {"metadata": {"labels": {"testId": format!("t{}", i % 100)}},
+                                 "spec": {"containers": [{"name": "game", "image": "example.com/game:1.0",
+                                                          "resources": {"requests": {"cpu": "3", "memory": "12Gi"}}}]}}}})
+}
+
+#[tokio::test]
+async fn twenty_thousand_replica_sets_are_listed_in_pages_and_watched() {
+    let api = ApiServer::start().await;
+    api.seed_all((0..20_000).map(game_replica_set));
+    let sets: Api<ReplicaSet> = Api::all(client(&api, USER).await);
+    let (reader, writer) = reflector::store();
+    let stream = reflector(writer, watcher(sets.clone(), watcher::Config::default()))
+        .applied_objects()
+        .boxed();
+    let task = tokio::spawn(stream.for_each(|_| async {}));
+    reader.wait_until_ready().await.expect("the cache fills");
+    assert_eq!(reader.state().len(), 20_000);
+    let lists = api.requests().iter().filter(|r| r.verb == "list").count();
+    assert_eq!(lists, 40, "kube's watcher lists in pages of 500");
+    let metadata = sets
+        .list_metadata(&ListParams::default())
+        .await
+        .expect("metadata list");
+    assert_eq!(metadata.items.len(), 20_000);
+    task.abort();
+}
+
+#[tokio::test]
+async fn held_watch_events_wait_while_gets_see_the_write() {
+    let api = ApiServer::start().await;
+    api.set_bookmark_interval(Duration::from_millis(50));
+    let leases = leases(&api).await;
+    let before = api.resource_version().to_string();
+    let mut events = leases
+        .watch(&WatchParams::default(), &before)
+        .await
+        .expect("watch")
+        .boxed();
+    api.hold_watch_events();
+    leases
+        .create(&PostParams::default(), &lease("slot-0"))
+        .await
+        .expect("created");
+    assert!(leases.get("slot-0").await.is_ok(), "a GET sees the write");
+    // Bookmarks go on, at the held version, and nothing else comes.
+    for _ in 0..3 {
+        match tokio::time::timeout(WAIT, events.try_next()).await {
+            Ok(Ok(Some(WatchEvent::Bookmark(b)))) => {
+                assert_eq!(b.metadata.resource_version, before)
+            }
+            other => panic!(
+                "expected a bookmark at the held version, got {:?}",
+                other.map(|o| o.map(|e| e.is_some()))
+            ),
+        }
+    }
+    api.release_watch_events();
+    match next_change(&mut events).await {
+        WatchEvent::Added(l) => assert_eq!(l.metadata.name.as_deref(), Some("slot-0")),
+        other => panic!("expected the held ADDED, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn finalizers_keep_a_deleted_object_until_they_are_removed() {
+    let api = ApiServer::start().await;
+    let maps: Api<ConfigMap> = Api::namespaced(client(&api, USER).await, NS);
+    let mut map = ConfigMap::default();
+    map.metadata.name = Some("guarded".to_string());
+    map.metadata.finalizers = Some(vec!["example.com/cleanup".to_string()]);
+    maps.create(&PostParams::default(), &map)
+        .await
+        .expect("created");
+    let answer = maps
+        .delete("guarded", &DeleteParams::default())
+        .await
+        .expect("deleted");
+    let pending = answer
+        .left()
+        .expect("a pending deletion answers with the object");
+    assert!(pending.metadata.deletion_timestamp.is_some());
+    assert!(
+        maps.get("guarded").await.is_ok(),
+        "it stays while a finalizer is left"
+    );
+    maps.patch(
+        "guarded",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .expect("finalizer removed");
+    assert_eq!(status_of(maps.get("guarded").await).code, 404);
+}
+
+#[tokio::test]
+async fn main_resource_writes_keep_the_status_and_spec_changes_bump_generation() {
+    let api = ApiServer::start().await;
+    let sets: Api<ReplicaSet> = Api::namespaced(client(&api, USER).await, NS);
+    let mut set: ReplicaSet = serde_json::from_value(game_replica_set(0)).expect("a ReplicaSet");
+    set.metadata.namespace = Some(NS.to_string());
+    set.status = Some(k8s_openapi::api::apps::v1::ReplicaSetStatus {
+        replicas: 9,
+        ..Default::default()
+    });
+    let created = sets
+        .create(&PostParams::default(), &set)
+        .await
+        .expect("created");
+    assert_eq!(created.metadata.generation, Some(1));
+    assert_eq!(
+        created.status.as_ref().map(|s| s.replicas),
+        Some(0),
+        "a client cannot create a status"
+    );
+
+    let mut scaled = created.clone();
+    scaled.spec.as_mut().expect("spec").replicas = Some(960);
+    scaled.status = Some(k8s_openapi::api::apps::v1::ReplicaSetStatus {
+        replicas: 5,
+        ..Default::default()
+    });
+    let scaled = sets
+        .replace("game-00000-7c9d8f6b5d", &PostParams::default(), &scaled)
+        .await
+        .expect("replaced");
+    assert_eq!(scaled.metadata.generation, Some(2));
+    assert_eq!(
+        scaled.status.as_ref().map(|s| s.replicas),
+        Some(0),
+        "status is written through /status only"
+    );
+
+    let mut observed = scaled.clone();
+    observed.status = Some(k8s_openapi::api::apps::v1::ReplicaSetStatus {
+        replicas: 960,
+        ..Default::default()
+    });
+    let updated = sets
+        .replace_status("game-00000-7c9d8f6b5d", &PostParams::default(), &observed)
+        .await
+        .expect("status replaced");
+    assert_eq!(updated.status.map(|s| s.replicas), Some(960));
+    assert_eq!(
+        updated.metadata.generation,
+        Some(2),
+        "a status write is not a spec change"
+    );
+}
+
+#[tokio::test]
+async fn deleting_a_job_orphans_its_pods_by_default_as_batch_v1_does() {
+    let api = ApiServer::start().await;
+    let job = api.seed(json!({"apiVersion": "batch/v1", "kind": "Job",
+                              "metadata": {"name": "report", "namespace": NS}, "spec": {"template": {}}}));
+    let mut pod = running_pod("report-x");
+    pod["metadata"]["ownerReferences"] = json!([{"apiVersion": "batch/v1", "kind": "Job", "name": "report",
+                                                 "uid": job["metadata"]["uid"], "controller": true}]);
+    api.seed(pod);
+    api.delete("batch/v1", "Job", Some(NS), "report");
+    assert!(api.get("batch/v1", "Job", Some(NS), "report").is_none());
+    let pod = api
+        .get("v1", "Pod", Some(NS), "report-x")
+        .expect("the pod stays");
+    assert!(pod["metadata"].get("ownerReferences").is_none(), "{pod}");
+}
+
+#[tokio::test]
+async fn a_streaming_list_watcher_fills_its_cache_from_the_initial_events() {
+    let api = ApiServer::start().await;
+    for i in 0..3 {
+        api.seed(game_replica_set(i));
+    }
+    let sets: Api<ReplicaSet> = Api::all(client(&api, USER).await);
+    let (reader, writer) = reflector::store();
+    let config = watcher::Config::default().streaming_lists();
+    let task = tokio::spawn(
+        reflector(writer, watcher(sets, config))
+            .applied_objects()
+            .for_each(|_| async {}),
+    );
+    tokio::time::timeout(WAIT, reader.wait_until_ready())
+        .await
+        .expect("the initial-events-end bookmark arrives")
+        .expect("the cache fills");
+    assert_eq!(reader.state().len(), 3);
+    assert!(
+        api.requests().iter().all(|r| r.verb == "watch"),
+        "no list was needed"
+    );
+    task.abort();
+}
+
+#[tokio::test]
+async fn pods_are_watched_per_node_with_a_field_selector() {
+    let api = ApiServer::start().await;
+    let pods: Api<Pod> = Api::all(client(&api, USER).await);
+    let mut events = pods
+        .watch(&WatchParams::default().fields("spec.nodeName=node-1"), "0")
+        .await
+        .expect("watch")
+        .boxed();
+    let mut elsewhere = running_pod("elsewhere");
+    elsewhere["spec"]["nodeName"] = json!("node-2");
+    api.seed(elsewhere);
+    api.seed(running_pod("here"));
+    match next_change(&mut events).await {
+        WatchEvent::Added(p) => assert_eq!(p.metadata.name.as_deref(), Some("here")),
+        other => panic!("expected the pod on node-1, got {other:?}"),
+    }
+    let unknown = pods
+        .list(&ListParams::default().fields("spec.hostname=x"))
+        .await;
+    assert_eq!(
+        status_of(unknown).message,
+        "field label not supported: spec.hostname"
+    );
+}
+
+#[tokio::test]
+async fn a_dry_run_is_refused_rather_than_written() {
+    let api = ApiServer::start().await;
+    let leases = leases(&api).await;
+    let status = status_of(
+        leases
+            .create(
+                &PostParams {
+                    dry_run: true,
+                    ..Default::default()
+                },
+                &lease("slot-0"),
+            )
+            .await,
+    );
+    assert_eq!(status.code, 400);
+    assert!(
+        api.list("coordination.k8s.io/v1", "Lease", Some(NS))
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn secrets_keep_string_data_as_base64_and_refuse_what_is_not() {
+    let api = ApiServer::start().await;
+    let secrets: Api<Secret> = Api::namespaced(client(&api, USER).await, NS);
+    let mut tls = Secret::default();
+    tls.metadata.name = Some("webhook-tls".to_string());
+    tls.type_ = Some("kubernetes.io/tls".to_string());
+    tls.string_data = Some([("tls.crt".to_string(), "CERT".to_string())].into());
+    let status = status_of(secrets.create(&PostParams::default(), &tls).await);
+    assert_eq!(status.code, 422);
+    assert_eq!(
+        status.message,
+        "Secret \"webhook-tls\" is invalid: data[tls.key]: Required value"
+    );
+
+    tls.string_data = Some(
+        [
+            ("tls.crt".to_string(), "CERT".to_string()),
+            ("tls.key".to_string(), "KEY".to_string()),
+        ]
+        .into(),
+    );
+    let stored = secrets
+        .create(&PostParams::default(), &tls)
+        .await
+        .expect("created");
+    assert!(stored.string_data.is_none());
+    let data = stored.data.expect("data");
+    assert_eq!(
+        data.get("tls.key").map(|b| b.0.as_slice()),
+        Some(b"KEY".as_slice())
+    );
+
+    let token = api.token(USER);
+    let bad = json!({"metadata": {"name": "bad"}, "data": {"k": "%%%"}});
+    let answer = raw(
+        &api,
+        "POST",
+        "/api/v1/namespaces/wave-tests/secrets",
+        Some(&token),
+        Some(&bad),
+    );
+    assert_eq!(answer.status, 400);
+    assert_eq!(
+        answer.body["message"],
+        "Secret in version \"v1\" cannot be handled as a Secret: illegal base64 data at input byte 0"
+    );
+}
+
+#[tokio::test]
+async fn the_all_namespaces_path_only_reads() {
+    let api = ApiServer::start().await;
+    let token = api.token(USER);
+    let body = json!({"metadata": {"name": "rs", "namespace": NS}});
+    let answer = raw(
+        &api,
+        "POST",
+        "/apis/apps/v1/replicasets",
+        Some(&token),
+        Some(&body),
+    );
+    assert_eq!(answer.status, 405);
+    assert_eq!(answer.body["reason"], "MethodNotAllowed");
+    assert_eq!(
+        raw(&api, "GET", "/apis/apps/v1/replicasets", Some(&token), None).status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn a_pod_update_may_change_images_but_not_the_rest_of_the_spec() {
+    let api = ApiServer::start().await;
+    api.seed(running_pod("machine-0"));
+    let pods: Api<Pod> = Api::namespaced(client(&api, USER).await, NS);
+    let mut pod = pods.get("machine-0").await.expect("pod");
+    pod.spec.as_mut().expect("spec").containers[0].image = Some("wave-agent:2".to_string());
+    let pod = pods
+        .replace("machine-0", &PostParams::default(), &pod)
+        .await
+        .expect("image changed");
+    let mut moved = pod.clone();
+    moved.spec.as_mut().expect("spec").node_name = Some("node-2".to_string());
+    let status = status_of(
+        pods.replace("machine-0", &PostParams::default(), &moved)
+            .await,
+    );
+    assert_eq!(status.code, 422);
+    assert!(
+        status.message.starts_with("Pod \"machine-0\" is invalid: spec: Forbidden: pod updates may not change fields other than"),
+        "{}",
+        status.message
+    );
+}
+
+#[test]
+fn the_test_side_updates_spec_and_status_in_one_write() {
+    let api = ApiServer::start_blocking();
+    let mut pod = api.seed(running_pod("machine-0"));
+    let before = api.resource_version();
+    pod["status"]["phase"] = json!("Succeeded");
+    pod["metadata"]["labels"] = json!({"done": "true"});
+    let updated = api.update(pod);
+    assert_eq!(updated["status"]["phase"], "Succeeded");
+    assert_eq!(updated["metadata"]["labels"]["done"], "true");
+    assert_eq!(api.resource_version(), before + 1, "one write");
+}
+
+#[tokio::test]
+async fn a_collection_delete_takes_only_the_selected_objects() {
+    let api = ApiServer::start().await;
+    for (name, app) in [("a", "game"), ("b", "game"), ("c", "db")] {
+        api.seed(json!({"apiVersion": "v1", "kind": "ConfigMap",
+                        "metadata": {"name": name, "namespace": NS, "labels": {"app": app}}}));
+    }
+    let maps: Api<ConfigMap> = Api::namespaced(client(&api, USER).await, NS);
+    let deleted = maps
+        .delete_collection(
+            &DeleteParams::default(),
+            &ListParams::default().labels("app=game"),
+        )
+        .await
+        .expect("deleted");
+    let names: Vec<String> = deleted
+        .left()
+        .expect("the deleted objects are listed")
+        .items
+        .into_iter()
+        .filter_map(|c| c.metadata.name)
+        .collect();
+    assert_eq!(names, ["a", "b"]);
+    let left: Vec<Value> = api.list("v1", "ConfigMap", Some(NS));
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0]["metadata"]["name"], "c");
+}
+
+#[tokio::test]
+async fn the_kubelets_status_patch_changes_only_the_status() {
+    let api = ApiServer::start().await;
+    api.seed(running_pod("machine-0"));
+    let pods: Api<Pod> = Api::namespaced(client(&api, USER).await, NS);
+    let patch = json!({"status": {"phase": "Failed", "reason": "Evicted"},
+                       "spec": {"nodeName": "node-9"}});
+    let patched = pods
+        .patch_status("machine-0", &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .expect("status patched");
+    let status = patched.status.expect("status");
+    assert_eq!(status.phase.as_deref(), Some("Failed"));
+    assert_eq!(status.reason.as_deref(), Some("Evicted"));
+    assert!(
+        patched.metadata.labels.is_none(),
+        "the status subresource writes the status only"
+    );
 }

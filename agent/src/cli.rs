@@ -9,6 +9,9 @@ use std::time::Duration;
 use clap::builder::BoolishValueParser;
 use clap::{Args, Parser, Subcommand};
 
+use crate::coordination::{Mode, SlotConfig};
+use crate::slots::Part;
+use crate::start::{Quorum, StartMode};
 use crate::store::{ChecksumMode, S3Options, StoreUrl};
 use crate::supervise::RestartPolicy;
 
@@ -151,6 +154,79 @@ pub struct RunArgs {
     )]
     pub s3_checksum: ChecksumMode,
 
+    /// Test part: the `testId` label's text after `--` (slots are counted per part).
+    #[arg(
+        long,
+        value_name = "WAVE_TEST_PART",
+        env = "WAVE_TEST_PART",
+        default_value = ""
+    )]
+    pub test_part: String,
+
+    /// M, the test part's machine count (SPEC 5.1).
+    #[arg(long, value_name = "WAVE_MACHINES", env = "WAVE_MACHINES")]
+    pub machines: Option<u32>,
+
+    /// How the pod claims its slot: `kubernetes` (Leases), `off`, or `file:///dir/`.
+    #[arg(
+        long,
+        value_name = "WAVE_COORDINATION",
+        env = "WAVE_COORDINATION",
+        default_value = "off"
+    )]
+    pub coordination: Mode,
+
+    /// When agents start: `immediately`, `together`, or an RFC 3339 time.
+    #[arg(
+        long,
+        value_name = "WAVE_START",
+        env = "WAVE_START",
+        default_value = "immediately"
+    )]
+    pub start: StartMode,
+
+    /// Share of the machines that must be ready before a `together` start.
+    #[arg(
+        long,
+        value_name = "WAVE_START_QUORUM",
+        env = "WAVE_START_QUORUM",
+        default_value = "100%"
+    )]
+    pub start_quorum: Quorum,
+
+    /// How long a `together` start waits for the quorum before starting without the rest.
+    #[arg(long, value_name = "WAVE_START_TIMEOUT", env = "WAVE_START_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
+    pub start_timeout: Duration,
+
+    /// First player number of this test part.
+    #[arg(
+        long,
+        value_name = "WAVE_PART_PLAYER_OFFSET",
+        env = "WAVE_PART_PLAYER_OFFSET",
+        default_value_t = 0
+    )]
+    pub part_player_offset: u64,
+
+    /// Agents of the whole pod (all containers); defaults to this container's.
+    #[arg(long, value_name = "WAVE_POD_AGENTS", env = "WAVE_POD_AGENTS")]
+    pub pod_agents: Option<u32>,
+
+    /// The pod's UID: owner of its slot Lease.
+    #[arg(long, value_name = "POD_UID", env = "POD_UID")]
+    pub pod_uid: Option<String>,
+
+    /// The pod's namespace: where its slot Leases live.
+    #[arg(long, value_name = "POD_NAMESPACE", env = "POD_NAMESPACE")]
+    pub pod_namespace: Option<String>,
+
+    /// An Indexed Job pod's index, set by the Job controller: its slot.
+    #[arg(
+        long,
+        value_name = "JOB_COMPLETION_INDEX",
+        env = "JOB_COMPLETION_INDEX"
+    )]
+    pub job_completion_index: Option<u32>,
+
     /// Agent command and its arguments; defaults to `<work>/script/run`.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<OsString>,
@@ -174,6 +250,28 @@ impl RunArgs {
             path_style: self.s3_path_style,
             checksum: self.s3_checksum,
             ..S3Options::default()
+        }
+    }
+
+    /// What the slot claim needs to know about this container.
+    pub fn slot_config(&self) -> SlotConfig {
+        let pod_agents = self.pod_agents.unwrap_or(self.agents).max(self.agents);
+        SlotConfig {
+            mode: self.coordination.clone(),
+            part: Part {
+                test_id: self.test_id.clone(),
+                part: self.test_part.clone(),
+            },
+            machines: self.machines,
+            pod: self.pod(),
+            uid: self.pod_uid.clone(),
+            namespace: self.pod_namespace.clone(),
+            job_index: self.job_completion_index,
+            agents: self.agents,
+            pod_agents,
+            earlier_agents: self.container_index.saturating_mul(self.agents),
+            part_player_offset: self.part_player_offset,
+            players_per_agent: self.players_per_agent,
         }
     }
 
@@ -257,6 +355,40 @@ mod tests {
             S3Options::default()
         );
         assert!(parse(&["--s3-path-style=maybe"]).is_err());
+    }
+
+    #[test]
+    fn reads_the_slot_and_start_settings() {
+        let run = parse(&[
+            "--coordination",
+            "file:///tmp/slots/",
+            "--machines",
+            "3",
+            "--start",
+            "together",
+            "--start-quorum",
+            "90%",
+            "--agents",
+            "5",
+            "--pod-agents",
+            "10",
+            "--container-index",
+            "1",
+        ])
+        .expect("valid");
+        let config = run.slot_config();
+        assert_eq!(config.mode, Mode::File("/tmp/slots/".into()));
+        assert_eq!(config.machines, Some(3));
+        assert_eq!(config.earlier_agents, 5);
+        assert_eq!(config.pod_agents, 10);
+        assert_eq!(run.start, StartMode::Together);
+        assert_eq!(run.start_quorum, Quorum(90));
+        let defaults = parse(&[]).expect("valid");
+        assert_eq!(defaults.coordination, Mode::Off);
+        assert_eq!(defaults.start, StartMode::Immediately);
+        let err = parse(&["--start", "tomorow"]).expect_err("invalid");
+        assert!(err.to_string().contains("is not a start"), "{err}");
+        assert!(parse(&["--coordination", "file://relative/"]).is_err());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! their output, uploads their results and exposes metrics for Prometheus (SPEC section 2).
 
 pub mod cli;
+pub mod coordination;
 pub mod error_chain;
 pub mod install;
 pub mod logs;
@@ -14,6 +15,9 @@ pub mod results;
 pub mod run;
 pub mod script;
 pub mod shutdown;
+pub mod slots;
+pub mod start;
+pub mod status;
 pub mod store;
 pub mod summary;
 pub mod supervise;

@@ -267,6 +267,8 @@ pub struct HttpState {
     pub registry: Arc<Registry>,
     /// Set once the agents have been started (or a completed test was found).
     pub ready: Arc<AtomicBool>,
+    /// What the supervisor waits for before the agents start (slot, start), for `/readyz`.
+    pub waiting: crate::coordination::Waiting,
 }
 
 /// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until `shutdown` resolves.
@@ -299,10 +301,18 @@ async fn metrics_handler(State(state): State<HttpState>) -> Response {
 
 async fn ready_handler(State(state): State<HttpState>) -> Response {
     if state.ready.load(Ordering::Acquire) {
-        (StatusCode::OK, "ready\n").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "agents not started yet\n").into_response()
+        return (StatusCode::OK, "ready\n").into_response();
     }
+    let waiting = state
+        .waiting
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let text = match waiting {
+        Some(why) => format!("agents not started yet: {why}\n"),
+        None => "agents not started yet\n".to_owned(),
+    };
+    (StatusCode::SERVICE_UNAVAILABLE, text).into_response()
 }
 
 #[cfg(test)]

@@ -58,6 +58,8 @@ impl Spawn for ProcessSpawner {
             .env("WAVE_AGENT_ID", config.agent_id(k))
             .env("PLAYERS_PER_AGENT", config.players_per_agent.to_string())
             .env("WAVE_OUTPUT_DIR", out_env)
+            .envs(config.placement.iter().flat_map(|p| p.agent_env(k)))
+            .envs(config.start_at.iter().map(|at| ("WAVE_START_AT", at)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -19,6 +19,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::cli::RunArgs;
+use crate::coordination::{
+    self, Claim, CoordinationError, CoordinationMetrics, Coordinator, Waiting,
+};
 use crate::error_chain::ErrorChain;
 use crate::logs::StdoutSink;
 use crate::metrics::{self, AgentMetrics, HttpState};
@@ -66,6 +69,8 @@ pub enum RunError {
     Supervise(#[from] SuperviseError),
     #[error(transparent)]
     Summary(#[from] SummaryError),
+    #[error(transparent)]
+    Coordination(#[from] CoordinationError),
 }
 
 /// How a run ended.
@@ -129,6 +134,8 @@ pub async fn run(
     let agent_metrics = AgentMetrics::register(&mut registry);
     let script_metrics = ScriptMetrics::register(&mut registry);
     let upload_metrics = UploadMetrics::register(&mut registry);
+    let coordination_metrics = CoordinationMetrics::register(&mut registry);
+    let waiting = Waiting::default();
     agent_metrics.set_players_configured(u64::from(args.agents) * args.players_per_agent);
 
     let address = listener.local_addr().map_err(RunError::MetricsAddress)?;
@@ -138,6 +145,7 @@ pub async fn run(
     let http = HttpState {
         registry: Arc::new(registry),
         ready: ready.clone(),
+        waiting: waiting.clone(),
     };
     let server = tokio::spawn(metrics::serve(
         listener,
@@ -193,6 +201,8 @@ pub async fn run(
                 work: &work,
                 agent_metrics: &agent_metrics,
                 script_metrics: &script_metrics,
+                coordination_metrics: &coordination_metrics,
+                waiting,
                 tracked,
                 ready,
                 stdout,
@@ -214,6 +224,9 @@ struct Test<'a> {
     work: &'a WorkDir,
     agent_metrics: &'a AgentMetrics,
     script_metrics: &'a ScriptMetrics,
+    coordination_metrics: &'a CoordinationMetrics,
+    /// What `/readyz` says the supervisor waits for.
+    waiting: Waiting,
     tracked: Arc<Tracked>,
     ready: Arc<AtomicBool>,
     stdout: Option<StdoutSink>,
@@ -226,6 +239,23 @@ impl Test<'_> {
         shutdown: Shutdown,
     ) -> Result<RunOutcome, RunError> {
         let args = self.args;
+        // The slot comes first: agents never start without one (SPEC 5.1).
+        let slot_config = args.slot_config();
+        let mut coordinator = match coordination::claim(
+            &slot_config,
+            self.coordination_metrics,
+            &self.waiting,
+            &shutdown,
+        )
+        .await?
+        {
+            Claim::Off => None,
+            Claim::Held(coordinator) => Some(coordinator),
+            Claim::Stopped => {
+                info!("stopped while claiming a slot");
+                return Ok(RunOutcome::Stopped);
+            }
+        };
         if let Some(url) = &args.script_url {
             let store = Store::open(url, &args.s3_options())
                 .await
@@ -246,6 +276,19 @@ impl Test<'_> {
             }
         }
         let command = agent_command(&args.command, &self.work.script)?;
+        let start_at = match coordinator.as_mut() {
+            Some(c) => {
+                c.start(args.start, args.start_quorum, args.start_timeout, &shutdown)
+                    .await
+            }
+            None => coordination::start_without_slot(args.start, &shutdown).await,
+        };
+        let Some(start_at) = start_at else {
+            info!("stopped while waiting for the start");
+            return Ok(RunOutcome::Stopped);
+        };
+        let coordinator: Option<Arc<Coordinator>> = coordinator.map(Arc::from);
+        let placement = coordinator.as_ref().map(|c| c.placement.clone());
 
         let config = SuperviseConfig {
             agents: args.agents,
@@ -258,6 +301,8 @@ impl Test<'_> {
             restart: args.restart,
             max_restarts: args.max_restarts,
             stop_timeout: args.stop_timeout,
+            placement: placement.clone(),
+            start_at: Some(start_at.clone()),
         };
         let ctx = SuperviseContext {
             observer: Arc::new(self.agent_metrics.clone()),
@@ -276,7 +321,11 @@ impl Test<'_> {
                 sync_stop.clone(),
             ))
         });
-        let supervision = supervisor.run(shutdown.clone()).await;
+        let stopped_by = Arc::new(std::sync::Mutex::new(None));
+        let supervision_shutdown =
+            watch_part_stop(&shutdown, coordinator.clone(), stopped_by.clone());
+        let supervision = supervisor.run(supervision_shutdown).await;
+        let stopped_by = stopped_by.lock().unwrap_or_else(|p| p.into_inner()).take();
         sync_stop.cancel();
         let mut uploader = match syncing {
             Some(task) => Some(task.await.expect("the sync task does not panic")),
@@ -291,14 +340,21 @@ impl Test<'_> {
                 total_players: args.total_players,
                 players_per_agent: args.players_per_agent,
                 started_at,
+                part: args.test_part.clone(),
+                placement,
+                start_at: Some(start_at),
+                stopped: stopped_by.clone(),
             },
             &supervision,
             SystemTime::now(),
         );
         summary.write(&self.work.results, &self.work.root)?;
         report(&summary);
+        if let Some(coordinator) = &coordinator {
+            coordinator.mark_done().await;
+        }
 
-        if supervision.stopped {
+        if supervision.stopped && stopped_by.is_none() {
             if let Some(uploader) = uploader.as_mut() {
                 let deadline = Instant::now() + args.stop_timeout;
                 final_upload(uploader, deadline, &shutdown).await;
@@ -308,6 +364,38 @@ impl Test<'_> {
         self.agent_metrics.set_completed(true);
         after_completion(args, uploader.as_mut(), shutdown, summary.succeeded).await
     }
+}
+
+/// The shutdown the supervision obeys: the process's own requests, and a stop of the whole
+/// test part (SPEC 5.3), whose reason lands in `stopped_by`.
+fn watch_part_stop(
+    shutdown: &Shutdown,
+    coordinator: Option<Arc<Coordinator>>,
+    stopped_by: Arc<std::sync::Mutex<Option<String>>>,
+) -> Shutdown {
+    let supervision = Shutdown {
+        kill: shutdown.kill.clone(),
+        stop: shutdown.kill.child_token(),
+    };
+    let (process_stop, stop) = (shutdown.stop.clone(), supervision.stop.clone());
+    tokio::spawn(async move {
+        let part_stopped = async {
+            match &coordinator {
+                Some(c) => c.stopped().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = process_stop.cancelled() => {}
+            () = stop.cancelled() => return,
+            reason = part_stopped => {
+                info!("the test part was stopped ({reason}): stopping the agents");
+                *stopped_by.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
+            }
+        }
+        stop.cancel();
+    });
+    supervision
 }
 
 /// After every agent ended: upload until everything is in the store, then exit or stay up

@@ -9,6 +9,7 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
+use crate::slots::Placement;
 use crate::supervise::{AgentRecord, AgentState, ExitOutcome, Supervision};
 
 /// File name of the summary inside the results directory.
@@ -20,7 +21,8 @@ pub struct Summary {
     pub test_id: String,
     pub pod: String,
     pub container: u32,
-    /// True when every agent ended on its own (no shutdown request cut the test short).
+    /// True when every agent ended on its own (no shutdown request cut the test short), or
+    /// the test part was stopped (`stopped`): either way the test is over for this pod.
     pub completed: bool,
     /// True when every agent succeeded.
     pub succeeded: bool,
@@ -30,6 +32,21 @@ pub struct Summary {
     pub started_at: String,
     /// RFC 3339 time the summary was written.
     pub ended_at: String,
+    /// The test part (SPEC 5); empty for a test of one part.
+    #[serde(default)]
+    pub part: String,
+    /// m, the pod's slot; `null` without coordination.
+    #[serde(default)]
+    pub machine_index: Option<u32>,
+    /// M, the part's machine count.
+    #[serde(default)]
+    pub machines: Option<u32>,
+    /// `WAVE_START_AT`, the start the agents were given.
+    #[serde(default)]
+    pub start_at: Option<String>,
+    /// The reason the test part was stopped (SPEC 5.3), if it was.
+    #[serde(default)]
+    pub stopped: Option<String>,
     pub agents: Vec<AgentSummary>,
 }
 
@@ -40,6 +57,12 @@ pub struct AgentSummary {
     pub id: String,
     pub state: AgentState,
     pub players: u64,
+    /// g, the agent's number in the test part (SPEC 5.1).
+    #[serde(default)]
+    pub agent_number: Option<u64>,
+    /// The first of its players: it plays `[player_offset, player_offset + players)`.
+    #[serde(default)]
+    pub player_offset: Option<u64>,
     pub restarts: u32,
     /// Exit code of every run, in order (128 + signal for a killed process, 127 when the
     /// command could not be started; `null` for a run still going when the summary was written).
@@ -69,6 +92,10 @@ pub struct SummaryContext {
     pub total_players: Option<u64>,
     pub players_per_agent: u64,
     pub started_at: SystemTime,
+    pub part: String,
+    pub placement: Option<Placement>,
+    pub start_at: Option<String>,
+    pub stopped: Option<String>,
 }
 
 /// summary.json could not be written or read.
@@ -105,16 +132,21 @@ impl Summary {
             test_id: ctx.test_id.clone(),
             pod: ctx.pod.clone(),
             container: ctx.container,
-            completed: !supervision.stopped,
+            completed: !supervision.stopped || ctx.stopped.is_some(),
             succeeded: supervision.all_succeeded(),
             total_players: ctx.total_players,
             players_per_agent: ctx.players_per_agent,
             started_at: rfc3339(ctx.started_at),
             ended_at: rfc3339(ended_at),
+            part: ctx.part.clone(),
+            machine_index: ctx.placement.as_ref().map(|p| p.machine_index),
+            machines: ctx.placement.as_ref().map(|p| p.machines),
+            start_at: ctx.start_at.clone(),
+            stopped: ctx.stopped.clone(),
             agents: supervision
                 .agents
                 .iter()
-                .map(|a| agent_summary(a, ctx.players_per_agent))
+                .map(|a| agent_summary(a, ctx))
                 .collect(),
         }
     }
@@ -150,12 +182,14 @@ impl Summary {
     }
 }
 
-fn agent_summary(agent: &AgentRecord, players: u64) -> AgentSummary {
+fn agent_summary(agent: &AgentRecord, ctx: &SummaryContext) -> AgentSummary {
     AgentSummary {
         index: agent.index,
         id: agent.id.clone(),
         state: agent.state,
-        players,
+        players: ctx.players_per_agent,
+        agent_number: ctx.placement.as_ref().map(|p| p.agent_number(agent.index)),
+        player_offset: ctx.placement.as_ref().map(|p| p.player_offset(agent.index)),
         restarts: agent.restarts,
         exit_codes: agent
             .runs
@@ -190,6 +224,10 @@ mod tests {
             total_players: Some(200),
             players_per_agent: 100,
             started_at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+            part: String::new(),
+            placement: None,
+            start_at: None,
+            stopped: None,
         }
     }
 
@@ -242,6 +280,54 @@ mod tests {
         assert_eq!(json["agents"][1]["runs"][1]["outcome"], "signal");
         assert_eq!(json["agents"][1]["runs"][1]["signal"], 9);
         assert_eq!(json["agents"][0]["state"], "succeeded");
+    }
+
+    #[test]
+    fn records_the_part_slot_start_stop_and_agent_numbers() {
+        let mut ctx = ctx();
+        ctx.part = "p1".into();
+        ctx.placement = Some(Placement {
+            machine_index: 2,
+            machines: 3,
+            pod_agents: 2,
+            earlier_agents: 0,
+            part_player_offset: 1000,
+            players_per_agent: 100,
+        });
+        ctx.start_at = Some("2026-12-02T01:00:00.000Z".into());
+        ctx.stopped = Some("enough load".into());
+        let mut stopped = supervision();
+        stopped.stopped = true;
+        let json = serde_json::to_value(Summary::new(&ctx, &stopped, SystemTime::UNIX_EPOCH))
+            .expect("serializes");
+        assert_eq!(json["part"], "p1");
+        assert_eq!(json["machine_index"], 2);
+        assert_eq!(json["machines"], 3);
+        assert_eq!(json["start_at"], "2026-12-02T01:00:00.000Z");
+        assert_eq!(json["stopped"], "enough load");
+        assert_eq!(
+            json["completed"], true,
+            "a stopped part is over for this pod"
+        );
+        assert_eq!(json["agents"][1]["agent_number"], 5);
+        assert_eq!(json["agents"][1]["player_offset"], 1500);
+    }
+
+    #[test]
+    fn a_summary_written_before_coordination_still_reads() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let summary = Summary::new(&ctx(), &supervision(), SystemTime::UNIX_EPOCH);
+        let mut json = serde_json::to_value(&summary).expect("serializes");
+        for key in ["part", "machine_index", "machines", "start_at", "stopped"] {
+            json.as_object_mut().expect("an object").remove(key);
+        }
+        for agent in json["agents"].as_array_mut().expect("agents") {
+            let agent = agent.as_object_mut().expect("an object");
+            agent.remove("agent_number");
+            agent.remove("player_offset");
+        }
+        std::fs::write(dir.path().join(SUMMARY_FILE), json.to_string()).expect("write");
+        assert_eq!(Summary::load(dir.path()).expect("reads"), Some(summary));
     }
 
     #[test]

@@ -75,6 +75,10 @@ pub struct SuperviseConfig {
     pub restart: RestartPolicy,
     pub max_restarts: u32,
     pub stop_timeout: Duration,
+    /// The pod's slot, for each agent's number and player range (SPEC 5.1).
+    pub placement: Option<crate::slots::Placement>,
+    /// `WAVE_START_AT`, the start the agents were given (SPEC 5.2).
+    pub start_at: Option<String>,
 }
 
 impl SuperviseConfig {
@@ -746,6 +750,8 @@ mod tests {
             restart: RestartPolicy::OnFailure,
             max_restarts: 5,
             stop_timeout: Duration::from_secs(20),
+            placement: None,
+            start_at: None,
         };
         assert_eq!(config.agent_id(3), "pod-x-c1-a3");
         assert_eq!(config.output_dir(3), Path::new("/w/results/agent-3"));
@@ -900,6 +906,8 @@ mod tests {
             restart,
             max_restarts,
             stop_timeout: Duration::from_secs(20),
+            placement: None,
+            start_at: None,
         }
     }
 

@@ -6,6 +6,7 @@ use k8s_openapi::api::core::v1::Pod;
 
 use crate::catalog::{MachineType, closest};
 use crate::config::{Config, Os, SupervisorMode, check_bucket};
+use crate::coordination::{Coordination, PartSettings, RawPart};
 use crate::resources::ResourcePolicy;
 
 /// The label that marks a pod as a test machine: `<test-id>` or `<test-id>--<part>`.
@@ -13,7 +14,7 @@ pub const TEST_ID_LABEL: &str = "testId";
 /// Prefix of every annotation wave reads.
 pub const ANNOTATION_PREFIX: &str = "waveloadtest.io/";
 /// Every annotation wave reads, without the prefix.
-pub const ANNOTATIONS: [&str; 10] = [
+pub const ANNOTATIONS: [&str; 15] = [
     "inject",
     "total-players",
     "players-per-agent",
@@ -24,6 +25,11 @@ pub const ANNOTATIONS: [&str; 10] = [
     "script",
     "results",
     "supervisor",
+    "coordination",
+    "start",
+    "start-quorum",
+    "start-timeout",
+    "player-offset",
 ];
 
 /// Node label of the OS; also the default of `waveloadtest.io/os`.
@@ -80,6 +86,8 @@ pub struct Settings<'a> {
     pub(crate) script: String,
     pub(crate) results: String,
     pub(crate) supervisor: SupervisorMode,
+    /// Slots, start and player offset of the test part (SPEC 5).
+    pub(crate) part_settings: Box<PartSettings>,
 }
 
 /// The raw `waveloadtest.io/*` annotation values of a pod.
@@ -95,6 +103,7 @@ struct Raw<'a> {
     script: Option<&'a str>,
     results: Option<&'a str>,
     supervisor: Option<&'a str>,
+    part: RawPart<'a>,
 }
 
 impl<'a> Raw<'a> {
@@ -118,6 +127,11 @@ impl<'a> Raw<'a> {
                 "script" => &mut raw.script,
                 "results" => &mut raw.results,
                 "supervisor" => &mut raw.supervisor,
+                "coordination" => &mut raw.part.coordination,
+                "start" => &mut raw.part.start,
+                "start-quorum" => &mut raw.part.start_quorum,
+                "start-timeout" => &mut raw.part.start_timeout,
+                "player-offset" => &mut raw.part.player_offset,
                 unknown => {
                     let hint = closest(unknown, ANNOTATIONS)
                         .map(|s| format!("did you mean {ANNOTATION_PREFIX}{s}?"))
@@ -290,6 +304,7 @@ impl<'a> Settings<'a> {
             Some(v) => store_url("results", v)?,
             None => format!("s3://{}/results/{test_id}/", config.bucket),
         };
+        let part_settings = Box::new(PartSettings::read(&raw.part, &config.coordination)?);
         Ok(Reading::Mutate(Self {
             test_id,
             part,
@@ -303,13 +318,15 @@ impl<'a> Settings<'a> {
             script,
             results,
             supervisor,
+            part_settings,
         }))
     }
 
-    /// True when `TOTAL_PLAYERS` is not annotated, so the server has to look up the owner's
-    /// replicas; false means it never asks the API server about this pod.
+    /// True when `TOTAL_PLAYERS` is not annotated or the pod claims a slot (its
+    /// `WAVE_MACHINES` is the owner's replicas), so the server has to look up the owner;
+    /// false means it never asks the API server about this pod.
     pub fn needs_owner_replicas(&self) -> bool {
-        self.total_players.is_none()
+        self.total_players.is_none() || self.part_settings.coordination != Coordination::Off
     }
 }
 
@@ -343,10 +360,16 @@ mod tests {
     }
 
     #[test]
-    fn owner_replicas_are_needed_only_for_labelled_pods_without_total_players() {
+    fn owner_replicas_are_needed_unless_total_players_is_set_and_coordination_is_off() {
         assert_eq!(needs_owner_replicas(&mk_pod(1)), Some(true));
+        let annotated = wave(mk_pod(1), "total-players", "1234");
         assert_eq!(
-            needs_owner_replicas(&wave(mk_pod(1), "total-players", "1234")),
+            needs_owner_replicas(&annotated),
+            Some(true),
+            "WAVE_MACHINES is the owner's replicas"
+        );
+        assert_eq!(
+            needs_owner_replicas(&wave(annotated, "coordination", "off")),
             Some(false)
         );
         assert_eq!(

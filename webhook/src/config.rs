@@ -9,6 +9,7 @@ use k8s_openapi::api::core::v1::Toleration;
 use serde::Deserialize;
 
 use crate::catalog::{Amount, Catalog, MachineType};
+use crate::coordination::Coordination;
 use crate::resources::{ResourcePolicy, parse_cpu_millis, parse_memory_mib};
 
 /// How the supervisor is wired into a test machine (annotation `waveloadtest.io/supervisor`).
@@ -101,6 +102,8 @@ pub struct Config {
     /// Containers that are not test containers when the pod arrives with them: service-mesh
     /// proxies injected before wave. They get no agents, env, resources or wrapping.
     pub sidecar_containers: Vec<String>,
+    /// Default `WAVE_COORDINATION`: how pods claim their slot (SPEC 5.1).
+    pub coordination: Coordination,
     /// Machine types by name.
     #[serde(deserialize_with = "shape_only::<BTreeMap<String, CatalogEntryFile>, _, _>")]
     pub catalog: Catalog,
@@ -153,6 +156,7 @@ impl Default for Config {
             windows_private_ipv4_address: true,
             tolerations: Tolerations::default(),
             sidecar_containers: vec!["istio-proxy".to_string(), "linkerd-proxy".to_string()],
+            coordination: Coordination::Kubernetes,
             catalog: Catalog::builtin(),
         }
     }
@@ -422,6 +426,7 @@ mod tests {
         );
         assert!(c.instance_type_selector);
         assert!(c.windows_private_ipv4_address);
+        assert_eq!(c.coordination, Coordination::Kubernetes);
         assert!(c.tolerations.linux.is_empty());
         assert_eq!(c.tolerations.windows.len(), 1);
         assert_eq!(
@@ -466,6 +471,20 @@ mod tests {
         assert!(!c.instance_type_selector);
         assert!(c.windows_private_ipv4_address);
         assert_eq!(c.sidecar_containers, ["envoy"]);
+    }
+
+    #[test]
+    fn coordination_default_is_read_and_checked() {
+        let c = Config::from_yaml("coordination: file:///var/wave/slots/\n").expect("valid");
+        assert_eq!(
+            c.coordination,
+            Coordination::File("file:///var/wave/slots/".into())
+        );
+        let err = Config::from_yaml("coordination: kube\n").expect_err("invalid");
+        assert!(
+            err.to_string().contains("unknown coordination \"kube\""),
+            "{err}"
+        );
     }
 
     #[test]

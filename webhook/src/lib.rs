@@ -10,6 +10,7 @@ pub mod admission;
 pub mod annotations;
 pub mod catalog;
 pub mod config;
+pub mod coordination;
 mod errors;
 pub mod inject;
 pub mod metrics;

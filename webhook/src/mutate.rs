@@ -18,6 +18,7 @@ use crate::annotations::{
 };
 use crate::catalog::Amount;
 use crate::config::{Config, Os, SupervisorMode};
+use crate::coordination;
 use crate::patch;
 use crate::resources::{
     agents_per_container, format_cpu, format_memory, parse_cpu_millis, parse_memory_bytes, share,
@@ -104,9 +105,19 @@ fn mutated_copy(
         Some(n) => n,
         None => derive_total_players(replicas, settings.agents, settings.players_per_agent)?,
     };
+    let (machines, machines_warning) = coordination::machines(
+        replicas,
+        total_players,
+        settings.agents,
+        settings.players_per_agent,
+    );
     let mut out = pod.clone();
-    let mut warnings = Vec::new();
-    apply(&mut out, settings, total_players, config, &mut warnings)?;
+    let mut warnings = Vec::from_iter(machines_warning);
+    let totals = Totals {
+        players: total_players,
+        machines,
+    };
+    apply(&mut out, settings, totals, config, &mut warnings)?;
     Ok((out, warnings))
 }
 
@@ -136,6 +147,13 @@ fn derive_total_players(
             ),
         )),
     }
+}
+
+/// The test part's totals: `TOTAL_PLAYERS` and `WAVE_MACHINES`.
+#[derive(Clone, Copy)]
+struct Totals {
+    players: u64,
+    machines: u64,
 }
 
 /// The value wave gives an environment variable.
@@ -171,7 +189,7 @@ fn test_containers(containers: &[Container], config: &Config) -> Vec<bool> {
 fn apply(
     pod: &mut Pod,
     s: &Settings<'_>,
-    total_players: u64,
+    totals: Totals,
     config: &Config,
     warnings: &mut Vec<String>,
 ) -> Result<(), Denial> {
@@ -229,7 +247,7 @@ fn apply(
             })?;
         let env = [
             ("TEST_ID", EnvValue::Plain(s.test_id.to_string())),
-            ("TOTAL_PLAYERS", EnvValue::Plain(total_players.to_string())),
+            ("TOTAL_PLAYERS", EnvValue::Plain(totals.players.to_string())),
             (
                 "PLAYERS_PER_AGENT",
                 EnvValue::Plain(s.players_per_agent.to_string()),
@@ -248,6 +266,31 @@ fn apply(
             ("POD_NAMESPACE", EnvValue::Field("metadata.namespace")),
             ("POD_UID", EnvValue::Field("metadata.uid")),
             ("NODE_NAME", EnvValue::Field("spec.nodeName")),
+            (
+                "WAVE_MACHINES",
+                EnvValue::Plain(totals.machines.to_string()),
+            ),
+            (
+                "WAVE_COORDINATION",
+                EnvValue::Plain(s.part_settings.coordination.to_string()),
+            ),
+            (
+                "WAVE_START",
+                EnvValue::Plain(s.part_settings.start.to_string()),
+            ),
+            (
+                "WAVE_START_QUORUM",
+                EnvValue::Plain(format!("{}%", s.part_settings.start_quorum)),
+            ),
+            (
+                "WAVE_START_TIMEOUT",
+                EnvValue::Plain(s.part_settings.start_timeout.clone()),
+            ),
+            (
+                "WAVE_PART_PLAYER_OFFSET",
+                EnvValue::Plain(s.part_settings.player_offset.to_string()),
+            ),
+            ("WAVE_POD_AGENTS", EnvValue::Plain(s.agents.to_string())),
         ];
         for (name, value) in env {
             add_env(container, name, value, warnings);
@@ -695,8 +738,62 @@ mod tests {
                 "POD_NAMESPACE",
                 "POD_UID",
                 "NODE_NAME",
+                "WAVE_MACHINES",
+                "WAVE_COORDINATION",
+                "WAVE_START",
+                "WAVE_START_QUORUM",
+                "WAVE_START_TIMEOUT",
+                "WAVE_PART_PLAYER_OFFSET",
+                "WAVE_POD_AGENTS",
             ]
         );
+    }
+
+    #[test]
+    fn test_part_env_comes_from_the_owner_and_the_annotations() {
+        let (pod, warnings) = mutated(&mk_pod(1));
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let c = &containers(&pod)[0];
+        assert_eq!(env(c, "WAVE_MACHINES"), Some("480"));
+        assert_eq!(env(c, "WAVE_COORDINATION"), Some("kubernetes"));
+        assert_eq!(env(c, "WAVE_START"), Some("immediately"));
+        assert_eq!(env(c, "WAVE_START_QUORUM"), Some("100%"));
+        assert_eq!(env(c, "WAVE_START_TIMEOUT"), Some("10m"));
+        assert_eq!(env(c, "WAVE_PART_PLAYER_OFFSET"), Some("0"));
+        assert_eq!(env(c, "WAVE_POD_AGENTS"), Some("10"));
+
+        let pod = wave(mk_pod(1), "start", "together");
+        let pod = wave(pod, "start-quorum", "95%");
+        let pod = wave(pod, "player-offset", "480000");
+        let pod = wave(pod, "total-players", "3000");
+        let (pod, _) = admit(&pod, OwnerReplicas::Known(7), &Config::default());
+        let c = &containers(&pod)[0];
+        assert_eq!(
+            env(c, "WAVE_MACHINES"),
+            Some("7"),
+            "the owner's replicas win over total-players"
+        );
+        assert_eq!(env(c, "WAVE_START"), Some("together"));
+        assert_eq!(env(c, "WAVE_START_QUORUM"), Some("95%"));
+        assert_eq!(env(c, "WAVE_PART_PLAYER_OFFSET"), Some("480000"));
+    }
+
+    #[test]
+    fn machines_without_a_readable_owner_are_derived_from_total_players_with_a_warning() {
+        let pod = wave(mk_pod(1), "total-players", "3000");
+        let (out, warnings) = admit(
+            &pod,
+            OwnerReplicas::Unavailable("no API server".into()),
+            &Config::default(),
+        );
+        assert_eq!(env(&containers(&out)[0], "WAVE_MACHINES"), Some("3"));
+        assert!(
+            warnings.iter().any(|w| w.contains("WAVE_MACHINES=3")),
+            "{warnings:?}"
+        );
+        let (out, warnings) = admit(&pod, OwnerReplicas::NoOwner, &Config::default());
+        assert_eq!(env(&containers(&out)[0], "WAVE_MACHINES"), Some("3"));
+        assert!(warnings.is_empty(), "{warnings:?}");
     }
 
     #[test]
@@ -1160,7 +1257,7 @@ mod tests {
         let Ok(Reading::Mutate(settings)) = Settings::read(&pod, &config) else {
             panic!("a pod to mutate");
         };
-        assert!(!settings.needs_owner_replicas());
+        assert!(settings.needs_owner_replicas(), "for WAVE_MACHINES");
         let (pod, _) = admit(&pod, OwnerReplicas::NoOwner, &config);
         assert_eq!(env(&containers(&pod)[0], "TOTAL_PLAYERS"), Some("1234"));
     }

@@ -1,7 +1,9 @@
 //! The contract between the halves, end to end: the example Deployment's pod goes through
-//! the webhook over HTTPS (owner lookup through the kube client), the patched pod is run the
-//! way the kubelet would run it, its supervisor fetches the script from a real S3 server,
-//! runs the agents and uploads to the SPEC 3 layout, and a real Prometheus scrapes it.
+//! the webhook over HTTPS (owner lookup through the kube client), three copies of the
+//! patched pod are run the way the kubelet would run them, their supervisors claim slots
+//! 0-2 as Leases, start together, fetch the script from a real S3 server, run agents that
+//! play disjoint player ranges and upload to the SPEC 3 layout, and a real Prometheus
+//! scrapes one of them.
 
 use std::collections::BTreeMap;
 use std::process::Stdio;
@@ -272,7 +274,10 @@ async fn example_test_runs_from_deployment_to_s3_and_prometheus() {
             .await;
     }
     let api = ApiServer::start().await;
-    let deployment = api.seed_typed(&example_deployment());
+    // The example scaled to three machines.
+    let mut example = example_deployment();
+    example.spec.as_mut().expect("spec").replicas = Some(3);
+    let deployment = api.seed_typed(&example);
     let replica_set = api.seed_typed(&replica_set(&deployment));
     let tls = TlsFiles::new();
     let webhook = Webhook::start(&tls, &api, s3.bucket()).await;
@@ -290,10 +295,13 @@ async fn example_test_runs_from_deployment_to_s3_and_prometheus() {
     assert_eq!(value("TEST_ID").as_deref(), Some(TEST_ID));
     assert_eq!(
         value("TOTAL_PLAYERS").as_deref(),
-        Some("480000"),
-        "480 replicas × 10 agents × 100 players"
+        Some("3000"),
+        "3 replicas × 10 agents × 100 players"
     );
     assert_eq!(value("WAVE_AGENTS").as_deref(), Some("10"));
+    assert_eq!(value("WAVE_MACHINES").as_deref(), Some("3"));
+    assert_eq!(value("WAVE_COORDINATION").as_deref(), Some("kubernetes"));
+    assert_eq!(value("WAVE_START").as_deref(), Some("together"));
     assert_eq!(
         value("WAVE_SCRIPT_URL"),
         Some(format!("s3://{}/scripts/{TEST_ID}/", s3.bucket()))
@@ -301,70 +309,22 @@ async fn example_test_runs_from_deployment_to_s3_and_prometheus() {
     let reinvoked = webhook.admit(&client, &patched).await.0;
     assert_eq!(reinvoked, patched, "reinvocation changes nothing");
 
-    // The node side: the API server names the pod, the kubelet runs it.
-    let pod_name = format!("{REPLICA_SET}-x7k2p");
-    let volumes = tempfile::tempdir().expect("volumes");
-    let target_dir = workspace_bin("wave-agent")
-        .parent()
-        .expect("target dir")
-        .to_path_buf();
-    let local = LocalPod {
-        pod: &pod,
-        identity: PodIdentity {
-            name: pod_name.clone(),
-            namespace: NAMESPACE.into(),
-            uid: "0e9f8a7b-6c5d-4e3f-8a1b-2c3d4e5f6a7b".into(),
-            node_name: "ip-10-0-1-23.ec2.internal".into(),
-        },
-        volumes_root: volumes.path().to_path_buf(),
-        image_path: vec![target_dir],
-    };
-    local.create_volumes().expect("volumes");
-    for init in local.init_containers().expect("init containers") {
-        let status = Command::from(init.command())
-            .status()
-            .await
-            .expect("run init container");
-        assert!(status.success(), "init container {} failed", init.container);
+    // The node side: the API server names and stores each pod, the kubelet runs it. Three
+    // pods of the Deployment claim their slots as Leases owned by them, as the service
+    // account bound by manifests/examples/slots-rbac.yaml.
+    let mut pods = Vec::new();
+    for suffix in ["x7k2p", "a4m9q", "c2v8w"] {
+        let name = format!("{REPLICA_SET}-{suffix}");
+        let mut stored = patched.clone();
+        stored["metadata"]["name"] = json!(name);
+        stored["spec"]["nodeName"] = json!("ip-10-0-1-23.ec2.internal");
+        let uid = api.seed(stored)["metadata"]["uid"]
+            .as_str()
+            .expect("a stored pod has a uid")
+            .to_owned();
+        pods.push(start_pod(&pod, &name, &uid, &s3, &api).await);
     }
-    let mut containers = local.containers().expect("containers");
-    assert_eq!(containers.len(), 1);
-    let mut container = containers.remove(0);
-    assert_eq!(container.env_value("POD_NAME"), Some(pod_name.as_str()));
-    assert_eq!(container.env_value("POD_NAMESPACE"), Some(NAMESPACE));
-    assert_eq!(
-        container.env_value("NODE_NAME"),
-        Some("ip-10-0-1-23.ec2.internal")
-    );
-    // What the node provides outside the pod spec: S3 credentials (IRSA in a cluster), the
-    // work dir's local folder, and a port of its own (every pod has its own network
-    // namespace, this machine has one loopback: port 0, read back from the log).
-    for (key, value) in s3.agent_env() {
-        container.set_env(&key, value);
-    }
-    container.set_env(
-        "WAVE_WORK_DIR",
-        volumes.path().join("wave-work").display().to_string(),
-    );
-    container.set_env("WAVE_METRICS_PORT", "0");
-    container.set_env("WAVE_UPLOAD_INTERVAL", "1s");
-    container.set_env("WAVE_EXAMPLE_SECONDS", "4");
-    let supervisor_log = volumes.path().join("supervisor.log");
-    let mut supervisor = Command::from(container.command())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&supervisor_log).expect("supervisor log"))
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start the container's command");
-    let metrics_port = wait_for_value(
-        "the supervisor's metrics address",
-        Duration::from_secs(30),
-        || {
-            let log = std::fs::read_to_string(&supervisor_log).unwrap_or_default();
-            std::future::ready(metrics_address(&log).map(|address| address.port()))
-        },
-    )
-    .await;
+    let metrics_port = pods[0].metrics_port;
 
     // Prometheus sees the supervisor while it runs and after it completes.
     let target = format!("127.0.0.1:{metrics_port}");
@@ -386,59 +346,207 @@ async fn example_test_runs_from_deployment_to_s3_and_prometheus() {
         "10 agents × 100 players: {players}"
     );
 
-    // Everything every agent wrote is in S3, in the SPEC 3 layout.
-    let prefix = format!("results/{TEST_ID}/{pod_name}/c0/");
-    let summary_key = format!("{prefix}summary.json");
-    wait_for("summary.json in S3", Duration::from_secs(30), || async {
-        s3.list(&summary_key).await.len() == 1
-    })
-    .await;
-    let objects: BTreeMap<String, u64> = s3.list(&prefix).await.into_iter().collect();
-    for k in 0..10 {
-        for file in ["players.csv", "report.json", "stdout.log", "stderr.log"] {
-            let key = format!("{prefix}agent-{k}/{file}");
-            assert!(objects.contains_key(&key), "{key} missing from {objects:?}");
+    // Everything every agent wrote is in S3, in the SPEC 3 layout; the three pods hold
+    // slots 0-2 and their agents' players tile [0, 3 × 10 × 100).
+    let mut machines = Vec::new();
+    let mut offsets = Vec::new();
+    let mut start_ats = Vec::new();
+    for running in &pods {
+        let pod_name = &running.name;
+        let prefix = format!("results/{TEST_ID}/{pod_name}/c0/");
+        let summary_key = format!("{prefix}summary.json");
+        // The final upload lands every agent's files with the summary.
+        wait_for(
+            "the pod's results in S3",
+            Duration::from_secs(90),
+            || async {
+                let stored: BTreeMap<String, u64> = s3.list(&prefix).await.into_iter().collect();
+                stored.contains_key(&summary_key)
+                    && (0..10).all(|k| {
+                        let local = running
+                            .volumes
+                            .path()
+                            .join(format!("wave-work/results/agent-{k}/players.csv"));
+                        let size = std::fs::metadata(local).map(|m| m.len()).ok();
+                        stored.contains_key(&format!("{prefix}agent-{k}/report.json"))
+                            && stored
+                                .get(&format!("{prefix}agent-{k}/players.csv"))
+                                .copied()
+                                == size
+                    })
+            },
+        )
+        .await;
+        let objects: BTreeMap<String, u64> = s3.list(&prefix).await.into_iter().collect();
+        let summary: Value =
+            serde_json::from_slice(&s3.get(&summary_key).await).expect("summary.json is JSON");
+        assert_eq!(summary["test_id"], TEST_ID);
+        assert_eq!(summary["pod"], pod_name.as_str());
+        assert_eq!(summary["completed"], true);
+        assert_eq!(summary["part"], "p1");
+        assert_eq!(summary["machines"], 3);
+        machines.push(summary["machine_index"].as_u64().expect("a slot"));
+        start_ats.push(summary["start_at"].clone());
+        let agents = summary["agents"].as_array().expect("agents");
+        assert_eq!(agents.len(), 10);
+        for (k, agent) in agents.iter().enumerate() {
+            assert_eq!(agent["state"], "succeeded", "{agent}");
+            assert_eq!(agent["players"], 100);
+            let offset = agent["player_offset"].as_u64().expect("a player offset");
+            offsets.push(offset);
+            for file in ["players.csv", "report.json", "stdout.log", "stderr.log"] {
+                let key = format!("{prefix}agent-{k}/{file}");
+                assert!(objects.contains_key(&key), "{key} missing from {objects:?}");
+            }
+            let local_csv = running
+                .volumes
+                .path()
+                .join(format!("wave-work/results/agent-{k}/players.csv"));
+            let uploaded = s3.get(&format!("{prefix}agent-{k}/players.csv")).await;
+            assert_eq!(
+                uploaded,
+                std::fs::read(&local_csv).expect("local players.csv"),
+                "agent {k}'s results"
+            );
+            let text = String::from_utf8(uploaded).expect("a CSV");
+            assert_eq!(
+                text.lines().count(),
+                1 + 4 * 100,
+                "header + 4 s × 100 players"
+            );
+            // The example agent plays exactly its range.
+            let played: std::collections::BTreeSet<u64> = text
+                .lines()
+                .skip(1)
+                .filter_map(|l| l.split(',').nth(1)?.parse().ok())
+                .collect();
+            assert_eq!(
+                played,
+                (offset..offset + 100).collect(),
+                "agent {k} of {pod_name}"
+            );
         }
-        let local_csv = volumes
-            .path()
-            .join(format!("wave-work/results/agent-{k}/players.csv"));
-        let uploaded = s3.get(&format!("{prefix}agent-{k}/players.csv")).await;
-        assert_eq!(
-            uploaded,
-            std::fs::read(&local_csv).expect("local players.csv"),
-            "agent {k}'s results"
-        );
-        assert_eq!(
-            uploaded.iter().filter(|b| **b == b'\n').count(),
-            1 + 4 * 100,
-            "header + 4 s × 100 players"
-        );
     }
-    let summary: Value =
-        serde_json::from_slice(&s3.get(&summary_key).await).expect("summary.json is JSON");
-    assert_eq!(summary["test_id"], TEST_ID);
-    assert_eq!(summary["pod"], pod_name.as_str());
-    assert_eq!(summary["completed"], true);
-    let agents = summary["agents"].as_array().expect("agents");
-    assert_eq!(agents.len(), 10);
-    for agent in agents {
-        assert_eq!(agent["state"], "succeeded", "{agent}");
-        assert_eq!(agent["players"], 100);
-    }
-
-    // The supervisor stays up after completion, and stops cleanly on SIGTERM.
+    machines.sort_unstable();
+    assert_eq!(machines, [0, 1, 2]);
+    offsets.sort_unstable();
+    assert_eq!(offsets, (0..30).map(|g| g * 100).collect::<Vec<_>>());
     assert!(
-        supervisor.try_wait().expect("poll supervisor").is_none(),
-        "the supervisor stays up after completion"
+        start_ats
+            .iter()
+            .all(|a| a.is_string() && *a == start_ats[0]),
+        "one start-at: {start_ats:?}"
     );
-    let pid = supervisor.id().expect("running supervisor");
-    let pid = Pid::from_raw(i32::try_from(pid).expect("pids fit in i32"));
-    signal::kill(pid, Signal::SIGTERM).expect("SIGTERM the supervisor");
-    let status = tokio::time::timeout(Duration::from_secs(30), supervisor.wait())
-        .await
-        .expect("the supervisor exits after SIGTERM")
-        .expect("wait for the supervisor");
-    assert!(status.success(), "{status}");
+    let leases = api.list("coordination.k8s.io/v1", "Lease", Some(NAMESPACE));
+    let slot_leases = leases
+        .iter()
+        .filter(|l| l["metadata"]["labels"]["waveloadtest.io/slot"].is_string())
+        .count();
+    assert_eq!(slot_leases, 3, "{leases:?}");
+
+    // The supervisors stay up after completion, and stop cleanly on SIGTERM.
+    for mut running in pods {
+        let supervisor = &mut running.supervisor;
+        assert!(
+            supervisor.try_wait().expect("poll supervisor").is_none(),
+            "the supervisor stays up after completion"
+        );
+        let pid = supervisor.id().expect("running supervisor");
+        let pid = Pid::from_raw(i32::try_from(pid).expect("pids fit in i32"));
+        signal::kill(pid, Signal::SIGTERM).expect("SIGTERM the supervisor");
+        let status = tokio::time::timeout(Duration::from_secs(30), supervisor.wait())
+            .await
+            .expect("the supervisor exits after SIGTERM")
+            .expect("wait for the supervisor");
+        assert!(status.success(), "{status}");
+    }
+}
+
+/// The service account the example's test pods run as.
+const POD_USER: &str = "system:serviceaccount:wave-tests:wave-loadtest";
+
+/// One patched pod run the way the kubelet runs it.
+struct RunningPod {
+    name: String,
+    volumes: tempfile::TempDir,
+    supervisor: Child,
+    metrics_port: u16,
+}
+
+/// Runs the patched `pod` as pod `name` (uid `uid`): its volumes, init containers and its
+/// one container, with what the node provides outside the pod spec.
+async fn start_pod(pod: &Pod, name: &str, uid: &str, s3: &S3sFs, api: &ApiServer) -> RunningPod {
+    let volumes = tempfile::tempdir().expect("volumes");
+    let target_dir = workspace_bin("wave-agent")
+        .parent()
+        .expect("target dir")
+        .to_path_buf();
+    let local = LocalPod {
+        pod,
+        identity: PodIdentity {
+            name: name.to_owned(),
+            namespace: NAMESPACE.into(),
+            uid: uid.to_owned(),
+            node_name: "ip-10-0-1-23.ec2.internal".into(),
+        },
+        volumes_root: volumes.path().to_path_buf(),
+        image_path: vec![target_dir],
+    };
+    local.create_volumes().expect("volumes");
+    for init in local.init_containers().expect("init containers") {
+        let status = Command::from(init.command())
+            .status()
+            .await
+            .expect("run init container");
+        assert!(status.success(), "init container {} failed", init.container);
+    }
+    let mut containers = local.containers().expect("containers");
+    assert_eq!(containers.len(), 1);
+    let mut container = containers.remove(0);
+    assert_eq!(container.env_value("POD_NAME"), Some(name));
+    assert_eq!(container.env_value("POD_NAMESPACE"), Some(NAMESPACE));
+    assert_eq!(container.env_value("POD_UID"), Some(uid));
+    assert_eq!(
+        container.env_value("NODE_NAME"),
+        Some("ip-10-0-1-23.ec2.internal")
+    );
+    // What the node provides outside the pod spec: S3 credentials (IRSA in a cluster), the
+    // service account's API access (a kubeconfig here, the in-cluster token in a cluster),
+    // the work dir's local folder, and a port of its own (every pod has its own network
+    // namespace, this machine has one loopback: port 0, read back from the log).
+    for (key, value) in s3.agent_env() {
+        container.set_env(&key, value);
+    }
+    container.set_env("KUBECONFIG", api.kubeconfig(POD_USER).display().to_string());
+    container.set_env(
+        "WAVE_WORK_DIR",
+        volumes.path().join("wave-work").display().to_string(),
+    );
+    container.set_env("WAVE_METRICS_PORT", "0");
+    container.set_env("WAVE_UPLOAD_INTERVAL", "1s");
+    container.set_env("WAVE_EXAMPLE_SECONDS", "4");
+    let supervisor_log = volumes.path().join("supervisor.log");
+    let supervisor = Command::from(container.command())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&supervisor_log).expect("supervisor log"))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the container's command");
+    let metrics_port = wait_for_value(
+        "the supervisor's metrics address",
+        Duration::from_secs(30),
+        || {
+            let log = std::fs::read_to_string(&supervisor_log).unwrap_or_default();
+            std::future::ready(metrics_address(&log).map(|address| address.port()))
+        },
+    )
+    .await;
+    RunningPod {
+        name: name.to_owned(),
+        volumes,
+        supervisor,
+        metrics_port,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,6 +11,8 @@ mod apiserver;
 mod architecture;
 mod e2e;
 mod manifests;
+mod slots_file;
+mod slots_kube;
 mod supervisor;
 mod webhook_admission;
 mod webhook_binary;

@@ -474,6 +474,59 @@ fn podmonitor_and_scrape_config_keep_every_wave_metrics_port() {
 }
 
 #[test]
+fn slots_role_grants_the_supervisor_its_lease_and_pod_calls_to_the_test_pods() {
+    let root = workspace_root();
+    let docs = yaml_documents(
+        &std::fs::read_to_string(root.join("manifests/examples/slots-rbac.yaml"))
+            .expect("slots-rbac.yaml"),
+    );
+    let role = docs.iter().find(|d| d["kind"] == "Role").expect("a Role");
+    let verbs = |group: &str, resource: &str| -> Vec<String> {
+        role["rules"]
+            .as_array()
+            .expect("rules")
+            .iter()
+            .filter(|r| {
+                r["apiGroups"]
+                    .as_array()
+                    .is_some_and(|g| g.iter().any(|g| g == group))
+                    && r["resources"]
+                        .as_array()
+                        .is_some_and(|rs| rs.iter().any(|r| r == resource))
+            })
+            .flat_map(|r| r["verbs"].as_array().cloned().unwrap_or_default())
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect()
+    };
+    assert_eq!(
+        verbs("coordination.k8s.io", "leases"),
+        ["get", "list", "watch", "create", "delete"]
+    );
+    assert_eq!(verbs("", "pods"), ["get"]);
+    let binding = docs
+        .iter()
+        .find(|d| d["kind"] == "RoleBinding")
+        .expect("a RoleBinding");
+    assert_eq!(binding["roleRef"]["name"], role["metadata"]["name"]);
+    // Bound to the ServiceAccount the example test pods run as.
+    let example: Value = yaml_documents(
+        &std::fs::read_to_string(root.join("manifests/examples/loadtest-linux.yaml"))
+            .expect("example"),
+    )
+    .remove(0);
+    let account = &example["spec"]["template"]["spec"]["serviceAccountName"];
+    assert_eq!(binding["subjects"][0]["name"], *account);
+    assert_eq!(
+        binding["subjects"][0]["namespace"],
+        example["metadata"]["namespace"]
+    );
+    assert_eq!(
+        example["spec"]["template"]["metadata"]["annotations"]["waveloadtest.io/start"],
+        "together"
+    );
+}
+
+#[test]
 fn iam_policy_reads_scripts_and_writes_results_only() {
     let root = workspace_root();
     let policy: Value = serde_json::from_str(

@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod error_chain;
 pub mod install;
+pub mod ledger;
 pub mod logs;
 pub mod metrics;
 pub mod process;

@@ -299,7 +299,9 @@ impl Uploader {
                 }
                 (file, result)
             })
-            .buffer_unordered(PARALLEL_FILES);
+            // After a refusal, one file at a time: the first one still refused holds the
+            // others back, so a retry costs one request.
+            .buffer_unordered(if self.refused.is_some() { 1 } else { PARALLEL_FILES });
 
         let mut refusal = None;
         let mut last_save = Instant::now();
@@ -395,14 +397,18 @@ impl Uploader {
     }
 
     /// Syncs again and again, with backoff, until every file is confirmed or `deadline`
-    /// passes. The deadline also cuts off uploads already running (a multipart upload is
-    /// aborted, and the abort awaited); an upload under way when the flush starts keeps what
-    /// it sent.
+    /// passes (or the earlier deadline set through [`Uploader::cutoff`], also while the
+    /// flush runs). The deadline also cuts off uploads still running then (a multipart
+    /// upload is aborted, and the abort awaited).
     pub async fn flush(&mut self, deadline: Instant) -> Result<SyncReport, UploadError> {
-        self.cutoff_setter.set(deadline);
+        if self.cutoff.deadline().is_none_or(|set| deadline < set) {
+            self.cutoff_setter.set(deadline);
+        }
         let mut backoff = FIRST_BACKOFF;
         let mut last_error = None;
         loop {
+            // A shutdown may have moved the deadline since the flush started.
+            let deadline = self.cutoff.deadline().unwrap_or(deadline);
             let report = self.sync().await?;
             if report.is_complete() {
                 return Ok(report);
@@ -420,7 +426,10 @@ impl Uploader {
             if Instant::now() + wait >= deadline {
                 break;
             }
-            tokio::time::sleep(wait).await;
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = self.cutoff.reached() => break,
+            }
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
         let pending: Vec<(LocalFile, Plan)> = scan(&self.local)

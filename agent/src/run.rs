@@ -33,6 +33,10 @@ use crate::supervise::{
     AgentCommand, AgentState, SuperviseConfig, SuperviseContext, SuperviseError, Supervisor,
 };
 
+/// Where the store's confirmations are kept, relative to the work directory (outside the
+/// results, so it is not uploaded itself).
+const UPLOAD_LEDGER: &str = "state/uploads.json";
+
 /// How long "until it is done" is for an upload nobody is waiting on.
 const NO_DEADLINE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
@@ -165,7 +169,10 @@ pub async fn run(
                 })?;
             let remote = Uploader::destination(url, &pod, args.container_index);
             info!("results go to {remote}");
-            Some(Uploader::new(store, &work.results, remote, upload_metrics))
+            Some(
+                Uploader::new(store, &work.results, remote, upload_metrics)
+                    .with_ledger(work.root.join(UPLOAD_LEDGER)),
+            )
         }
         None => {
             info!(
@@ -270,16 +277,33 @@ impl Test<'_> {
 
         let sync_stop = shutdown.kill.child_token();
         let syncing = uploader.map(|uploader| {
-            tokio::spawn(sync_periodically(
-                uploader,
-                args.upload_interval,
-                sync_stop.clone(),
-            ))
+            (
+                uploader.cutoff(),
+                tokio::spawn(sync_periodically(
+                    uploader,
+                    args.upload_interval,
+                    sync_stop.clone(),
+                )),
+            )
         });
         let supervision = supervisor.run(shutdown.clone()).await;
+        // The final upload's budget starts now; a sync under way goes on within it (its
+        // finished files and parts are kept) instead of starting over.
+        let deadline = Instant::now() + args.stop_timeout;
+        if supervision.stopped
+            && let Some((cutoff, _)) = &syncing
+        {
+            cutoff.set(deadline);
+        }
         sync_stop.cancel();
         let mut uploader = match syncing {
-            Some(task) => Some(task.await.expect("the sync task does not panic")),
+            Some((cutoff, mut task)) => Some(tokio::select! {
+                done = &mut task => done.expect("the sync task does not panic"),
+                () = shutdown.kill.cancelled() => {
+                    cutoff.set(Instant::now());
+                    task.await.expect("the sync task does not panic")
+                }
+            }),
             None => None,
         };
 
@@ -300,7 +324,6 @@ impl Test<'_> {
 
         if supervision.stopped {
             if let Some(uploader) = uploader.as_mut() {
-                let deadline = Instant::now() + args.stop_timeout;
                 final_upload(uploader, deadline, &shutdown).await;
             }
             return Ok(RunOutcome::Stopped);
@@ -319,16 +342,27 @@ async fn after_completion(
     all_succeeded: bool,
 ) -> Result<RunOutcome, RunError> {
     if let Some(uploader) = uploader.as_deref_mut() {
+        let cutoff = uploader.cutoff();
+        let flush = uploader.flush(Instant::now() + NO_DEADLINE);
+        tokio::pin!(flush);
         let done = tokio::select! {
-            result = uploader.flush(Instant::now() + NO_DEADLINE) => {
+            result = &mut flush => {
                 log_upload(result);
                 true
             }
             () = shutdown.stop.cancelled() => false,
         };
         if !done {
-            let deadline = Instant::now() + args.stop_timeout;
-            final_upload(uploader, deadline, &shutdown).await;
+            // The flush under way goes on, now within the stop timeout.
+            info!("uploading results before exit");
+            cutoff.set(Instant::now() + args.stop_timeout);
+            tokio::select! {
+                result = &mut flush => log_upload(result),
+                () = shutdown.kill.cancelled() => {
+                    cutoff.set(Instant::now());
+                    log_upload(flush.await);
+                }
+            }
             return Ok(RunOutcome::Stopped);
         }
     }
@@ -344,12 +378,20 @@ async fn after_completion(
     Ok(RunOutcome::Stopped)
 }
 
-/// The upload at shutdown, bounded by `deadline` and cut short by a second request.
+/// The upload at shutdown, bounded by `deadline` and cut short by a second request (which
+/// still waits for the aborts of cut-off multipart uploads).
 async fn final_upload(uploader: &mut Uploader, deadline: Instant, shutdown: &Shutdown) {
     info!("uploading results before exit");
+    let cutoff = uploader.cutoff();
+    let flush = uploader.flush(deadline);
+    tokio::pin!(flush);
     tokio::select! {
-        result = uploader.flush(deadline) => log_upload(result),
-        () = shutdown.kill.cancelled() => warn!("final upload interrupted; some results were not uploaded"),
+        result = &mut flush => log_upload(result),
+        () = shutdown.kill.cancelled() => {
+            warn!("final upload interrupted; some results were not uploaded");
+            cutoff.set(Instant::now());
+            log_upload(flush.await);
+        }
     }
 }
 
@@ -373,16 +415,15 @@ async fn sync_periodically(
             _ = ticks.tick() => {}
             () = stop.cancelled() => return uploader,
         }
-        tokio::select! {
-            result = uploader.sync() => match result {
-                Ok(report) if report.uploaded_files > 0 => info!(
-                    "uploaded {} result files ({} bytes)",
-                    report.uploaded_files, report.uploaded_bytes
-                ),
-                Ok(_) => {}
-                Err(err) => warn!("{}", ErrorChain(&err)),
-            },
-            () = stop.cancelled() => return uploader,
+        // Not dropped at a stop: what is under way finishes (bounded by the uploader's
+        // cut-off) and the final flush only sends what is left.
+        match uploader.sync().await {
+            Ok(report) if report.uploaded_files > 0 => info!(
+                "uploaded {} result files ({} bytes)",
+                report.uploaded_files, report.uploaded_bytes
+            ),
+            Ok(_) => {}
+            Err(err) => warn!("{}", ErrorChain(&err)),
         }
     }
 }

@@ -447,8 +447,7 @@ impl S3Store {
         cutoff: &CutOff,
     ) -> Result<PutOutcome, MultipartError> {
         let url = format!("s3://{bucket}/{key}");
-        // Copied parts carry no checksum of ours, so an extension goes without them.
-        let with_checksums = self.options.checksum == ChecksumMode::WhenSupported && copied == 0;
+        let with_checksums = self.options.checksum == ChecksumMode::WhenSupported;
         let mut create = self
             .client
             .create_multipart_upload()
@@ -463,7 +462,9 @@ impl S3Store {
             .map_err(|e| self.error("start multipart upload of", url.clone(), e))?;
         let upload_id = upload.upload_id().unwrap_or_default().to_owned();
         let work = async {
-            let mut parts = self.copy_parts(bucket, key, &upload_id, copied).await?;
+            let mut parts = self
+                .copy_parts(bucket, key, &upload_id, copied, with_checksums)
+                .await?;
             let budget = MAX_PARTS.saturating_sub(parts.len() as u64).max(1);
             let part_size = self
                 .options
@@ -525,6 +526,7 @@ impl S3Store {
         key: &str,
         upload_id: &str,
         copied: u64,
+        with_checksums: bool,
     ) -> Result<Vec<CompletedPart>, MultipartError> {
         let url = format!("s3://{bucket}/{key}");
         let source = format!("{bucket}/{}", encode_key(key));
@@ -550,12 +552,15 @@ impl S3Store {
                         MultipartError::Store(e)
                     }
                 })?;
+            let result = out.copy_part_result();
             parts.push(
                 CompletedPart::builder()
                     .part_number(number)
-                    .set_e_tag(
-                        out.copy_part_result()
-                            .and_then(|r| r.e_tag())
+                    .set_e_tag(result.and_then(|r| r.e_tag()).map(str::to_owned))
+                    .set_checksum_crc32(
+                        result
+                            .and_then(|r| r.checksum_crc32())
+                            .filter(|_| with_checksums)
                             .map(str::to_owned),
                     )
                     .build(),

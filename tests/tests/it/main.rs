@@ -6,6 +6,7 @@ mod support;
 
 mod agent_prometheus;
 mod agent_s3;
+mod agent_s3_incremental;
 mod agent_s3_run;
 mod architecture;
 mod e2e;

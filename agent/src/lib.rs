@@ -12,6 +12,7 @@ pub mod process;
 pub mod procfs;
 pub mod reap;
 pub mod results;
+pub mod resume;
 pub mod run;
 pub mod script;
 pub mod shutdown;

@@ -24,6 +24,7 @@ use crate::logs::StdoutSink;
 use crate::metrics::{self, AgentMetrics, HttpState};
 use crate::process::ProcessSpawner;
 use crate::reap::{self, Tracked};
+use crate::resume::{self, Journal, Journaled};
 use crate::results::{UploadError, UploadMetrics, Uploader};
 use crate::script::{self, ScriptError, ScriptMetrics};
 use crate::shutdown::Shutdown;
@@ -36,6 +37,8 @@ use crate::supervise::{
 /// Where the store's confirmations are kept, relative to the work directory (outside the
 /// results, so it is not uploaded itself).
 const UPLOAD_LEDGER: &str = "state/uploads.json";
+/// The agents' runs, kept for a restarted supervisor (see [`crate::resume`]).
+const AGENT_JOURNAL: &str = "state/agents.json";
 
 /// How long "until it is done" is for an upload nobody is waiting on.
 const NO_DEADLINE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
@@ -266,13 +269,47 @@ impl Test<'_> {
             max_restarts: args.max_restarts,
             stop_timeout: args.stop_timeout,
         };
+        let journal_path = self.work.root.join(AGENT_JOURNAL);
+        let mut journal = match Journal::load(&journal_path) {
+            Ok(journal) => journal.unwrap_or_default(),
+            Err(err) => {
+                warn!("{}; starting every agent afresh", ErrorChain(&err));
+                Journal::default()
+            }
+        };
+        let supervisor_start = u32::try_from(journal.supervisor_starts.len()).unwrap_or(u32::MAX);
+        journal.supervisor_starts.push(SystemTime::now());
+        let history = resume::take_over(
+            std::mem::take(&mut journal.agents),
+            args.restart,
+            args.max_restarts,
+        );
+        if supervisor_start > 0 {
+            let ended = history.iter().filter(|a| a.state.is_final()).count();
+            info!(
+                "resuming the test (supervisor start {supervisor_start}): {ended} agents had ended and stay ended, {} start again",
+                history.len() - ended
+            );
+        }
+        journal.agents = history.clone();
+        if let Err(err) = journal.save(&journal_path) {
+            warn!("{}", ErrorChain(&err));
+        }
+        let earlier_runs = journal.earlier_runs(args.agents);
+        let supervisor_starts = journal.supervisor_starts.clone();
         let ctx = SuperviseContext {
-            observer: Arc::new(self.agent_metrics.clone()),
+            observer: Arc::new(Journaled::new(
+                self.agent_metrics.clone(),
+                journal_path,
+                journal,
+            )),
             ready: self.ready.clone(),
         };
-        let spawner = ProcessSpawner::new(config.clone(), self.tracked, self.stdout);
-        let supervisor = Supervisor::new(config, Arc::new(spawner), ctx)?;
-        let started_at = SystemTime::now();
+        let spawner = ProcessSpawner::new(config.clone(), self.tracked, self.stdout)
+            .with_earlier_runs(&earlier_runs);
+        let supervisor =
+            Supervisor::new(config, Arc::new(spawner), ctx)?.resume_from(history, supervisor_start);
+        let started_at = supervisor_starts[0];
         info!("starting {} agents", args.agents);
 
         let sync_stop = shutdown.kill.child_token();
@@ -315,6 +352,7 @@ impl Test<'_> {
                 total_players: args.total_players,
                 players_per_agent: args.players_per_agent,
                 started_at,
+                supervisor_starts,
             },
             &supervision,
             SystemTime::now(),

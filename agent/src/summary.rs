@@ -30,6 +30,10 @@ pub struct Summary {
     pub started_at: String,
     /// RFC 3339 time the summary was written.
     pub ended_at: String,
+    /// RFC 3339 start of each start of the supervisor on this work directory (more than one
+    /// when it was restarted mid-test and resumed it); each run names its start by index.
+    #[serde(default)]
+    pub supervisor_starts: Vec<String>,
     pub agents: Vec<AgentSummary>,
 }
 
@@ -54,6 +58,12 @@ pub struct AgentSummary {
 /// One run (start) of an agent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunSummary {
+    /// The run's `WAVE_RUN`: 0 for the agent's first start, then 1, 2, …
+    #[serde(default)]
+    pub run: u32,
+    /// Index into `supervisor_starts` of the supervisor that started it.
+    #[serde(default)]
+    pub supervisor_start: u32,
     pub started_at: String,
     pub ended_at: Option<String>,
     #[serde(flatten)]
@@ -69,6 +79,8 @@ pub struct SummaryContext {
     pub total_players: Option<u64>,
     pub players_per_agent: u64,
     pub started_at: SystemTime,
+    /// Every start of the supervisor, this one last.
+    pub supervisor_starts: Vec<SystemTime>,
 }
 
 /// summary.json could not be written or read.
@@ -111,6 +123,7 @@ impl Summary {
             players_per_agent: ctx.players_per_agent,
             started_at: rfc3339(ctx.started_at),
             ended_at: rfc3339(ended_at),
+            supervisor_starts: ctx.supervisor_starts.iter().copied().map(rfc3339).collect(),
             agents: supervision
                 .agents
                 .iter()
@@ -167,7 +180,10 @@ fn agent_summary(agent: &AgentRecord, players: u64) -> AgentSummary {
         runs: agent
             .runs
             .iter()
-            .map(|r| RunSummary {
+            .zip(0..)
+            .map(|(r, run)| RunSummary {
+                run,
+                supervisor_start: r.supervisor_start,
                 started_at: rfc3339(r.started_at),
                 ended_at: r.ended_at.map(rfc3339),
                 outcome: r.outcome.clone(),
@@ -190,6 +206,7 @@ mod tests {
             total_players: Some(200),
             players_per_agent: 100,
             started_at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+            supervisor_starts: vec![SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000)],
         }
     }
 
@@ -199,6 +216,7 @@ mod tests {
             started_at: t,
             ended_at: Some(t + Duration::from_secs(5)),
             outcome: Some(outcome),
+            supervisor_start: 0,
         };
         Supervision {
             agents: vec![

@@ -192,15 +192,19 @@ impl std::fmt::Display for ExitOutcome {
 }
 
 /// One start of an agent process.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunRecord {
     pub started_at: SystemTime,
     pub ended_at: Option<SystemTime>,
     pub outcome: Option<ExitOutcome>,
+    /// Which start of the supervisor (0 for the first, then one more per restart of the
+    /// supervisor on the same work directory) made this run.
+    #[serde(default)]
+    pub supervisor_start: u32,
 }
 
 /// Everything known about one agent.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AgentRecord {
     pub index: u32,
     pub id: String,
@@ -299,6 +303,9 @@ pub trait Observe: Send + Sync + 'static {
     fn agent_exited(&self, index: usize, outcome: &ExitOutcome);
     /// How many agents are in each state now.
     fn states(&self, counts: &HashMap<AgentState, usize>);
+    /// Everything known about the agents, after each change (to keep it across a restart
+    /// of the supervisor).
+    fn records(&self, _agents: &[AgentRecord]) {}
 }
 
 /// What the supervisor shares with the rest of the process.
@@ -334,6 +341,8 @@ pub struct Supervisor<S> {
     exits: JoinSet<Exited>,
     /// One timer per agent in backoff, resolving with its index when the restart is due.
     restarts: JoinSet<usize>,
+    /// Which start of the supervisor this is (see [`RunRecord::supervisor_start`]).
+    supervisor_start: u32,
 }
 
 impl<S: Spawn> Supervisor<S> {
@@ -369,7 +378,21 @@ impl<S: Spawn> Supervisor<S> {
             slots,
             exits: JoinSet::new(),
             restarts: JoinSet::new(),
+            supervisor_start: 0,
         })
+    }
+
+    /// Continues from what an earlier start of the supervisor recorded (see
+    /// [`crate::resume`]): agents in a final state are not started again, the others start
+    /// as run number `runs.len()` of theirs.
+    pub fn resume_from(mut self, history: Vec<AgentRecord>, supervisor_start: u32) -> Self {
+        for (slot, record) in self.slots.iter_mut().zip(history) {
+            slot.record.state = record.state;
+            slot.record.restarts = record.restarts;
+            slot.record.runs = record.runs;
+        }
+        self.supervisor_start = supervisor_start;
+        self
     }
 
     /// Runs the agents until they have all ended, or until `shutdown` stops them.
@@ -416,7 +439,10 @@ impl<S: Spawn> Supervisor<S> {
         for lane in 0..lanes {
             let spawner = self.spawner.clone();
             let stop = shutdown.stop.clone();
-            let indices: Vec<usize> = (lane..self.slots.len()).step_by(lanes).collect();
+            let indices: Vec<usize> = (lane..self.slots.len())
+                .step_by(lanes)
+                .filter(|&index| !self.slots[index].record.state.is_final())
+                .collect();
             batches.push(tokio::task::spawn_blocking(move || {
                 indices
                     .into_iter()
@@ -452,6 +478,7 @@ impl<S: Spawn> Supervisor<S> {
             started_at,
             ended_at: None,
             outcome: None,
+            supervisor_start: self.supervisor_start,
         });
         slot.record.state = AgentState::Running;
 
@@ -538,6 +565,8 @@ impl<S: Spawn> Supervisor<S> {
             *counts.entry(slot.record.state).or_insert(0) += 1;
         }
         self.ctx.observer.states(&counts);
+        let records: Vec<AgentRecord> = self.slots.iter().map(|s| s.record.clone()).collect();
+        self.ctx.observer.records(&records);
     }
 
     /// SIGTERM to every agent's process group, SIGKILL after the stop timeout (or at a

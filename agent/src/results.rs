@@ -202,7 +202,10 @@ pub struct Uploader {
 
 /// How one file's upload ended.
 enum FileResult {
-    Confirmed { confirmed: Confirmed, sent: u64 },
+    Confirmed {
+        confirmed: Confirmed,
+        sent: u64,
+    },
     /// Removed between the scan and the upload: nothing left to ship.
     Vanished,
     /// Not tried: a refusal earlier in this sync holds uploads back.
@@ -301,7 +304,11 @@ impl Uploader {
             })
             // After a refusal, one file at a time: the first one still refused holds the
             // others back, so a retry costs one request.
-            .buffer_unordered(if self.refused.is_some() { 1 } else { PARALLEL_FILES });
+            .buffer_unordered(if self.refused.is_some() {
+                1
+            } else {
+                PARALLEL_FILES
+            });
 
         let mut refusal = None;
         let mut last_save = Instant::now();
@@ -383,7 +390,11 @@ impl Uploader {
                         humantime::format_duration(MAX_REFUSAL_BACKOFF),
                     );
                 } else {
-                    tracing::debug!(reason = refusal.code(), "still refused; next retry in {}", humantime::format_duration(backoff));
+                    tracing::debug!(
+                        reason = refusal.code(),
+                        "still refused; next retry in {}",
+                        humantime::format_duration(backoff)
+                    );
                 }
             }
             None if report.uploaded_files > 0 && self.refused.is_some() => {

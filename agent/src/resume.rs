@@ -173,7 +173,10 @@ impl<O: Observe> Observe for Journaled<O> {
 
     fn records(&self, agents: &[AgentRecord]) {
         self.inner.records(agents);
-        let mut journal = self.journal.lock().expect("the journal lock is not poisoned");
+        let mut journal = self
+            .journal
+            .lock()
+            .expect("the journal lock is not poisoned");
         journal.agents = agents.to_vec();
         if let Err(err) = journal.save(&self.path) {
             tracing::warn!(
@@ -189,7 +192,12 @@ mod tests {
     use super::*;
     use crate::supervise::RunRecord;
 
-    fn agent(index: u32, state: AgentState, restarts: u32, outcomes: &[Option<ExitOutcome>]) -> AgentRecord {
+    fn agent(
+        index: u32,
+        state: AgentState,
+        restarts: u32,
+        outcomes: &[Option<ExitOutcome>],
+    ) -> AgentRecord {
         AgentRecord {
             index,
             id: format!("p-c0-a{index}"),
@@ -213,7 +221,12 @@ mod tests {
             vec![
                 agent(0, AgentState::Succeeded, 0, &[Some(ExitOutcome::Success)]),
                 agent(1, AgentState::Running, 0, &[None]),
-                agent(2, AgentState::Failed, 5, &[Some(ExitOutcome::Failure { code: 1 })]),
+                agent(
+                    2,
+                    AgentState::Failed,
+                    5,
+                    &[Some(ExitOutcome::Failure { code: 1 })],
+                ),
             ],
             RestartPolicy::OnFailure,
             5,
@@ -244,12 +257,20 @@ mod tests {
         );
         assert_eq!(never[0].state, AgentState::Failed);
         let waiting = take_over(
-            vec![agent(0, AgentState::Backoff, 1, &[Some(ExitOutcome::Failure { code: 3 })])],
+            vec![agent(
+                0,
+                AgentState::Backoff,
+                1,
+                &[Some(ExitOutcome::Failure { code: 3 })],
+            )],
             RestartPolicy::OnFailure,
             5,
         );
         assert_eq!(waiting[0].state, AgentState::Running);
-        assert_eq!(waiting[0].restarts, 1, "its restart was counted when it failed");
+        assert_eq!(
+            waiting[0].restarts, 1,
+            "its restart was counted when it failed"
+        );
     }
 
     #[test]

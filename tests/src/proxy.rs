@@ -58,7 +58,13 @@ impl CountingProxy {
                     server.try_clone().expect("clone socket"),
                 );
                 std::thread::spawn(move || {
-                    pump_counted(client_read, server_write, &counts, bytes_per_second, started)
+                    pump_counted(
+                        client_read,
+                        server_write,
+                        &counts,
+                        bytes_per_second,
+                        started,
+                    )
                 });
                 std::thread::spawn(move || pump(server, client));
             }
@@ -145,7 +151,10 @@ fn pump_counted(
 }
 
 fn count(haystack: &[u8], needle: &[u8]) -> usize {
-    haystack.windows(needle.len()).filter(|w| *w == needle).count()
+    haystack
+        .windows(needle.len())
+        .filter(|w| *w == needle)
+        .count()
 }
 
 #[cfg(test)]

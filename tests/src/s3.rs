@@ -541,7 +541,14 @@ admin_token = "{token}"
             );
         };
         garage(&["key", "import", &id, &secret, "-n", "read-only", "--yes"]);
-        garage(&["bucket", "allow", "--read", &self.access.bucket, "--key", &id]);
+        garage(&[
+            "bucket",
+            "allow",
+            "--read",
+            &self.access.bucket,
+            "--key",
+            &id,
+        ]);
         (id, secret)
     }
 }

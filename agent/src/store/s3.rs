@@ -478,7 +478,10 @@ impl S3Store {
                 first_number: first_new,
                 with_checksums,
             };
-            parts.extend(self.upload_parts(src, bucket, key, &upload_id, plan).await?);
+            parts.extend(
+                self.upload_parts(src, bucket, key, &upload_id, plan)
+                    .await?,
+            );
             let count = parts.len();
             self.client
                 .complete_multipart_upload()
@@ -602,44 +605,43 @@ impl S3Store {
         let with_checksums = plan.with_checksums;
         let pieces =
             ranges(to - from, plan.part_size).map(move |(start, end)| (from + start, from + end));
-        let mut parts: Vec<CompletedPart> =
-            futures::stream::iter(pieces.zip(plan.first_number..))
-                .map(|((start, end), number): ((u64, u64), i32)| {
-                    let url = url.clone();
-                    async move {
-                        let body = file_body(src, start, end - start).await?;
-                        let mut request = self
-                            .client
-                            .upload_part()
-                            .bucket(bucket)
-                            .key(key)
-                            .upload_id(upload_id)
-                            .part_number(number)
-                            .content_length((end - start) as i64)
-                            .body(body);
-                        if with_checksums {
-                            request = request.checksum_algorithm(ChecksumAlgorithm::Crc32);
-                        }
-                        let out = request
-                            .send()
-                            .await
-                            .map_err(|e| self.error("upload part of", url, e))?;
-                        Ok::<_, StoreError>(
-                            CompletedPart::builder()
-                                .part_number(number)
-                                .set_e_tag(out.e_tag().map(str::to_owned))
-                                .set_checksum_crc32(
-                                    out.checksum_crc32()
-                                        .filter(|_| with_checksums)
-                                        .map(str::to_owned),
-                                )
-                                .build(),
-                        )
+        let mut parts: Vec<CompletedPart> = futures::stream::iter(pieces.zip(plan.first_number..))
+            .map(|((start, end), number): ((u64, u64), i32)| {
+                let url = url.clone();
+                async move {
+                    let body = file_body(src, start, end - start).await?;
+                    let mut request = self
+                        .client
+                        .upload_part()
+                        .bucket(bucket)
+                        .key(key)
+                        .upload_id(upload_id)
+                        .part_number(number)
+                        .content_length((end - start) as i64)
+                        .body(body);
+                    if with_checksums {
+                        request = request.checksum_algorithm(ChecksumAlgorithm::Crc32);
                     }
-                })
-                .buffer_unordered(self.options.part_concurrency.max(1))
-                .try_collect()
-                .await?;
+                    let out = request
+                        .send()
+                        .await
+                        .map_err(|e| self.error("upload part of", url, e))?;
+                    Ok::<_, StoreError>(
+                        CompletedPart::builder()
+                            .part_number(number)
+                            .set_e_tag(out.e_tag().map(str::to_owned))
+                            .set_checksum_crc32(
+                                out.checksum_crc32()
+                                    .filter(|_| with_checksums)
+                                    .map(str::to_owned),
+                            )
+                            .build(),
+                    )
+                }
+            })
+            .buffer_unordered(self.options.part_concurrency.max(1))
+            .try_collect()
+            .await?;
         parts.sort_by_key(|p| p.part_number());
         Ok(parts)
     }

@@ -744,6 +744,10 @@ async fn a_cut_off_multipart_upload_is_aborted_before_it_returns() {
         .expect("the upload task does not panic")
         .expect_err("cut off");
     assert!(matches!(err, StoreError::CutOff { .. }), "{err}");
-    assert_eq!(in_progress().await, 0, "the multipart upload was left behind");
+    assert_eq!(
+        in_progress().await,
+        0,
+        "the multipart upload was left behind"
+    );
     assert!(garage.list("results/cut/").await.is_empty());
 }

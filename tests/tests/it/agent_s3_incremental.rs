@@ -103,7 +103,13 @@ async fn a_growing_file_is_extended_not_sent_again(s3: &S3Access) {
     assert!(
         text.contains(&format!(
             "wave_results_uploaded_bytes_total {}",
-            (0..24).map(|n| if n < 10 { (n + 1) * 512 * KIB as u64 } else { 512 * KIB as u64 }).sum::<u64>()
+            (0..24)
+                .map(|n| if n < 10 {
+                    (n + 1) * 512 * KIB as u64
+                } else {
+                    512 * KIB as u64
+                })
+                .sum::<u64>()
         )),
         "the counter agrees with the proxy on what was sent: {text}"
     );
@@ -115,7 +121,10 @@ async fn a_growing_file_is_extended_not_sent_again(s3: &S3Access) {
     fs::write(&path, &rewritten).expect("rewrite");
     let before = proxy.sent();
     uploader.sync().await.expect("sync");
-    assert!(proxy.sent() - before >= rewritten.len() as u64, "sent whole");
+    assert!(
+        proxy.sent() - before >= rewritten.len() as u64,
+        "sent whole"
+    );
     assert!(
         s3.get_unvalidated(key).await == rewritten,
         "the rewritten file is stored as it is"
@@ -290,7 +299,11 @@ async fn a_refused_upload_is_logged_once_counted_by_reason_and_retried_with_back
         .collect();
     assert_eq!(lines.len(), 1, "one log line for the cause:\n{output}");
     assert!(lines[0].contains("AccessDenied"), "{}", lines[0]);
-    assert!(lines[0].contains("s3:PutObject"), "says what to fix: {}", lines[0]);
+    assert!(
+        lines[0].contains("s3:PutObject"),
+        "says what to fix: {}",
+        lines[0]
+    );
     assert!(agent.try_wait().is_none(), "the test goes on:\n{output}");
     signal::kill(agent.pid(), Signal::SIGINT).expect("stop");
     agent.wait(Duration::from_secs(30)).await;

@@ -12,6 +12,7 @@ mod architecture;
 mod e2e;
 mod manifests;
 mod supervisor;
+mod supervisor_resume;
 mod webhook_admission;
 mod webhook_binary;
 mod webhook_https;

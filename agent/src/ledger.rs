@@ -31,6 +31,9 @@ pub struct Confirmed {
     pub inode: u64,
     /// [`fingerprint`] of the first `size` bytes.
     pub fingerprint: u64,
+    /// When the store confirmed them (seconds since the epoch).
+    #[serde(default)]
+    pub confirmed_at_s: u64,
 }
 
 /// A local file as a scan sees it.
@@ -74,6 +77,32 @@ pub fn plan(confirmed: Option<&Confirmed>, seen: &Seen) -> Plan {
         };
     }
     Plan::CheckPrefix { stored: *c }
+}
+
+/// How often a grown file is sent whole again while its stored copy is too small to be
+/// extended (below S3's minimum part size): each such send costs the whole file, so it
+/// waits until the file has grown [`GROWTH`]-fold, crossed the minimum, stopped growing, or
+/// waited `max_stale_s`. That bounds the cost of the small phase to a few times the
+/// minimum part size per file instead of one copy per sync.
+#[derive(Clone, Copy, Debug)]
+pub struct Pacing {
+    /// The smallest stored copy the store can extend (S3: 5 MiB; a directory: 0).
+    pub min_extend: u64,
+    pub now_s: u64,
+    pub max_stale_s: u64,
+}
+
+/// Growth factor between two whole sends of a small growing file.
+pub const GROWTH: u64 = 4;
+
+/// Whether the whole send of a grown file can wait for a later sync (see [`Pacing`]);
+/// `still` says the file did not change since the previous scan.
+pub fn defer_resend(stored: &Confirmed, seen: &Seen, still: bool, pacing: &Pacing) -> bool {
+    stored.size < pacing.min_extend
+        && seen.size < pacing.min_extend
+        && seen.size < stored.size.saturating_mul(GROWTH)
+        && !still
+        && pacing.now_s < stored.confirmed_at_s.saturating_add(pacing.max_stale_s)
 }
 
 /// The second decision, once the fingerprint of the confirmed prefix was read again.
@@ -251,6 +280,7 @@ mod tests {
         modified_ns: 7,
         inode: 42,
         fingerprint: 9,
+        confirmed_at_s: 1000,
     };
 
     fn seen(size: u64, modified_ns: u64, inode: u64) -> Seen {
@@ -282,6 +312,47 @@ mod tests {
         );
         assert_eq!(after_check(&C, 9), Plan::Extend { stored: 100 });
         assert_eq!(after_check(&C, 10), Plan::Whole);
+    }
+
+    #[test]
+    fn a_small_growing_file_is_resent_whole_only_when_it_is_worth_it() {
+        let pacing = Pacing {
+            min_extend: 1000,
+            now_s: 1010,
+            max_stale_s: 60,
+        };
+        let grown = |size| seen(size, 8, 42);
+        assert!(defer_resend(&C, &grown(150), false, &pacing));
+        assert!(
+            !defer_resend(&C, &grown(400), false, &pacing),
+            "grown fourfold"
+        );
+        assert!(
+            !defer_resend(&C, &grown(1000), false, &pacing),
+            "extendable next"
+        );
+        assert!(
+            !defer_resend(&C, &grown(150), true, &pacing),
+            "stopped growing"
+        );
+        let later = Pacing {
+            now_s: 1060,
+            ..pacing
+        };
+        assert!(
+            !defer_resend(&C, &grown(150), false, &later),
+            "waited long enough"
+        );
+        let empty = Confirmed { size: 0, ..C };
+        assert!(!defer_resend(&empty, &grown(1), false, &pacing));
+        let directory = Pacing {
+            min_extend: 0,
+            ..pacing
+        };
+        assert!(
+            !defer_resend(&C, &grown(150), false, &directory),
+            "appends are cheap"
+        );
     }
 
     #[test]

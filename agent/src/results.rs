@@ -11,7 +11,7 @@
 //! no permission) is logged once with what to fix and retried with a growing delay instead
 //! of at every sync. Local files are never deleted.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -170,6 +170,8 @@ const FIRST_REFUSAL_BACKOFF: Duration = Duration::from_secs(2);
 const MAX_REFUSAL_BACKOFF: Duration = Duration::from_secs(300);
 /// Shortest time between two ledger writes within a sync (it is always written at the end).
 const LEDGER_SAVE_EVERY: Duration = Duration::from_secs(1);
+/// Longest a small growing file waits between whole sends (see [`ledger::Pacing`]).
+const MAX_STALE: Duration = Duration::from_secs(60);
 
 /// Retries held back after a permanent refusal.
 #[derive(Debug)]
@@ -198,6 +200,8 @@ pub struct Uploader {
     refusals_in_a_row: u32,
     /// Refusals already logged with what to fix (until uploads work again).
     logged: HashSet<Refusal>,
+    /// Every file as the previous scan saw it (to tell a file that stopped growing).
+    last_seen: HashMap<String, Seen>,
 }
 
 /// How one file's upload ended.
@@ -234,6 +238,7 @@ impl Uploader {
             refused: None,
             refusals_in_a_row: 0,
             logged: HashSet::new(),
+            last_seen: HashMap::new(),
         }
     }
 
@@ -255,25 +260,45 @@ impl Uploader {
         self.cutoff_setter.clone()
     }
 
-    /// Uploads every file that is new or changed since the store last confirmed it.
+    /// Uploads every file that is new or changed since the store last confirmed it, but
+    /// for small growing files whose whole send can wait (see [`ledger::Pacing`]).
     ///
     /// A failed file is counted and left for the next sync; only an unreadable results
     /// directory is an error. While a permanent refusal holds uploads back, nothing is sent.
     pub async fn sync(&mut self) -> Result<SyncReport, UploadError> {
+        self.sync_paced(true).await
+    }
+
+    async fn sync_paced(&mut self, paced: bool) -> Result<SyncReport, UploadError> {
         let files = scan(&self.local).await?;
-        let changed: Vec<(LocalFile, Plan)> = files
-            .into_iter()
-            .filter_map(|f| match ledger::plan(self.ledger.get(&f.rel), &f.seen) {
-                Plan::Unchanged => None,
-                plan => Some((f, plan)),
-            })
-            .collect();
+        let pacing = ledger::Pacing {
+            min_extend: Store::min_extend_size(&self.remote),
+            now_s: unix_seconds(SystemTime::now()),
+            max_stale_s: MAX_STALE.as_secs(),
+        };
+        let mut deferred_bytes = 0;
+        let mut seen_now = HashMap::with_capacity(files.len());
+        let mut changed: Vec<(LocalFile, Plan)> = Vec::new();
+        for f in files {
+            let still = self.last_seen.get(&f.rel) == Some(&f.seen);
+            seen_now.insert(f.rel.clone(), f.seen);
+            match ledger::plan(self.ledger.get(&f.rel), &f.seen) {
+                Plan::Unchanged => {}
+                Plan::CheckPrefix { stored }
+                    if paced && ledger::defer_resend(&stored, &f.seen, still, &pacing) =>
+                {
+                    deferred_bytes += f.seen.size - stored.size;
+                }
+                plan => changed.push((f, plan)),
+            }
+        }
+        self.last_seen = seen_now;
         let pending_of = |file: &LocalFile, plan: &Plan| match plan {
             Plan::CheckPrefix { stored } => file.seen.size - stored.size,
             _ => file.seen.size,
         };
         self.metrics.pending_bytes.set(gauge_value(
-            changed.iter().map(|(f, p)| pending_of(f, p)).sum(),
+            deferred_bytes + changed.iter().map(|(f, p)| pending_of(f, p)).sum::<u64>(),
         ));
         let mut report = SyncReport::default();
         if let Some(refused) = &self.refused
@@ -361,7 +386,7 @@ impl Uploader {
         self.note_refusal(refusal, &report);
         self.metrics
             .pending_bytes
-            .set(gauge_value(report.pending_bytes));
+            .set(gauge_value(report.pending_bytes + deferred_bytes));
         Ok(report)
     }
 
@@ -420,7 +445,7 @@ impl Uploader {
         loop {
             // A shutdown may have moved the deadline since the flush started.
             let deadline = self.cutoff.deadline().unwrap_or(deadline);
-            let report = self.sync().await?;
+            let report = self.sync_paced(false).await?;
             if report.is_complete() {
                 return Ok(report);
             }
@@ -539,6 +564,7 @@ async fn upload_file(
                 modified_ns: file.seen.modified_ns,
                 inode: file.seen.inode,
                 fingerprint,
+                confirmed_at_s: unix_seconds(SystemTime::now()),
             },
             sent: outcome.bytes,
         },
@@ -547,6 +573,11 @@ async fn upload_file(
         }
         Err(e) => FileResult::Failed(e),
     }
+}
+
+fn unix_seconds(time: SystemTime) -> u64 {
+    time.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 fn gauge_value(bytes: u64) -> i64 {

@@ -478,6 +478,16 @@ impl Store {
         self.upload(src, url, &request).await
     }
 
+    /// The smallest stored object an upload to `url` can extend without sending it again
+    /// (S3: the minimum part size, since the stored copy becomes the first part; a
+    /// directory appends to anything).
+    pub fn min_extend_size(url: &StoreUrl) -> u64 {
+        match url {
+            StoreUrl::S3 { .. } => MIN_PART_SIZE,
+            StoreUrl::File { .. } => 0,
+        }
+    }
+
     /// Stores the first `request.len` bytes of `src` at `url`, extending what the store
     /// already holds when `request.stored` says so (see [`UploadRequest`]).
     pub async fn upload(

@@ -98,7 +98,9 @@ impl Journal {
     }
 }
 
-/// The agents as a new supervisor takes them over: one that had ended keeps its state; one
+/// The agents as a new supervisor takes them over: one that had ended on its own keeps its
+/// state; one stopped by a shutdown request runs again (as a restart, while restarts are
+/// left); one
 /// that was running or waiting for a restart when the supervisor died was killed with it
 /// (its last run, if unfinished, ends as killed by SIGKILL) and goes on as `policy` and
 /// `max_restarts` say for such an exit: restarted (counted as a restart) or failed.
@@ -109,6 +111,17 @@ pub fn take_over(
 ) -> Vec<AgentRecord> {
     const KILLED: ExitOutcome = ExitOutcome::Signal { signal: 9 };
     for agent in &mut agents {
+        if agent.stopped {
+            // Ended by a shutdown request, not on its own: it runs again.
+            agent.stopped = false;
+            if agent.restarts < max_restarts {
+                agent.restarts += 1;
+                agent.state = AgentState::Running;
+            } else {
+                agent.state = AgentState::Failed;
+            }
+            continue;
+        }
         if agent.state.is_final() {
             continue;
         }
@@ -212,6 +225,7 @@ mod tests {
                     supervisor_start: 0,
                 })
                 .collect(),
+            stopped: false,
         }
     }
 
@@ -271,6 +285,16 @@ mod tests {
             waiting[0].restarts, 1,
             "its restart was counted when it failed"
         );
+    }
+
+    #[test]
+    fn an_agent_stopped_by_a_shutdown_request_runs_again() {
+        let mut stopped = agent(0, AgentState::Succeeded, 0, &[Some(ExitOutcome::Success)]);
+        stopped.stopped = true;
+        let taken = take_over(vec![stopped], RestartPolicy::OnFailure, 5);
+        assert_eq!(taken[0].state, AgentState::Running);
+        assert_eq!(taken[0].restarts, 1);
+        assert!(!taken[0].stopped);
     }
 
     #[test]

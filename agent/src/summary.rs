@@ -226,6 +226,7 @@ mod tests {
                     state: AgentState::Succeeded,
                     restarts: 0,
                     runs: vec![run(ExitOutcome::Success)],
+                    stopped: false,
                 },
                 AgentRecord {
                     index: 1,
@@ -236,6 +237,7 @@ mod tests {
                         run(ExitOutcome::Failure { code: 2 }),
                         run(ExitOutcome::Signal { signal: 9 }),
                     ],
+                    stopped: false,
                 },
             ],
             stopped: false,

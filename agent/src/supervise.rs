@@ -211,6 +211,10 @@ pub struct AgentRecord {
     pub state: AgentState,
     pub restarts: u32,
     pub runs: Vec<RunRecord>,
+    /// Ended by a shutdown request rather than on its own: a supervisor started again on
+    /// the same work directory runs it again.
+    #[serde(default)]
+    pub stopped: bool,
 }
 
 /// What the supervisor does after an agent process ended.
@@ -364,6 +368,7 @@ impl<S: Spawn> Supervisor<S> {
                         state: AgentState::Running,
                         restarts: 0,
                         runs: Vec::new(),
+                        stopped: false,
                     },
                     group: None,
                     alive: false,
@@ -546,6 +551,7 @@ impl<S: Spawn> Supervisor<S> {
             }
             Step::Finish(state) => {
                 slot.record.state = state;
+                slot.record.stopped = stopping;
                 match state {
                     _ if stopping => info!("agent-{k} stopped: {outcome}"),
                     AgentState::Succeeded => info!("agent-{k} succeeded"),
@@ -580,6 +586,7 @@ impl<S: Spawn> Supervisor<S> {
             let never_started = slot.record.state == AgentState::Running && !slot.alive;
             if waiting || never_started {
                 slot.record.state = AgentState::Failed;
+                slot.record.stopped = true;
             }
         }
         self.publish_states();

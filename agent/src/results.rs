@@ -750,7 +750,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_restarted_uploader_sends_only_what_changed_since_its_ledger() {
-        let mut f = fixture();
+        let f = fixture();
         let ledger = f.results.parent().expect("work").join("state/uploads.json");
         fs::write(f.results.join("agent-0/stdout.log"), b"before\n").expect("write");
         fs::write(f.results.join("agent-0/done"), b"x").expect("write");

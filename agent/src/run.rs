@@ -28,7 +28,7 @@ use crate::results::{UploadError, UploadMetrics, Uploader};
 use crate::resume::{self, Journal, Journaled};
 use crate::script::{self, ScriptError, ScriptMetrics};
 use crate::shutdown::Shutdown;
-use crate::store::{Store, StoreError, StoreUrl};
+use crate::store::{CutOffSetter, Store, StoreError, StoreUrl};
 use crate::summary::{Summary, SummaryContext, SummaryError};
 use crate::supervise::{
     AgentCommand, AgentState, SuperviseConfig, SuperviseContext, SuperviseError, Supervisor,
@@ -327,20 +327,9 @@ impl Test<'_> {
         // The final upload's budget starts now; a sync under way goes on within it (its
         // finished files and parts are kept) instead of starting over.
         let deadline = Instant::now() + args.stop_timeout;
-        if supervision.stopped
-            && let Some((cutoff, _)) = &syncing
-        {
-            cutoff.set(deadline);
-        }
         sync_stop.cancel();
         let mut uploader = match syncing {
-            Some((cutoff, mut task)) => Some(tokio::select! {
-                done = &mut task => done.expect("the sync task does not panic"),
-                () = shutdown.kill.cancelled() => {
-                    cutoff.set(Instant::now());
-                    task.await.expect("the sync task does not panic")
-                }
-            }),
+            Some((cutoff, task)) => Some(finish_sync(task, &cutoff, deadline, &shutdown).await),
             None => None,
         };
 
@@ -462,6 +451,30 @@ async fn sync_periodically(
             ),
             Ok(_) => {}
             Err(err) => warn!("{}", ErrorChain(&err)),
+        }
+    }
+}
+
+/// Waits for the periodic sync task to end (it finishes the sync under way), bounding it by
+/// `deadline` once a shutdown is requested and cutting it off at a second request.
+async fn finish_sync(
+    mut task: tokio::task::JoinHandle<Uploader>,
+    cutoff: &CutOffSetter,
+    deadline: Instant,
+    shutdown: &Shutdown,
+) -> Uploader {
+    let (mut stopping, mut killed) = (false, false);
+    loop {
+        tokio::select! {
+            done = &mut task => return done.expect("the sync task does not panic"),
+            () = shutdown.stop.cancelled(), if !stopping => {
+                stopping = true;
+                cutoff.set(deadline.max(Instant::now()));
+            }
+            () = shutdown.kill.cancelled(), if !killed => {
+                killed = true;
+                cutoff.set(Instant::now());
+            }
         }
     }
 }

@@ -154,21 +154,81 @@ pub fn take_over(
     agents
 }
 
+/// A supervisor's start on a work directory: the journal read (or a new one), this start
+/// added to it, the agents taken over, and the journal saved again at once so even a start
+/// that dies before its first agent runs is counted.
+pub struct Resumption {
+    path: PathBuf,
+    journal: Journal,
+    /// The agents as this start takes them over (see [`take_over`]).
+    pub history: Vec<AgentRecord>,
+    /// Index of this start (0 for the first).
+    pub supervisor_start: u32,
+    /// Runs each agent already had (its next `WAVE_RUN`).
+    pub earlier_runs: Vec<u32>,
+}
+
+impl Resumption {
+    pub fn begin(
+        path: PathBuf,
+        policy: RestartPolicy,
+        max_restarts: u32,
+        agents: u32,
+    ) -> Resumption {
+        let mut journal = match Journal::load(&path) {
+            Ok(journal) => journal.unwrap_or_default(),
+            Err(err) => {
+                tracing::warn!(
+                    "{}; starting every agent afresh",
+                    crate::error_chain::ErrorChain(&err)
+                );
+                Journal::default()
+            }
+        };
+        let supervisor_start = u32::try_from(journal.supervisor_starts.len()).unwrap_or(u32::MAX);
+        journal.supervisor_starts.push(SystemTime::now());
+        let history = take_over(std::mem::take(&mut journal.agents), policy, max_restarts);
+        if supervisor_start > 0 {
+            let ended = history.iter().filter(|a| a.state.is_final()).count();
+            tracing::info!(
+                "resuming the test (supervisor start {supervisor_start}): {ended} agents had ended and stay ended, {} start again",
+                history.len() - ended
+            );
+        }
+        journal.agents = history.clone();
+        if let Err(err) = journal.save(&path) {
+            tracing::warn!("{}", crate::error_chain::ErrorChain(&err));
+        }
+        let earlier_runs = journal.earlier_runs(agents);
+        Resumption {
+            path,
+            journal,
+            history,
+            supervisor_start,
+            earlier_runs,
+        }
+    }
+
+    /// Every start of the supervisor so far, this one last.
+    pub fn supervisor_starts(&self) -> Vec<SystemTime> {
+        self.journal.supervisor_starts.clone()
+    }
+
+    /// An observer that forwards to `inner` and keeps the journal up to date.
+    pub fn observe<O>(self, inner: O) -> Journaled<O> {
+        Journaled {
+            inner,
+            path: self.path,
+            journal: Mutex::new(self.journal),
+        }
+    }
+}
+
 /// Forwards to `inner` and keeps the journal up to date at every change.
 pub struct Journaled<O> {
     inner: O,
     path: PathBuf,
     journal: Mutex<Journal>,
-}
-
-impl<O> Journaled<O> {
-    pub fn new(inner: O, path: PathBuf, journal: Journal) -> Journaled<O> {
-        Journaled {
-            inner,
-            path,
-            journal: Mutex::new(journal),
-        }
-    }
 }
 
 impl<O: Observe> Observe for Journaled<O> {

@@ -25,7 +25,7 @@ use crate::metrics::{self, AgentMetrics, HttpState};
 use crate::process::ProcessSpawner;
 use crate::reap::{self, Tracked};
 use crate::results::{UploadError, UploadMetrics, Uploader};
-use crate::resume::{self, Journal, Journaled};
+use crate::resume::Resumption;
 use crate::script::{self, ScriptError, ScriptMetrics};
 use crate::shutdown::Shutdown;
 use crate::store::{CutOffSetter, Store, StoreError, StoreUrl};
@@ -269,40 +269,17 @@ impl Test<'_> {
             max_restarts: args.max_restarts,
             stop_timeout: args.stop_timeout,
         };
-        let journal_path = self.work.root.join(AGENT_JOURNAL);
-        let mut journal = match Journal::load(&journal_path) {
-            Ok(journal) => journal.unwrap_or_default(),
-            Err(err) => {
-                warn!("{}; starting every agent afresh", ErrorChain(&err));
-                Journal::default()
-            }
-        };
-        let supervisor_start = u32::try_from(journal.supervisor_starts.len()).unwrap_or(u32::MAX);
-        journal.supervisor_starts.push(SystemTime::now());
-        let history = resume::take_over(
-            std::mem::take(&mut journal.agents),
+        let resumed = Resumption::begin(
+            self.work.root.join(AGENT_JOURNAL),
             args.restart,
             args.max_restarts,
+            args.agents,
         );
-        if supervisor_start > 0 {
-            let ended = history.iter().filter(|a| a.state.is_final()).count();
-            info!(
-                "resuming the test (supervisor start {supervisor_start}): {ended} agents had ended and stay ended, {} start again",
-                history.len() - ended
-            );
-        }
-        journal.agents = history.clone();
-        if let Err(err) = journal.save(&journal_path) {
-            warn!("{}", ErrorChain(&err));
-        }
-        let earlier_runs = journal.earlier_runs(args.agents);
-        let supervisor_starts = journal.supervisor_starts.clone();
+        let (history, supervisor_start) = (resumed.history.clone(), resumed.supervisor_start);
+        let earlier_runs = resumed.earlier_runs.clone();
+        let supervisor_starts = resumed.supervisor_starts();
         let ctx = SuperviseContext {
-            observer: Arc::new(Journaled::new(
-                self.agent_metrics.clone(),
-                journal_path,
-                journal,
-            )),
+            observer: Arc::new(resumed.observe(self.agent_metrics.clone())),
             ready: self.ready.clone(),
         };
         let spawner = ProcessSpawner::new(config.clone(), self.tracked, self.stdout)

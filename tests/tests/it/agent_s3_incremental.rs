@@ -191,8 +191,9 @@ fn hash(bytes: &[u8]) -> u64 {
 }
 
 /// SIGTERM while a 200 MiB result file is half-way up: the final flush goes on with the
-/// multipart upload under way, so the server receives each of its 13 parts once and about
-/// 200 MiB in all (starting over would send half of it again).
+/// multipart upload under way, so the server receives each of its 13 parts once (give or
+/// take a part the SDK retried) and about 200 MiB in all (starting over would send half of
+/// it again).
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_half_way_through_a_200_mib_upload_finishes_it_without_resending_parts() {
     let s3 = S3sFs::start().await;
@@ -222,10 +223,12 @@ async fn sigterm_half_way_through_a_200_mib_upload_finishes_it_without_resending
     let stored = s3.get("results/t-inc/pod-i/c0/agent-0/big.bin").await;
     assert_eq!(stored.len(), local.len(), "{}", agent.output());
     assert_eq!(hash(&stored), hash(&local), "stored byte for byte");
+    // Starting over would send the 6 or more parts finished before SIGTERM again (20 or
+    // more in all); the SDK may retry a single part that stalled on a loaded machine.
     let parts = proxy.parts();
     assert!(
-        parts <= 13,
-        "{parts} part uploads for a 13-part file: parts were sent again\n{}",
+        parts <= 15,
+        "{parts} part uploads for a 13-part file: finished parts were sent again\n{}",
         agent.output()
     );
     let sent = proxy.sent();

@@ -9,6 +9,8 @@ use std::io;
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::SystemTime;
 
 use futures::FutureExt;
 use nix::sys::signal::{Signal, killpg};
@@ -25,6 +27,8 @@ pub struct ProcessSpawner {
     tracked: Arc<Tracked>,
     /// The supervisor's stdout, for the prefixed agent lines (`None`: log files only).
     stdout: Option<StdoutSink>,
+    /// Per agent, the `WAVE_RUN` of its next start.
+    runs: Vec<AtomicU32>,
 }
 
 impl ProcessSpawner {
@@ -33,12 +37,32 @@ impl ProcessSpawner {
         tracked: Arc<Tracked>,
         stdout: Option<StdoutSink>,
     ) -> ProcessSpawner {
+        let runs = (0..config.agents).map(|_| AtomicU32::new(0)).collect();
         ProcessSpawner {
             config,
             tracked,
             stdout,
+            runs,
         }
     }
+
+    /// Starts numbering each agent's runs after the `earlier[k]` runs it already had (a
+    /// supervisor resuming a test).
+    pub fn with_earlier_runs(self, earlier: &[u32]) -> ProcessSpawner {
+        for (next, &count) in self.runs.iter().zip(earlier) {
+            next.store(count, Ordering::Relaxed);
+        }
+        self
+    }
+}
+
+/// The line written into an agent's log files before each start but its first, so the
+/// output of every run stays apart in the one appended file.
+fn run_marker(k: u32, run: u32) -> String {
+    format!(
+        "--- wave: agent-{k} start {run} (WAVE_RUN={run}) at {}; the output above is from earlier runs ---\n",
+        humantime::format_rfc3339_millis(SystemTime::now())
+    )
 }
 
 impl Spawn for ProcessSpawner {
@@ -46,8 +70,15 @@ impl Spawn for ProcessSpawner {
     fn spawn(&self, k: u32) -> io::Result<Spawned> {
         let config = &self.config;
         let out_dir = config.output_dir(k);
-        let stdout_log = open_log(&out_dir.join("stdout.log"))?;
-        let stderr_log = open_log(&out_dir.join("stderr.log"))?;
+        let run = self.runs[k as usize].fetch_add(1, Ordering::Relaxed);
+        let mut stdout_log = open_log(&out_dir.join("stdout.log"))?;
+        let mut stderr_log = open_log(&out_dir.join("stderr.log"))?;
+        if run > 0 {
+            let marker = run_marker(k, run);
+            for log in [&mut stdout_log, &mut stderr_log] {
+                io::Write::write_all(log, marker.as_bytes())?;
+            }
+        }
         let mut out_env: OsString = out_dir.into_os_string();
         out_env.push("/");
 
@@ -60,6 +91,7 @@ impl Spawn for ProcessSpawner {
             .env("WAVE_OUTPUT_DIR", out_env)
             .envs(config.placement.iter().flat_map(|p| p.agent_env(k)))
             .envs(config.start_at.iter().map(|at| ("WAVE_START_AT", at)))
+            .env("WAVE_RUN", run.to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

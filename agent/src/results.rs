@@ -1,48 +1,89 @@
 //! Shipping what the agents write (SPEC 2.2 step 6).
 //!
 //! The [`Uploader`] mirrors `<work>/results/` to `<results URL><pod>/c<container>/`, keeping
-//! relative paths. A file counts as uploaded once the store confirmed the size and
-//! modification time it had when the upload started; a file that changes afterwards (an
-//! agent still writing its log) goes up again at the next sync. Failed uploads are retried
-//! at the next sync; local files are never deleted.
+//! relative paths. What goes over the wire is what is new: a file that only grew since the
+//! store confirmed it is extended in the store (see [`crate::ledger`] for how "only grew"
+//! is told apart from "rewritten"), a new or rewritten file goes up whole. Each upload
+//! stores a snapshot length read before it starts, so the stored object is always a
+//! complete prefix of the local file. A file counts as confirmed as soon as its own upload
+//! is, and the [`Ledger`] of confirmations is saved in the work directory. Failed uploads
+//! are retried at the next sync; a permanent refusal (wrong credentials, no such bucket,
+//! no permission) is logged once with what to fix and retried with a growing delay instead
+//! of at every sync. Local files are never deleted.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use futures::StreamExt;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::{Registry, Unit};
 use tokio::time::Instant;
 
-use crate::store::{Store, StoreError, StoreUrl};
+use crate::ledger::{self, Confirmed, Ledger, Plan, Seen};
+use crate::store::{CutOff, CutOffSetter, Refusal, Store, StoreError, StoreUrl, UploadRequest};
+
+/// Why an upload failed, as `wave_results_upload_failures_total{reason}` counts it: a
+/// permanent refusal by its S3 code, anything else (network, 5xx, a local read) as `other`.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum FailureReason {
+    Refused(Refusal),
+    Other,
+}
+
+impl EncodeLabelValue for FailureReason {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write;
+        encoder.write_str(match self {
+            FailureReason::Refused(refusal) => refusal.code(),
+            FailureReason::Other => "other",
+        })
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: FailureReason,
+}
 
 /// Upload metrics (SPEC 2.3).
 #[derive(Clone, Debug, Default)]
 pub struct UploadMetrics {
     uploaded_bytes: Counter,
-    failures: Counter,
+    failures: Family<ReasonLabels, Counter>,
     pending_bytes: Gauge,
 }
 
 impl UploadMetrics {
     /// Registers `wave_results_uploaded_bytes_total`, `wave_results_upload_failures_total`
-    /// and `wave_results_pending_bytes`.
+    /// (by reason, every reason present from the start) and `wave_results_pending_bytes`.
     pub fn register(registry: &mut Registry) -> UploadMetrics {
         let metrics = UploadMetrics::default();
         registry.register_with_unit(
             "wave_results_uploaded",
-            "Bytes of result files the store confirmed",
+            "Bytes of result files sent to the store and confirmed (an extension of a stored object counts only its new bytes)",
             Unit::Bytes,
             metrics.uploaded_bytes.clone(),
         );
         registry.register(
             "wave_results_upload_failures",
-            "Result file uploads that failed (each is retried at the next sync)",
+            "Result file uploads that failed, by reason: the S3 code of a permanent refusal, or other",
             metrics.failures.clone(),
         );
+        for reason in Refusal::ALL
+            .map(FailureReason::Refused)
+            .into_iter()
+            .chain([FailureReason::Other])
+        {
+            let _ = metrics.failures.get_or_create(&ReasonLabels { reason });
+        }
         registry.register_with_unit(
             "wave_results_pending",
             "Bytes of result files new or changed since the store last confirmed them",
@@ -51,6 +92,10 @@ impl UploadMetrics {
         );
         metrics
     }
+
+    fn failed(&self, reason: FailureReason) {
+        self.failures.get_or_create(&ReasonLabels { reason }).inc();
+    }
 }
 
 /// What one [`Uploader::sync`] did.
@@ -58,14 +103,14 @@ impl UploadMetrics {
 pub struct SyncReport {
     /// Files the store confirmed in this sync.
     pub uploaded_files: usize,
-    /// Their bytes.
+    /// Bytes sent for them.
     pub uploaded_bytes: u64,
     /// Files whose upload failed (retried at the next sync).
     pub failed_files: usize,
-    /// Files not confirmed in their current state after this sync: failed, or changed
-    /// while they were going up.
+    /// Files not confirmed in their current state after this sync: failed, held back by a
+    /// refusal, or changed while they were going up.
     pub pending_files: usize,
-    /// Their bytes.
+    /// Their bytes not in the store yet.
     pub pending_bytes: u64,
     /// The first failure, for the log.
     pub first_error: Option<StoreError>,
@@ -107,34 +152,39 @@ pub enum UploadError {
     },
 }
 
-/// Size and modification time: what the store confirmed of a file.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Stamp {
-    size: u64,
-    modified: SystemTime,
-}
-
-impl Stamp {
-    fn of(meta: &std::fs::Metadata) -> Stamp {
-        Stamp {
-            size: meta.len(),
-            modified: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-        }
-    }
-}
-
 /// A local result file found by a scan.
 #[derive(Debug)]
 struct LocalFile {
     rel: String,
     path: PathBuf,
-    stamp: Stamp,
+    seen: Seen,
 }
 
 /// Files uploaded at once (each large one also moves several parts at once).
 const PARALLEL_FILES: usize = 8;
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// First wait after a permanent refusal; it doubles at every refused retry.
+const FIRST_REFUSAL_BACKOFF: Duration = Duration::from_secs(2);
+/// Longest wait between retries of a refused upload.
+const MAX_REFUSAL_BACKOFF: Duration = Duration::from_secs(300);
+/// Shortest time between two ledger writes within a sync (it is always written at the end).
+const LEDGER_SAVE_EVERY: Duration = Duration::from_secs(1);
+/// Longest a small growing file waits between whole sends (see [`ledger::Pacing`]).
+const MAX_STALE: Duration = Duration::from_secs(60);
+
+/// Retries held back after a permanent refusal.
+#[derive(Debug)]
+struct Refused {
+    until: Instant,
+}
+
+/// The wait after refusal number `n + 1` in a row: 2 s doubling up to 5 minutes.
+pub fn refusal_backoff(refusals_in_a_row: u32) -> Duration {
+    FIRST_REFUSAL_BACKOFF
+        .checked_mul(2u32.saturating_pow(refusals_in_a_row))
+        .map_or(MAX_REFUSAL_BACKOFF, |d| d.min(MAX_REFUSAL_BACKOFF))
+}
 
 /// Mirrors a local results directory to a store prefix.
 #[derive(Debug)]
@@ -142,25 +192,61 @@ pub struct Uploader {
     store: Store,
     local: PathBuf,
     remote: StoreUrl,
-    confirmed: HashMap<String, Stamp>,
+    ledger: Ledger,
     metrics: UploadMetrics,
+    cutoff: CutOff,
+    cutoff_setter: Arc<CutOffSetter>,
+    refused: Option<Refused>,
+    refusals_in_a_row: u32,
+    /// Refusals already logged with what to fix (until uploads work again).
+    logged: HashSet<Refusal>,
+    /// Every file as the previous scan saw it (to tell a file that stopped growing).
+    last_seen: HashMap<String, Seen>,
+}
+
+/// How one file's upload ended.
+enum FileResult {
+    Confirmed {
+        confirmed: Confirmed,
+        sent: u64,
+    },
+    /// Removed between the scan and the upload: nothing left to ship.
+    Vanished,
+    /// Not tried: a refusal earlier in this sync holds uploads back.
+    HeldBack,
+    Failed(StoreError),
 }
 
 impl Uploader {
-    /// An uploader of `local` (`<work>/results`) to `remote` (see [`Uploader::destination`]).
+    /// An uploader of `local` (`<work>/results`) to `remote` (see [`Uploader::destination`]),
+    /// keeping its confirmations in memory (see [`Uploader::with_ledger`]).
     pub fn new(
         store: Store,
         local: impl Into<PathBuf>,
         remote: StoreUrl,
         metrics: UploadMetrics,
     ) -> Uploader {
+        let (setter, cutoff) = CutOff::new();
         Uploader {
             store,
             local: local.into(),
+            ledger: Ledger::in_memory(remote.to_string()),
             remote,
-            confirmed: HashMap::new(),
             metrics,
+            cutoff,
+            cutoff_setter: Arc::new(setter),
+            refused: None,
+            refusals_in_a_row: 0,
+            logged: HashSet::new(),
+            last_seen: HashMap::new(),
         }
+    }
+
+    /// Keeps the confirmations in the ledger file `path` (read now, written as uploads are
+    /// confirmed), so that a restarted supervisor does not send them again.
+    pub fn with_ledger(mut self, path: PathBuf) -> Uploader {
+        self.ledger = Ledger::load(path, self.remote.to_string());
+        self
     }
 
     /// `<results URL><pod>/c<container>/`, where a container's results go (SPEC 3).
@@ -168,103 +254,235 @@ impl Uploader {
         results_url.join(&format!("{pod}/c{container}/"))
     }
 
-    /// Uploads every file that is new or changed since the store last confirmed it.
+    /// Sets the shutdown deadline of the uploads running now and later, from outside a
+    /// sync in progress: when it passes they are cut off (multipart uploads aborted).
+    pub fn cutoff(&self) -> Arc<CutOffSetter> {
+        self.cutoff_setter.clone()
+    }
+
+    /// Uploads every file that is new or changed since the store last confirmed it, but
+    /// for small growing files whose whole send can wait (see [`ledger::Pacing`]).
     ///
     /// A failed file is counted and left for the next sync; only an unreadable results
-    /// directory is an error.
+    /// directory is an error. While a permanent refusal holds uploads back, nothing is sent.
     pub async fn sync(&mut self) -> Result<SyncReport, UploadError> {
+        self.sync_paced(true).await
+    }
+
+    async fn sync_paced(&mut self, paced: bool) -> Result<SyncReport, UploadError> {
         let files = scan(&self.local).await?;
-        let changed: Vec<LocalFile> = files
-            .into_iter()
-            .filter(|f| self.confirmed.get(&f.rel) != Some(&f.stamp))
-            .collect();
-        self.metrics
-            .pending_bytes
-            .set(gauge_value(changed.iter().map(|f| f.stamp.size).sum()));
+        let pacing = ledger::Pacing {
+            min_extend: Store::min_extend_size(&self.remote),
+            now_s: unix_seconds(SystemTime::now()),
+            max_stale_s: MAX_STALE.as_secs(),
+        };
+        let mut deferred_bytes = 0;
+        let mut seen_now = HashMap::with_capacity(files.len());
+        let mut changed: Vec<(LocalFile, Plan)> = Vec::new();
+        for f in files {
+            let still = self.last_seen.get(&f.rel) == Some(&f.seen);
+            seen_now.insert(f.rel.clone(), f.seen);
+            match ledger::plan(self.ledger.get(&f.rel), &f.seen) {
+                Plan::Unchanged => {}
+                Plan::CheckPrefix { stored }
+                    if paced && ledger::defer_resend(&stored, &f.seen, still, &pacing) =>
+                {
+                    deferred_bytes += f.seen.size - stored.size;
+                }
+                plan => changed.push((f, plan)),
+            }
+        }
+        self.last_seen = seen_now;
+        let pending_of = |file: &LocalFile, plan: &Plan| match plan {
+            Plan::CheckPrefix { stored } => file.seen.size - stored.size,
+            _ => file.seen.size,
+        };
+        self.metrics.pending_bytes.set(gauge_value(
+            deferred_bytes + changed.iter().map(|(f, p)| pending_of(f, p)).sum::<u64>(),
+        ));
+        let mut report = SyncReport::default();
+        if let Some(refused) = &self.refused
+            && Instant::now() < refused.until
+        {
+            report.pending_files = changed.len();
+            report.pending_bytes = changed.iter().map(|(f, p)| pending_of(f, p)).sum();
+            return Ok(report);
+        }
 
         let store = &self.store;
         let remote = &self.remote;
+        let cutoff = &self.cutoff;
+        let holding = AtomicBool::new(false);
+        let holding = &holding;
         let mut uploads = futures::stream::iter(changed)
-            .map(|file| async move {
-                let result = store.put(&file.path, &remote.join(&file.rel)).await;
+            .map(|(file, plan)| async move {
+                if holding.load(Ordering::Relaxed) {
+                    return (file, FileResult::HeldBack);
+                }
+                let result = upload_file(store, remote, cutoff, &file, plan).await;
+                if let FileResult::Failed(e) = &result
+                    && e.refusal().is_some()
+                {
+                    holding.store(true, Ordering::Relaxed);
+                }
                 (file, result)
             })
-            .buffer_unordered(PARALLEL_FILES);
+            // After a refusal, one file at a time: the first one still refused holds the
+            // others back, so a retry costs one request.
+            .buffer_unordered(if self.refused.is_some() {
+                1
+            } else {
+                PARALLEL_FILES
+            });
 
-        let mut report = SyncReport::default();
-        let mut uploaded = Vec::new();
+        let mut refusal = None;
+        let mut last_save = Instant::now();
         while let Some((file, result)) = uploads.next().await {
             match result {
-                Ok(outcome) => {
-                    self.metrics.uploaded_bytes.inc_by(outcome.bytes);
+                FileResult::Confirmed { confirmed, sent } => {
+                    self.metrics.uploaded_bytes.inc_by(sent);
                     report.uploaded_files += 1;
-                    report.uploaded_bytes += outcome.bytes;
-                    uploaded.push(file);
+                    report.uploaded_bytes += sent;
+                    if confirmed.size != file.seen.size {
+                        report.pending_files += 1;
+                        report.pending_bytes += file.seen.size.saturating_sub(confirmed.size);
+                    }
+                    self.ledger.confirm(file.rel, confirmed);
+                    if last_save.elapsed() >= LEDGER_SAVE_EVERY {
+                        save_ledger(&mut self.ledger);
+                        last_save = Instant::now();
+                    }
                 }
-                // Removed between the scan and the upload: nothing left to ship.
-                Err(StoreError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    tracing::warn!(
-                        file = %file.path.display(),
-                        error = %crate::error_chain::ErrorChain(&e),
-                        "result upload failed, retrying at the next sync"
-                    );
-                    self.metrics.failures.inc();
+                FileResult::Vanished => {}
+                FileResult::HeldBack => {
+                    report.pending_files += 1;
+                    report.pending_bytes += file.seen.size;
+                }
+                FileResult::Failed(e) => {
+                    let reason = match e.refusal() {
+                        Some(refused) => {
+                            refusal.get_or_insert(refused);
+                            FailureReason::Refused(refused)
+                        }
+                        None => {
+                            tracing::warn!(
+                                file = %file.path.display(),
+                                error = %crate::error_chain::ErrorChain(&e),
+                                "result upload failed, retrying at the next sync"
+                            );
+                            FailureReason::Other
+                        }
+                    };
+                    self.metrics.failed(reason);
                     report.failed_files += 1;
                     report.pending_files += 1;
-                    report.pending_bytes += file.stamp.size;
+                    report.pending_bytes += file.seen.size;
                     report.first_error.get_or_insert(e);
                 }
             }
         }
         drop(uploads);
-        for file in uploaded {
-            // A file that changed while going up is pending again.
-            if let Ok(meta) = tokio::fs::metadata(&file.path).await
-                && Stamp::of(&meta) != file.stamp
-            {
-                report.pending_files += 1;
-                report.pending_bytes += meta.len();
-            }
-            self.confirmed.insert(file.rel, file.stamp);
-        }
+        save_ledger(&mut self.ledger);
+        self.note_refusal(refusal, &report);
         self.metrics
             .pending_bytes
-            .set(gauge_value(report.pending_bytes));
+            .set(gauge_value(report.pending_bytes + deferred_bytes));
         Ok(report)
     }
 
+    /// Holds retries back after a refusal (logging a new cause once, with what to fix),
+    /// or lifts the hold once an upload went through again.
+    fn note_refusal(&mut self, refusal: Option<Refusal>, report: &SyncReport) {
+        match refusal {
+            Some(refusal) => {
+                let backoff = refusal_backoff(self.refusals_in_a_row);
+                self.refusals_in_a_row = self.refusals_in_a_row.saturating_add(1);
+                self.refused = Some(Refused {
+                    until: Instant::now() + backoff,
+                });
+                let error = report
+                    .first_error
+                    .as_ref()
+                    .map(|e| crate::error_chain::ErrorChain(e).to_string())
+                    .unwrap_or_default();
+                if self.logged.insert(refusal) {
+                    tracing::error!(
+                        reason = refusal.code(),
+                        "the results store refuses uploads to {}: {}; retrying in {}, then less and less often (up to every {}). {error}",
+                        self.remote,
+                        refusal.what_to_fix(),
+                        humantime::format_duration(backoff),
+                        humantime::format_duration(MAX_REFUSAL_BACKOFF),
+                    );
+                } else {
+                    tracing::debug!(
+                        reason = refusal.code(),
+                        "still refused; next retry in {}",
+                        humantime::format_duration(backoff)
+                    );
+                }
+            }
+            None if report.uploaded_files > 0 && self.refused.is_some() => {
+                tracing::info!("the results store accepts uploads again");
+                self.refused = None;
+                self.refusals_in_a_row = 0;
+                self.logged.clear();
+            }
+            None => {}
+        }
+    }
+
     /// Syncs again and again, with backoff, until every file is confirmed or `deadline`
-    /// passes (an upload still running then is cut off).
+    /// passes (or the earlier deadline set through [`Uploader::cutoff`], also while the
+    /// flush runs). The deadline also cuts off uploads still running then (a multipart
+    /// upload is aborted, and the abort awaited).
     pub async fn flush(&mut self, deadline: Instant) -> Result<SyncReport, UploadError> {
+        if self.cutoff.deadline().is_none_or(|set| deadline < set) {
+            self.cutoff_setter.set(deadline);
+        }
         let mut backoff = FIRST_BACKOFF;
         let mut last_error = None;
         loop {
-            match tokio::time::timeout_at(deadline, self.sync()).await {
-                Ok(Ok(report)) if report.is_complete() => return Ok(report),
-                Ok(Ok(report)) => {
-                    if report.uploaded_files > 0 {
-                        backoff = FIRST_BACKOFF;
-                    }
-                    if let Some(e) = report.first_error {
-                        last_error = Some(Box::new(e));
-                    }
-                }
-                Ok(Err(e)) => return Err(e),
-                Err(_elapsed) => break,
+            // A shutdown may have moved the deadline since the flush started.
+            let deadline = self.cutoff.deadline().unwrap_or(deadline);
+            let report = self.sync_paced(false).await?;
+            if report.is_complete() {
+                return Ok(report);
             }
-            if Instant::now() + backoff >= deadline {
+            if report.uploaded_files > 0 {
+                backoff = FIRST_BACKOFF;
+            }
+            if let Some(e) = report.first_error {
+                last_error = Some(Box::new(e));
+            }
+            let mut wait = backoff;
+            if let Some(refused) = &self.refused {
+                wait = wait.max(refused.until.saturating_duration_since(Instant::now()));
+            }
+            if Instant::now() + wait >= deadline {
                 break;
             }
-            tokio::time::sleep(backoff).await;
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = self.cutoff.reached() => break,
+            }
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
-        let pending: Vec<LocalFile> = scan(&self.local)
+        let pending: Vec<(LocalFile, Plan)> = scan(&self.local)
             .await?
             .into_iter()
-            .filter(|f| self.confirmed.get(&f.rel) != Some(&f.stamp))
+            .filter_map(|f| match ledger::plan(self.ledger.get(&f.rel), &f.seen) {
+                Plan::Unchanged => None,
+                plan => Some((f, plan)),
+            })
             .collect();
-        let pending_bytes = pending.iter().map(|f| f.stamp.size).sum();
+        let pending_bytes = pending
+            .iter()
+            .map(|(f, p)| match p {
+                Plan::CheckPrefix { stored } => f.seen.size - stored.size,
+                _ => f.seen.size,
+            })
+            .sum();
         self.metrics.pending_bytes.set(gauge_value(pending_bytes));
         if pending.is_empty() {
             return Ok(SyncReport::default());
@@ -278,8 +496,105 @@ impl Uploader {
     }
 }
 
+fn save_ledger(ledger: &mut Ledger) {
+    if let Err(err) = ledger.save() {
+        tracing::warn!(
+            "{} (confirmed uploads may be sent again after a restart)",
+            crate::error_chain::ErrorChain(&err)
+        );
+    }
+}
+
+/// Uploads one file as `plan` says, from a snapshot of its length taken now.
+async fn upload_file(
+    store: &Store,
+    remote: &StoreUrl,
+    cutoff: &CutOff,
+    file: &LocalFile,
+    plan: Plan,
+) -> FileResult {
+    let path = file.path.clone();
+    let len = file.seen.size;
+    let checked = tokio::task::spawn_blocking(move || {
+        let plan = match plan {
+            Plan::CheckPrefix { stored } => match ledger::fingerprint(&path, stored.size) {
+                Ok(now) => ledger::after_check(&stored, now),
+                Err(_) => Plan::Whole,
+            },
+            plan => plan,
+        };
+        ledger::fingerprint(&path, len).map(|fingerprint| (plan, fingerprint))
+    })
+    .await
+    .expect("the fingerprint task does not panic");
+    let (plan, fingerprint) = match checked {
+        Ok(checked) => checked,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return FileResult::Vanished,
+        // Shrunk since the scan: the next sync sees it as rewritten.
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+            return FileResult::Failed(StoreError::ShortTransfer {
+                url: remote.join(&file.rel).to_string(),
+                expected: len,
+                actual: 0,
+            });
+        }
+        Err(source) => {
+            return FileResult::Failed(StoreError::Io {
+                op: "read",
+                path: file.path.clone(),
+                source,
+            });
+        }
+    };
+    let request = UploadRequest {
+        len,
+        stored: match plan {
+            Plan::Extend { stored } => Some(stored),
+            _ => None,
+        },
+        cutoff: cutoff.clone(),
+    };
+    match store
+        .upload(&file.path, &remote.join(&file.rel), &request)
+        .await
+    {
+        Ok(outcome) => FileResult::Confirmed {
+            confirmed: Confirmed {
+                size: outcome.stored,
+                modified_ns: file.seen.modified_ns,
+                inode: file.seen.inode,
+                fingerprint,
+                confirmed_at_s: unix_seconds(SystemTime::now()),
+            },
+            sent: outcome.bytes,
+        },
+        Err(StoreError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+            FileResult::Vanished
+        }
+        Err(e) => FileResult::Failed(e),
+    }
+}
+
+fn unix_seconds(time: SystemTime) -> u64 {
+    time.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 fn gauge_value(bytes: u64) -> i64 {
     i64::try_from(bytes).unwrap_or(i64::MAX)
+}
+
+fn seen_of(meta: &std::fs::Metadata) -> Seen {
+    let modified_ns = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    Seen {
+        size: meta.len(),
+        modified_ns,
+        inode: meta.ino(),
+    }
 }
 
 /// Every regular file under `root` with its stamp; a missing root has none.
@@ -329,7 +644,7 @@ fn scan_blocking(root: &Path) -> Result<Vec<LocalFile>, UploadError> {
         files.push(LocalFile {
             rel,
             path: entry.path().to_owned(),
-            stamp: Stamp::of(&meta),
+            seen: seen_of(&meta),
         });
     }
     Ok(files)
@@ -380,7 +695,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn uploads_new_files_once_and_changed_files_again() {
+    async fn uploads_new_files_once_and_only_the_new_bytes_of_grown_ones() {
         let mut f = fixture();
         fs::write(f.results.join("agent-0/stdout.log"), b"line 1\n").expect("write");
         fs::write(f.results.join("summary.json"), b"{}").expect("write");
@@ -408,14 +723,62 @@ mod tests {
         assert!(f.results.join("summary.json").exists(), "local files stay");
         let text = metrics_text(&f.registry);
         assert!(
-            text.contains("wave_results_uploaded_bytes_total 23"),
-            "{text}"
+            text.contains("wave_results_uploaded_bytes_total 16"),
+            "the second sync sent the 7 new bytes only: {text}"
         );
         assert!(text.contains("wave_results_pending_bytes 0"), "{text}");
         assert!(
-            text.contains("wave_results_upload_failures_total 0"),
+            text.contains("wave_results_upload_failures_total{reason=\"other\"} 0"),
             "{text}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_rewritten_file_goes_up_whole() {
+        let mut f = fixture();
+        let log = f.results.join("agent-0/players.csv");
+        fs::write(&log, b"header\nrow 1\n").expect("write");
+        f.uploader.sync().await.expect("sync");
+        fs::write(&log, b"header\nrow A\nrow B\n").expect("rewrite, longer");
+        let report = f.uploader.sync().await.expect("sync");
+        assert_eq!(report.uploaded_bytes, 19, "sent whole");
+        assert_eq!(
+            fs::read(f.store_root.join("agent-0/players.csv")).expect("stored"),
+            b"header\nrow A\nrow B\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_restarted_uploader_sends_only_what_changed_since_its_ledger() {
+        let f = fixture();
+        let ledger = f.results.parent().expect("work").join("state/uploads.json");
+        fs::write(f.results.join("agent-0/stdout.log"), b"before\n").expect("write");
+        fs::write(f.results.join("agent-0/done"), b"x").expect("write");
+        let base = f.uploader.remote.clone();
+        let metrics = UploadMetrics::default();
+        let mut first = Uploader::new(Store::local(), &f.results, base.clone(), metrics.clone())
+            .with_ledger(ledger.clone());
+        first.sync().await.expect("sync");
+        drop(first);
+        let mut log = fs::OpenOptions::new()
+            .append(true)
+            .open(f.results.join("agent-0/stdout.log"))
+            .expect("open");
+        std::io::Write::write_all(&mut log, b"after\n").expect("append");
+        let mut second =
+            Uploader::new(Store::local(), &f.results, base, metrics).with_ledger(ledger);
+        let report = second.sync().await.expect("sync");
+        assert_eq!((report.uploaded_files, report.uploaded_bytes), (1, 6));
+        assert_eq!(
+            fs::read(f.store_root.join("agent-0/stdout.log")).expect("stored"),
+            b"before\nafter\n"
+        );
+    }
+
+    #[test]
+    fn refused_retries_wait_longer_and_longer_up_to_five_minutes() {
+        let waits: Vec<u64> = (0..10).map(|n| refusal_backoff(n).as_secs()).collect();
+        assert_eq!(waits, [2, 4, 8, 16, 32, 64, 128, 256, 300, 300]);
     }
 
     #[tokio::test]
@@ -430,7 +793,7 @@ mod tests {
         assert!(failed.first_error.is_some());
         let text = metrics_text(&f.registry);
         assert!(
-            text.contains("wave_results_upload_failures_total 1"),
+            text.contains("wave_results_upload_failures_total{reason=\"other\"} 1"),
             "{text}"
         );
         assert!(text.contains("wave_results_pending_bytes 5"), "{text}");

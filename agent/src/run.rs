@@ -28,13 +28,20 @@ use crate::metrics::{self, AgentMetrics, HttpState};
 use crate::process::ProcessSpawner;
 use crate::reap::{self, Tracked};
 use crate::results::{UploadError, UploadMetrics, Uploader};
+use crate::resume::Resumption;
 use crate::script::{self, ScriptError, ScriptMetrics};
 use crate::shutdown::Shutdown;
-use crate::store::{Store, StoreError, StoreUrl};
+use crate::store::{CutOffSetter, Store, StoreError, StoreUrl};
 use crate::summary::{Summary, SummaryContext, SummaryError};
 use crate::supervise::{
     AgentCommand, AgentState, SuperviseConfig, SuperviseContext, SuperviseError, Supervisor,
 };
+
+/// Where the store's confirmations are kept, relative to the work directory (outside the
+/// results, so it is not uploaded itself).
+const UPLOAD_LEDGER: &str = "state/uploads.json";
+/// The agents' runs, kept for a restarted supervisor (see [`crate::resume`]).
+const AGENT_JOURNAL: &str = "state/agents.json";
 
 /// How long "until it is done" is for an upload nobody is waiting on.
 const NO_DEADLINE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
@@ -173,7 +180,10 @@ pub async fn run(
                 })?;
             let remote = Uploader::destination(url, &pod, args.container_index);
             info!("results go to {remote}");
-            Some(Uploader::new(store, &work.results, remote, upload_metrics))
+            Some(
+                Uploader::new(store, &work.results, remote, upload_metrics)
+                    .with_ledger(work.root.join(UPLOAD_LEDGER)),
+            )
         }
         None => {
             info!(
@@ -304,31 +314,48 @@ impl Test<'_> {
             placement: placement.clone(),
             start_at: Some(start_at.clone()),
         };
+        let resumed = Resumption::begin(
+            self.work.root.join(AGENT_JOURNAL),
+            args.restart,
+            args.max_restarts,
+            args.agents,
+        );
+        let (history, supervisor_start) = (resumed.history.clone(), resumed.supervisor_start);
+        let earlier_runs = resumed.earlier_runs.clone();
+        let supervisor_starts = resumed.supervisor_starts();
         let ctx = SuperviseContext {
-            observer: Arc::new(self.agent_metrics.clone()),
+            observer: Arc::new(resumed.observe(self.agent_metrics.clone())),
             ready: self.ready.clone(),
         };
-        let spawner = ProcessSpawner::new(config.clone(), self.tracked, self.stdout);
-        let supervisor = Supervisor::new(config, Arc::new(spawner), ctx)?;
-        let started_at = SystemTime::now();
+        let spawner = ProcessSpawner::new(config.clone(), self.tracked, self.stdout)
+            .with_earlier_runs(&earlier_runs);
+        let supervisor =
+            Supervisor::new(config, Arc::new(spawner), ctx)?.resume_from(history, supervisor_start);
+        let started_at = supervisor_starts[0];
         info!("starting {} agents", args.agents);
 
         let sync_stop = shutdown.kill.child_token();
         let syncing = uploader.map(|uploader| {
-            tokio::spawn(sync_periodically(
-                uploader,
-                args.upload_interval,
-                sync_stop.clone(),
-            ))
+            (
+                uploader.cutoff(),
+                tokio::spawn(sync_periodically(
+                    uploader,
+                    args.upload_interval,
+                    sync_stop.clone(),
+                )),
+            )
         });
         let stopped_by = Arc::new(std::sync::Mutex::new(None));
         let supervision_shutdown =
             watch_part_stop(&shutdown, coordinator.clone(), stopped_by.clone());
         let supervision = supervisor.run(supervision_shutdown).await;
         let stopped_by = stopped_by.lock().unwrap_or_else(|p| p.into_inner()).take();
+        // The final upload's budget starts now; a sync under way goes on within it (its
+        // finished files and parts are kept) instead of starting over.
+        let deadline = Instant::now() + args.stop_timeout;
         sync_stop.cancel();
         let mut uploader = match syncing {
-            Some(task) => Some(task.await.expect("the sync task does not panic")),
+            Some((cutoff, task)) => Some(finish_sync(task, &cutoff, deadline, &shutdown).await),
             None => None,
         };
 
@@ -344,6 +371,7 @@ impl Test<'_> {
                 placement,
                 start_at: Some(start_at),
                 stopped: stopped_by.clone(),
+                supervisor_starts,
             },
             &supervision,
             SystemTime::now(),
@@ -356,7 +384,6 @@ impl Test<'_> {
 
         if supervision.stopped && stopped_by.is_none() {
             if let Some(uploader) = uploader.as_mut() {
-                let deadline = Instant::now() + args.stop_timeout;
                 final_upload(uploader, deadline, &shutdown).await;
             }
             return Ok(RunOutcome::Stopped);
@@ -407,16 +434,27 @@ async fn after_completion(
     all_succeeded: bool,
 ) -> Result<RunOutcome, RunError> {
     if let Some(uploader) = uploader.as_deref_mut() {
+        let cutoff = uploader.cutoff();
+        let flush = uploader.flush(Instant::now() + NO_DEADLINE);
+        tokio::pin!(flush);
         let done = tokio::select! {
-            result = uploader.flush(Instant::now() + NO_DEADLINE) => {
+            result = &mut flush => {
                 log_upload(result);
                 true
             }
             () = shutdown.stop.cancelled() => false,
         };
         if !done {
-            let deadline = Instant::now() + args.stop_timeout;
-            final_upload(uploader, deadline, &shutdown).await;
+            // The flush under way goes on, now within the stop timeout.
+            info!("uploading results before exit");
+            cutoff.set(Instant::now() + args.stop_timeout);
+            tokio::select! {
+                result = &mut flush => log_upload(result),
+                () = shutdown.kill.cancelled() => {
+                    cutoff.set(Instant::now());
+                    log_upload(flush.await);
+                }
+            }
             return Ok(RunOutcome::Stopped);
         }
     }
@@ -432,12 +470,20 @@ async fn after_completion(
     Ok(RunOutcome::Stopped)
 }
 
-/// The upload at shutdown, bounded by `deadline` and cut short by a second request.
+/// The upload at shutdown, bounded by `deadline` and cut short by a second request (which
+/// still waits for the aborts of cut-off multipart uploads).
 async fn final_upload(uploader: &mut Uploader, deadline: Instant, shutdown: &Shutdown) {
     info!("uploading results before exit");
+    let cutoff = uploader.cutoff();
+    let flush = uploader.flush(deadline);
+    tokio::pin!(flush);
     tokio::select! {
-        result = uploader.flush(deadline) => log_upload(result),
-        () = shutdown.kill.cancelled() => warn!("final upload interrupted; some results were not uploaded"),
+        result = &mut flush => log_upload(result),
+        () = shutdown.kill.cancelled() => {
+            warn!("final upload interrupted; some results were not uploaded");
+            cutoff.set(Instant::now());
+            log_upload(flush.await);
+        }
     }
 }
 
@@ -461,16 +507,39 @@ async fn sync_periodically(
             _ = ticks.tick() => {}
             () = stop.cancelled() => return uploader,
         }
+        // Not dropped at a stop: what is under way finishes (bounded by the uploader's
+        // cut-off) and the final flush only sends what is left.
+        match uploader.sync().await {
+            Ok(report) if report.uploaded_files > 0 => info!(
+                "uploaded {} result files ({} bytes)",
+                report.uploaded_files, report.uploaded_bytes
+            ),
+            Ok(_) => {}
+            Err(err) => warn!("{}", ErrorChain(&err)),
+        }
+    }
+}
+
+/// Waits for the periodic sync task to end (it finishes the sync under way), bounding it by
+/// `deadline` once a shutdown is requested and cutting it off at a second request.
+async fn finish_sync(
+    mut task: tokio::task::JoinHandle<Uploader>,
+    cutoff: &CutOffSetter,
+    deadline: Instant,
+    shutdown: &Shutdown,
+) -> Uploader {
+    let (mut stopping, mut killed) = (false, false);
+    loop {
         tokio::select! {
-            result = uploader.sync() => match result {
-                Ok(report) if report.uploaded_files > 0 => info!(
-                    "uploaded {} result files ({} bytes)",
-                    report.uploaded_files, report.uploaded_bytes
-                ),
-                Ok(_) => {}
-                Err(err) => warn!("{}", ErrorChain(&err)),
-            },
-            () = stop.cancelled() => return uploader,
+            done = &mut task => return done.expect("the sync task does not panic"),
+            () = shutdown.stop.cancelled(), if !stopping => {
+                stopping = true;
+                cutoff.set(deadline.max(Instant::now()));
+            }
+            () = shutdown.kill.cancelled(), if !killed => {
+                killed = true;
+                cutoff.set(Instant::now());
+            }
         }
     }
 }

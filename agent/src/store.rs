@@ -14,7 +14,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-pub use s3::{ChecksumMode, OptionError, S3Options};
+pub use s3::{ChecksumMode, MIN_PART_SIZE, OptionError, S3Options};
 
 /// A location in a store: an S3 bucket and key (prefix), or a local path.
 ///
@@ -141,13 +141,153 @@ pub struct StoredObject {
     pub size: u64,
 }
 
-/// What [`Store::put`] did.
+/// What [`Store::put`] or [`Store::upload`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PutOutcome {
-    /// Bytes stored.
+    /// Bytes sent to the store (an extension sends only the new bytes).
     pub bytes: u64,
+    /// Size of the object now stored.
+    pub stored: u64,
     /// Number of parts for a multipart upload, `None` for a single request.
     pub parts: Option<usize>,
+}
+
+/// One upload of a local file: its first `len` bytes (a snapshot length read before the
+/// upload, so a file still growing is stored as a complete prefix, never a mix), on top of
+/// what the store already holds.
+#[derive(Clone, Debug)]
+pub struct UploadRequest {
+    /// Bytes of the local file to store, from its start.
+    pub len: u64,
+    /// Bytes the stored object already holds and that equal the local file's first bytes:
+    /// the upload extends the object with the rest instead of sending it whole (S3:
+    /// server-side copy of the stored object as the first part, once it is at least the
+    /// minimum part size; `file://`: an append).
+    pub stored: Option<u64>,
+    /// When a transfer still running has to stop; a multipart upload cut off then is
+    /// aborted (awaited) so no orphaned parts are left.
+    pub cutoff: CutOff,
+}
+
+/// The deadline of a shutdown, shared with uploads already running: set once the final
+/// flush has its budget, it cuts off whatever is still going when the deadline passes.
+#[derive(Clone, Debug)]
+pub struct CutOff(tokio::sync::watch::Receiver<Option<tokio::time::Instant>>);
+
+/// Sets the deadline of the [`CutOff`]s it made.
+#[derive(Debug)]
+pub struct CutOffSetter(tokio::sync::watch::Sender<Option<tokio::time::Instant>>);
+
+impl CutOff {
+    /// A cut-off with no deadline yet, and the handle that sets it.
+    pub fn new() -> (CutOffSetter, CutOff) {
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        (CutOffSetter(tx), CutOff(rx))
+    }
+
+    /// A cut-off that never comes.
+    pub fn never() -> CutOff {
+        CutOff::new().1
+    }
+
+    /// The deadline, once set.
+    pub fn deadline(&self) -> Option<tokio::time::Instant> {
+        *self.0.borrow()
+    }
+
+    /// Resolves when the deadline is set and has passed.
+    pub async fn reached(&self) {
+        let mut rx = self.0.clone();
+        loop {
+            let deadline = *rx.borrow_and_update();
+            match deadline {
+                Some(deadline) => {
+                    tokio::select! {
+                        () = tokio::time::sleep_until(deadline) => return,
+                        changed = rx.changed() => if changed.is_err() {
+                            tokio::time::sleep_until(deadline).await;
+                            return;
+                        },
+                    }
+                }
+                None => {
+                    if rx.changed().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl CutOffSetter {
+    /// Sets (or moves) the deadline.
+    pub fn set(&self, deadline: tokio::time::Instant) {
+        self.0.send_replace(Some(deadline));
+    }
+}
+
+/// A refusal that trying again does not fix until someone changes the bucket, the policy
+/// or the credentials (SPEC 2.2 step 6): what `wave_results_upload_failures_total{reason}`
+/// counts besides transient failures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Refusal {
+    /// The credentials are valid but not allowed to write there.
+    AccessDenied,
+    /// The bucket does not exist.
+    NoSuchBucket,
+    /// The access key is unknown (or the session token expired).
+    InvalidAccessKeyId,
+    /// The secret does not match the access key.
+    SignatureDoesNotMatch,
+}
+
+impl Refusal {
+    /// Every refusal, for pre-registered metric labels.
+    pub const ALL: [Refusal; 4] = [
+        Refusal::AccessDenied,
+        Refusal::NoSuchBucket,
+        Refusal::InvalidAccessKeyId,
+        Refusal::SignatureDoesNotMatch,
+    ];
+
+    /// The S3 error code, also the metric label.
+    pub fn code(self) -> &'static str {
+        match self {
+            Refusal::AccessDenied => "AccessDenied",
+            Refusal::NoSuchBucket => "NoSuchBucket",
+            Refusal::InvalidAccessKeyId => "InvalidAccessKeyId",
+            Refusal::SignatureDoesNotMatch => "SignatureDoesNotMatch",
+        }
+    }
+
+    /// What the person reading the log has to change.
+    pub fn what_to_fix(self) -> &'static str {
+        match self {
+            Refusal::AccessDenied => {
+                "allow s3:PutObject (and the multipart actions) on the results prefix in the IAM or bucket policy of these credentials"
+            }
+            Refusal::NoSuchBucket => "create the bucket or fix WAVE_RESULTS_URL / AWS_ENDPOINT_URL",
+            Refusal::InvalidAccessKeyId => {
+                "the access key is unknown to the store: fix AWS_ACCESS_KEY_ID or the pod's IRSA / Pod Identity role"
+            }
+            Refusal::SignatureDoesNotMatch => {
+                "the secret does not match the access key: fix AWS_SECRET_ACCESS_KEY"
+            }
+        }
+    }
+
+    fn from_code(code: &str) -> Option<Refusal> {
+        match code {
+            "AccessDenied" | "AllAccessDisabled" => Some(Refusal::AccessDenied),
+            "NoSuchBucket" => Some(Refusal::NoSuchBucket),
+            "InvalidAccessKeyId" | "InvalidToken" | "ExpiredToken" => {
+                Some(Refusal::InvalidAccessKeyId)
+            }
+            "SignatureDoesNotMatch" => Some(Refusal::SignatureDoesNotMatch),
+            _ => None,
+        }
+    }
 }
 
 /// A failed store operation, written for the person reading the pod log.
@@ -190,6 +330,12 @@ pub enum StoreError {
         /// Bytes received.
         actual: u64,
     },
+    /// The shutdown deadline passed while the upload was still running.
+    #[error("the upload of {url} was cut off by the shutdown deadline")]
+    CutOff {
+        /// The object.
+        url: String,
+    },
     /// An `s3://` URL was used with a store opened for local files only.
     #[error("{url}: this store was opened for file:// URLs and has no S3 client")]
     NoS3Client {
@@ -205,7 +351,7 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         match self {
             StoreError::S3 { transient, .. } => *transient,
-            StoreError::ShortTransfer { .. } => true,
+            StoreError::ShortTransfer { .. } | StoreError::CutOff { .. } => true,
             StoreError::Io { source, .. } => matches!(
                 source.kind(),
                 io::ErrorKind::Interrupted | io::ErrorKind::TimedOut
@@ -220,6 +366,11 @@ impl StoreError {
             StoreError::S3 { code, .. } => code.as_deref(),
             _ => None,
         }
+    }
+
+    /// The permanent refusal this is, if it is one.
+    pub fn refusal(&self) -> Option<Refusal> {
+        self.s3_code().and_then(Refusal::from_code)
     }
 
     fn io(op: &'static str, path: &Path, source: io::Error) -> StoreError {
@@ -315,12 +466,39 @@ impl Store {
     /// multipart threshold go up in parts, a few in parallel; a failed multipart upload is
     /// aborted so no orphaned parts are left to pay for.
     pub async fn put(&self, src: &Path, url: &StoreUrl) -> Result<PutOutcome, StoreError> {
+        let len = tokio::fs::metadata(src)
+            .await
+            .map_err(|e| StoreError::io("read", src, e))?
+            .len();
+        let request = UploadRequest {
+            len,
+            stored: None,
+            cutoff: CutOff::never(),
+        };
+        self.upload(src, url, &request).await
+    }
+
+    /// The smallest stored object an upload to `url` can extend without sending it again
+    /// (S3: the minimum part size, since the stored copy becomes the first part; a
+    /// directory appends to anything).
+    pub fn min_extend_size(url: &StoreUrl) -> u64 {
         match url {
-            StoreUrl::S3 { bucket, key } => self.s3(url)?.put(src, bucket, key).await,
-            StoreUrl::File { path } => {
-                let bytes = file::copy_atomic(src, path).await?;
-                Ok(PutOutcome { bytes, parts: None })
-            }
+            StoreUrl::S3 { .. } => MIN_PART_SIZE,
+            StoreUrl::File { .. } => 0,
+        }
+    }
+
+    /// Stores the first `request.len` bytes of `src` at `url`, extending what the store
+    /// already holds when `request.stored` says so (see [`UploadRequest`]).
+    pub async fn upload(
+        &self,
+        src: &Path,
+        url: &StoreUrl,
+        request: &UploadRequest,
+    ) -> Result<PutOutcome, StoreError> {
+        match url {
+            StoreUrl::S3 { bucket, key } => self.s3(url)?.upload(src, bucket, key, request).await,
+            StoreUrl::File { path } => file::upload(src, path, request.len, request.stored).await,
         }
     }
 }

@@ -47,6 +47,10 @@ pub struct Summary {
     /// The reason the test part was stopped (SPEC 5.3), if it was.
     #[serde(default)]
     pub stopped: Option<String>,
+    /// RFC 3339 start of each start of the supervisor on this work directory (more than one
+    /// when it was restarted mid-test and resumed it); each run names its start by index.
+    #[serde(default)]
+    pub supervisor_starts: Vec<String>,
     pub agents: Vec<AgentSummary>,
 }
 
@@ -77,6 +81,12 @@ pub struct AgentSummary {
 /// One run (start) of an agent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunSummary {
+    /// The run's `WAVE_RUN`: 0 for the agent's first start, then 1, 2, …
+    #[serde(default)]
+    pub run: u32,
+    /// Index into `supervisor_starts` of the supervisor that started it.
+    #[serde(default)]
+    pub supervisor_start: u32,
     pub started_at: String,
     pub ended_at: Option<String>,
     #[serde(flatten)]
@@ -96,6 +106,8 @@ pub struct SummaryContext {
     pub placement: Option<Placement>,
     pub start_at: Option<String>,
     pub stopped: Option<String>,
+    /// Every start of the supervisor, this one last.
+    pub supervisor_starts: Vec<SystemTime>,
 }
 
 /// summary.json could not be written or read.
@@ -143,6 +155,7 @@ impl Summary {
             machines: ctx.placement.as_ref().map(|p| p.machines),
             start_at: ctx.start_at.clone(),
             stopped: ctx.stopped.clone(),
+            supervisor_starts: ctx.supervisor_starts.iter().copied().map(rfc3339).collect(),
             agents: supervision
                 .agents
                 .iter()
@@ -201,7 +214,10 @@ fn agent_summary(agent: &AgentRecord, ctx: &SummaryContext) -> AgentSummary {
         runs: agent
             .runs
             .iter()
-            .map(|r| RunSummary {
+            .zip(0..)
+            .map(|(r, run)| RunSummary {
+                run,
+                supervisor_start: r.supervisor_start,
                 started_at: rfc3339(r.started_at),
                 ended_at: r.ended_at.map(rfc3339),
                 outcome: r.outcome.clone(),
@@ -228,6 +244,7 @@ mod tests {
             placement: None,
             start_at: None,
             stopped: None,
+            supervisor_starts: vec![SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000)],
         }
     }
 
@@ -237,6 +254,7 @@ mod tests {
             started_at: t,
             ended_at: Some(t + Duration::from_secs(5)),
             outcome: Some(outcome),
+            supervisor_start: 0,
         };
         Supervision {
             agents: vec![
@@ -246,6 +264,7 @@ mod tests {
                     state: AgentState::Succeeded,
                     restarts: 0,
                     runs: vec![run(ExitOutcome::Success)],
+                    stopped: false,
                 },
                 AgentRecord {
                     index: 1,
@@ -256,6 +275,7 @@ mod tests {
                         run(ExitOutcome::Failure { code: 2 }),
                         run(ExitOutcome::Signal { signal: 9 }),
                     ],
+                    stopped: false,
                 },
             ],
             stopped: false,

@@ -196,21 +196,29 @@ impl std::fmt::Display for ExitOutcome {
 }
 
 /// One start of an agent process.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunRecord {
     pub started_at: SystemTime,
     pub ended_at: Option<SystemTime>,
     pub outcome: Option<ExitOutcome>,
+    /// Which start of the supervisor (0 for the first, then one more per restart of the
+    /// supervisor on the same work directory) made this run.
+    #[serde(default)]
+    pub supervisor_start: u32,
 }
 
 /// Everything known about one agent.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AgentRecord {
     pub index: u32,
     pub id: String,
     pub state: AgentState,
     pub restarts: u32,
     pub runs: Vec<RunRecord>,
+    /// Ended by a shutdown request rather than on its own: a supervisor started again on
+    /// the same work directory runs it again.
+    #[serde(default)]
+    pub stopped: bool,
 }
 
 /// What the supervisor does after an agent process ended.
@@ -303,6 +311,9 @@ pub trait Observe: Send + Sync + 'static {
     fn agent_exited(&self, index: usize, outcome: &ExitOutcome);
     /// How many agents are in each state now.
     fn states(&self, counts: &HashMap<AgentState, usize>);
+    /// Everything known about the agents, after each change (to keep it across a restart
+    /// of the supervisor).
+    fn records(&self, _agents: &[AgentRecord]) {}
 }
 
 /// What the supervisor shares with the rest of the process.
@@ -338,6 +349,8 @@ pub struct Supervisor<S> {
     exits: JoinSet<Exited>,
     /// One timer per agent in backoff, resolving with its index when the restart is due.
     restarts: JoinSet<usize>,
+    /// Which start of the supervisor this is (see [`RunRecord::supervisor_start`]).
+    supervisor_start: u32,
 }
 
 impl<S: Spawn> Supervisor<S> {
@@ -359,6 +372,7 @@ impl<S: Spawn> Supervisor<S> {
                         state: AgentState::Running,
                         restarts: 0,
                         runs: Vec::new(),
+                        stopped: false,
                     },
                     group: None,
                     alive: false,
@@ -373,7 +387,21 @@ impl<S: Spawn> Supervisor<S> {
             slots,
             exits: JoinSet::new(),
             restarts: JoinSet::new(),
+            supervisor_start: 0,
         })
+    }
+
+    /// Continues from what an earlier start of the supervisor recorded (see
+    /// [`crate::resume`]): agents in a final state are not started again, the others start
+    /// as run number `runs.len()` of theirs.
+    pub fn resume_from(mut self, history: Vec<AgentRecord>, supervisor_start: u32) -> Self {
+        for (slot, record) in self.slots.iter_mut().zip(history) {
+            slot.record.state = record.state;
+            slot.record.restarts = record.restarts;
+            slot.record.runs = record.runs;
+        }
+        self.supervisor_start = supervisor_start;
+        self
     }
 
     /// Runs the agents until they have all ended, or until `shutdown` stops them.
@@ -420,7 +448,10 @@ impl<S: Spawn> Supervisor<S> {
         for lane in 0..lanes {
             let spawner = self.spawner.clone();
             let stop = shutdown.stop.clone();
-            let indices: Vec<usize> = (lane..self.slots.len()).step_by(lanes).collect();
+            let indices: Vec<usize> = (lane..self.slots.len())
+                .step_by(lanes)
+                .filter(|&index| !self.slots[index].record.state.is_final())
+                .collect();
             batches.push(tokio::task::spawn_blocking(move || {
                 indices
                     .into_iter()
@@ -456,6 +487,7 @@ impl<S: Spawn> Supervisor<S> {
             started_at,
             ended_at: None,
             outcome: None,
+            supervisor_start: self.supervisor_start,
         });
         slot.record.state = AgentState::Running;
 
@@ -523,6 +555,7 @@ impl<S: Spawn> Supervisor<S> {
             }
             Step::Finish(state) => {
                 slot.record.state = state;
+                slot.record.stopped = stopping;
                 match state {
                     _ if stopping => info!("agent-{k} stopped: {outcome}"),
                     AgentState::Succeeded => info!("agent-{k} succeeded"),
@@ -542,6 +575,8 @@ impl<S: Spawn> Supervisor<S> {
             *counts.entry(slot.record.state).or_insert(0) += 1;
         }
         self.ctx.observer.states(&counts);
+        let records: Vec<AgentRecord> = self.slots.iter().map(|s| s.record.clone()).collect();
+        self.ctx.observer.records(&records);
     }
 
     /// SIGTERM to every agent's process group, SIGKILL after the stop timeout (or at a
@@ -555,6 +590,7 @@ impl<S: Spawn> Supervisor<S> {
             let never_started = slot.record.state == AgentState::Running && !slot.alive;
             if waiting || never_started {
                 slot.record.state = AgentState::Failed;
+                slot.record.stopped = true;
             }
         }
         self.publish_states();

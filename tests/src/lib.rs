@@ -8,6 +8,7 @@ pub mod apiserver;
 pub mod kubelet;
 pub mod process;
 pub mod prometheus;
+pub mod proxy;
 pub mod s3;
 pub mod tls;
 

@@ -61,6 +61,27 @@ impl S3Access {
         }
     }
 
+    /// The same server and bucket reached through another endpoint (a proxy in front of
+    /// it), or with other credentials.
+    pub fn with(&self, endpoint: Option<&str>, keys: Option<(&str, &str)>) -> S3Access {
+        let (access_key, secret_key) = keys.unwrap_or((&self.access_key, &self.secret_key));
+        S3Access::new(
+            endpoint.unwrap_or(&self.endpoint).to_owned(),
+            access_key.to_owned(),
+            secret_key.to_owned(),
+            &self.region,
+            &self.bucket,
+            self.checksum,
+        )
+    }
+
+    /// `127.0.0.1:<port>` of the S3 API.
+    pub fn address(&self) -> &str {
+        self.endpoint
+            .strip_prefix("http://")
+            .expect("test servers speak plain http")
+    }
+
     /// `http://127.0.0.1:<port>`.
     pub fn endpoint(&self) -> &str {
         &self.endpoint
@@ -199,6 +220,31 @@ impl S3Access {
             .await
             .expect("reading the object body")
             .to_vec()
+    }
+
+    /// The content of an object, without checking the checksum the server returns: s3s-fs
+    /// 0.14 keeps the full-object CRC32 of a PutObject when a multipart upload replaces the
+    /// object (it updates only the ETag), so a validating GET of a replaced object fails
+    /// although its bytes are right.
+    pub async fn get_unvalidated(&self, key: &str) -> Vec<u8> {
+        sdk_client(
+            &self.endpoint,
+            &self.access_key,
+            &self.secret_key,
+            &self.region,
+            ChecksumMode::WhenRequired,
+        )
+        .get_object()
+        .bucket(&self.bucket)
+        .key(key)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {key}: {}", aws_sdk_s3::error::DisplayErrorContext(e)))
+        .body
+        .collect()
+        .await
+        .expect("reading the object body")
+        .to_vec()
     }
 
     /// Stores `body` at `key`.
@@ -396,6 +442,7 @@ impl Drop for S3sFs {
 /// A single-node Garage server with one bucket, created by `--default-bucket`.
 pub struct Garage {
     access: S3Access,
+    config: PathBuf,
     _dir: tempfile::TempDir,
     child: Option<Child>,
 }
@@ -469,9 +516,40 @@ admin_token = "{token}"
         }
         Garage {
             access,
+            config: config_path,
             _dir: dir,
             child: Some(child),
         }
+    }
+
+    /// A new key allowed to read the bucket but not to write to it (`garage key import`,
+    /// `garage bucket allow --read`): the bucket policy of a misconfigured pod.
+    pub fn read_only_key(&self) -> (String, String) {
+        let (id, secret) = (format!("GK{}", random_hex(12)), random_hex(32));
+        let garage = |args: &[&str]| {
+            let out = Command::new(tool("garage"))
+                .arg("-c")
+                .arg(&self.config)
+                .args(args)
+                .output()
+                .expect("run the garage CLI");
+            assert!(
+                out.status.success(),
+                "garage {args:?}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        garage(&["key", "import", &id, &secret, "-n", "read-only", "--yes"]);
+        garage(&[
+            "bucket",
+            "allow",
+            "--read",
+            &self.access.bucket,
+            "--key",
+            &id,
+        ]);
+        (id, secret)
     }
 }
 

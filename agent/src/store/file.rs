@@ -2,7 +2,9 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{StoreError, StoreUrl, StoredObject};
+use std::io::{Read, Seek, SeekFrom, Write};
+
+use super::{PutOutcome, StoreError, StoreUrl, StoredObject};
 
 /// Every file under `root` (or `root` itself when it is a file); a missing root is empty,
 /// like an S3 prefix with no objects.
@@ -107,6 +109,89 @@ pub(super) async fn copy_atomic(src: &Path, dest: &Path) -> Result<u64, StoreErr
     Ok(copied)
 }
 
+/// Stores the first `len` bytes of `src` at `dest`: appended when `dest` holds exactly the
+/// `stored` bytes already confirmed (a reader sees a prefix of the local file at every
+/// moment), else copied whole through a temporary file and a rename.
+pub(super) async fn upload(
+    src: &Path,
+    dest: &Path,
+    len: u64,
+    stored: Option<u64>,
+) -> Result<PutOutcome, StoreError> {
+    let (src, dest) = (src.to_owned(), dest.to_owned());
+    tokio::task::spawn_blocking(move || upload_blocking(&src, &dest, len, stored))
+        .await
+        .expect("the copy task does not panic")
+}
+
+fn upload_blocking(
+    src: &Path,
+    dest: &Path,
+    len: u64,
+    stored: Option<u64>,
+) -> Result<PutOutcome, StoreError> {
+    let mut input = std::fs::File::open(src).map_err(|e| StoreError::io("read", src, e))?;
+    if let Some(from) = stored.filter(|&from| from <= len)
+        && let Ok(mut out) = std::fs::OpenOptions::new().write(true).open(dest)
+        && out.metadata().is_ok_and(|m| m.len() == from)
+    {
+        input
+            .seek(SeekFrom::Start(from))
+            .map_err(|e| StoreError::io("read", src, e))?;
+        out.seek(SeekFrom::End(0))
+            .map_err(|e| StoreError::io("write", dest, e))?;
+        let sent = copy_exactly(&mut input, len - from, &mut out, src, dest)?;
+        out.flush().map_err(|e| StoreError::io("write", dest, e))?;
+        return Ok(PutOutcome {
+            bytes: sent,
+            stored: len,
+            parts: None,
+        });
+    }
+    if let Some(parent) = dest.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| StoreError::io("create directory", parent, e))?;
+    }
+    let tmp = temp_path_for(dest);
+    let result = std::fs::File::create(&tmp)
+        .map_err(|e| StoreError::io("write", dest, e))
+        .and_then(|mut out| copy_exactly(&mut input, len, &mut out, src, dest))
+        .and_then(|_| std::fs::rename(&tmp, dest).map_err(|e| StoreError::io("write", dest, e)));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map(|()| PutOutcome {
+        bytes: len,
+        stored: len,
+        parts: None,
+    })
+}
+
+/// Copies exactly `len` bytes (a file that shrank under the copy is a short transfer).
+fn copy_exactly(
+    input: &mut std::fs::File,
+    len: u64,
+    out: &mut std::fs::File,
+    src: &Path,
+    dest: &Path,
+) -> Result<u64, StoreError> {
+    let copied = std::io::copy(&mut input.take(len), out).map_err(|e| {
+        if out.metadata().is_err() {
+            StoreError::io("write", dest, e)
+        } else {
+            StoreError::io("copy", src, e)
+        }
+    })?;
+    if copied != len {
+        return Err(StoreError::ShortTransfer {
+            url: format!("file://{}", dest.display()),
+            expected: len,
+            actual: copied,
+        });
+    }
+    Ok(copied)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,6 +235,35 @@ mod tests {
             .map(|e| e.expect("entry").file_name())
             .collect();
         assert_eq!(leftovers, ["dest"]);
+    }
+
+    #[tokio::test]
+    async fn an_upload_appends_to_the_confirmed_prefix_and_copies_whole_otherwise() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let src = dir.path().join("log");
+        let dest = dir.path().join("store/log");
+        std::fs::write(&src, b"first\nsecond\nthird (still being written)").expect("write");
+        let whole = upload(&src, &dest, 6, None).await.expect("whole");
+        assert_eq!((whole.bytes, whole.stored), (6, 6));
+        let appended = upload(&src, &dest, 13, Some(6)).await.expect("append");
+        assert_eq!((appended.bytes, appended.stored), (7, 13));
+        assert_eq!(std::fs::read(&dest).expect("read"), b"first\nsecond\n");
+        // The stored object is not what the caller thinks: sent whole instead.
+        let mismatch = upload(&src, &dest, 13, Some(3)).await.expect("whole again");
+        assert_eq!(mismatch.bytes, 13);
+        assert_eq!(std::fs::read(&dest).expect("read"), b"first\nsecond\n");
+    }
+
+    #[tokio::test]
+    async fn a_file_shorter_than_its_snapshot_is_a_short_transfer() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let src = dir.path().join("log");
+        std::fs::write(&src, b"abc").expect("write");
+        let err = upload(&src, &dir.path().join("d"), 10, None)
+            .await
+            .expect_err("shrunk");
+        assert!(matches!(err, StoreError::ShortTransfer { .. }), "{err}");
+        assert!(!dir.path().join("d").exists(), "nothing half-written");
     }
 
     #[tokio::test]

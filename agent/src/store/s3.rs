@@ -2,6 +2,8 @@
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use aws_config::BehaviorVersion;
@@ -16,7 +18,7 @@ use futures::{StreamExt, TryStreamExt};
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
 use super::file::temp_path_for;
-use super::{PutOutcome, StoreError, StoreUrl, StoredObject};
+use super::{CutOff, PutOutcome, StoreError, StoreUrl, StoredObject, UploadRequest};
 use crate::error_chain::ErrorChain;
 
 /// When the SDK adds checksums to requests (`WAVE_S3_CHECKSUM`).
@@ -89,6 +91,13 @@ const MIB: u64 = 1024 * 1024;
 /// redirects the client to the bucket's region.
 const DEFAULT_REGION: &str = "us-east-1";
 const MAX_PARTS: u64 = 10_000;
+/// The smallest part S3 accepts (but for the last one): a stored object below it cannot be
+/// the copied first part of an extension, so a file that small is sent whole.
+pub const MIN_PART_SIZE: u64 = 5 * MIB;
+/// The largest part UploadPartCopy accepts.
+const MAX_COPY_PART: u64 = 5 * 1024 * MIB;
+/// How long a shutdown waits for the abort of a multipart upload it cut off.
+const ABORT_WAIT: Duration = Duration::from_secs(2);
 
 impl S3Options {
     /// The part size for a file of `size` bytes: the configured one, or larger when the
@@ -108,6 +117,8 @@ pub(super) struct S3Store {
     client: Client,
     options: S3Options,
     endpoint: Option<String>,
+    /// Set once the store answered that it lacks UploadPartCopy (checked on first use).
+    copy_unsupported: Arc<AtomicBool>,
 }
 
 impl S3Store {
@@ -146,6 +157,7 @@ impl S3Store {
             client: Client::from_conf(config.build()),
             options: options.clone(),
             endpoint: sdk.endpoint_url().map(str::to_owned),
+            copy_unsupported: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -365,42 +377,75 @@ impl S3Store {
         Ok(written)
     }
 
-    pub(super) async fn put(
+    pub(super) async fn upload(
         &self,
         src: &Path,
         bucket: &str,
         key: &str,
+        request: &UploadRequest,
     ) -> Result<PutOutcome, StoreError> {
-        let size = tokio::fs::metadata(src)
-            .await
-            .map_err(|e| StoreError::io("read", src, e))?
-            .len();
-        if size <= self.options.multipart_threshold {
-            let body = file_body(src, 0, size).await?;
-            self.client
+        let url = format!("s3://{bucket}/{key}");
+        let copy = request
+            .stored
+            .filter(|&stored| stored >= MIN_PART_SIZE && stored < request.len);
+        if let Some(stored) = copy
+            && !self.copy_unsupported.load(Ordering::Relaxed)
+        {
+            match self
+                .put_multipart(src, bucket, key, request.len, stored, &request.cutoff)
+                .await
+            {
+                Err(MultipartError::CopyUnsupported(e)) => {
+                    if !self.copy_unsupported.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(
+                            %url,
+                            error = %ErrorChain(&e),
+                            "this store does not support UploadPartCopy: grown result files are sent whole from now on"
+                        );
+                    }
+                }
+                other => return other.map_err(MultipartError::into_store_error),
+            }
+        }
+        if request.len <= self.options.multipart_threshold {
+            let body = file_body(src, 0, request.len).await?;
+            let put = self
+                .client
                 .put_object()
                 .bucket(bucket)
                 .key(key)
-                .content_length(size as i64)
+                .content_length(request.len as i64)
                 .body(body)
-                .send()
-                .await
-                .map_err(|e| self.error("upload", format!("s3://{bucket}/{key}"), e))?;
+                .send();
+            tokio::select! {
+                sent = put => {
+                    sent.map_err(|e| self.error("upload", url, e))?;
+                }
+                () = request.cutoff.reached() => return Err(StoreError::CutOff { url }),
+            }
             return Ok(PutOutcome {
-                bytes: size,
+                bytes: request.len,
+                stored: request.len,
                 parts: None,
             });
         }
-        self.put_multipart(src, bucket, key, size).await
+        self.put_multipart(src, bucket, key, request.len, 0, &request.cutoff)
+            .await
+            .map_err(MultipartError::into_store_error)
     }
 
+    /// A multipart upload of the first `len` bytes of `src`, whose first `copied` bytes are
+    /// copied by the store from the object already at `key` (UploadPartCopy) instead of
+    /// being sent. Cut off by `cutoff`, or failed, it is aborted before this returns.
     async fn put_multipart(
         &self,
         src: &Path,
         bucket: &str,
         key: &str,
-        size: u64,
-    ) -> Result<PutOutcome, StoreError> {
+        len: u64,
+        copied: u64,
+        cutoff: &CutOff,
+    ) -> Result<PutOutcome, MultipartError> {
         let url = format!("s3://{bucket}/{key}");
         let with_checksums = self.options.checksum == ChecksumMode::WhenSupported;
         let mut create = self
@@ -416,54 +461,115 @@ impl S3Store {
             .await
             .map_err(|e| self.error("start multipart upload of", url.clone(), e))?;
         let upload_id = upload.upload_id().unwrap_or_default().to_owned();
-        let mut pending = PendingUpload {
-            store: self.clone(),
-            bucket: bucket.to_owned(),
-            key: key.to_owned(),
-            upload_id: upload_id.clone(),
-            armed: true,
+        let work = async {
+            let mut parts = self
+                .copy_parts(bucket, key, &upload_id, copied, with_checksums)
+                .await?;
+            let budget = MAX_PARTS.saturating_sub(parts.len() as u64).max(1);
+            let part_size = self
+                .options
+                .part_size
+                .max((len - copied).div_ceil(budget))
+                .max(1);
+            let first_new = i32::try_from(parts.len()).unwrap_or(i32::MAX) + 1;
+            let plan = PartPlan {
+                range: (copied, len),
+                part_size,
+                first_number: first_new,
+                with_checksums,
+            };
+            parts.extend(
+                self.upload_parts(src, bucket, key, &upload_id, plan)
+                    .await?,
+            );
+            let count = parts.len();
+            self.client
+                .complete_multipart_upload()
+                .bucket(bucket)
+                .key(key)
+                .upload_id(&upload_id)
+                .multipart_upload(
+                    CompletedMultipartUpload::builder()
+                        .set_parts(Some(parts))
+                        .build(),
+                )
+                .send()
+                .await
+                .map_err(|e| self.error("complete multipart upload of", url.clone(), e))?;
+            Ok::<_, MultipartError>(count)
         };
-        let part_size = self.options.part_size_for(size);
-        let result = self
-            .upload_parts(src, bucket, key, &upload_id, size, part_size)
-            .await;
-        let result = match result {
-            Ok(parts) => {
-                let count = parts.len();
-                self.client
-                    .complete_multipart_upload()
-                    .bucket(bucket)
-                    .key(key)
-                    .upload_id(&upload_id)
-                    .multipart_upload(
-                        CompletedMultipartUpload::builder()
-                            .set_parts(Some(parts))
-                            .build(),
-                    )
-                    .send()
-                    .await
-                    .map(|_| count)
-                    .map_err(|e| self.error("complete multipart upload of", url.clone(), e))
-            }
-            Err(e) => Err(e),
+        let result = tokio::select! {
+            result = work => result,
+            () = cutoff.reached() => Err(MultipartError::Store(StoreError::CutOff { url: url.clone() })),
         };
         match result {
-            Ok(count) => {
-                pending.armed = false;
-                Ok(PutOutcome {
-                    bytes: size,
-                    parts: Some(count),
-                })
-            }
+            Ok(count) => Ok(PutOutcome {
+                bytes: len - copied,
+                stored: len,
+                parts: Some(count),
+            }),
             Err(e) => {
-                pending.armed = false;
-                pending
-                    .store
-                    .abort(&pending.bucket, &pending.key, &pending.upload_id)
-                    .await;
+                // Bounded: a shutdown waits for the abort, not for a store that is gone.
+                if tokio::time::timeout(ABORT_WAIT, self.abort(bucket, key, &upload_id))
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!(%url, "the abort of a multipart upload did not finish in time (a bucket lifecycle rule removes it)");
+                }
                 Err(e)
             }
         }
+    }
+
+    /// Parts `1..` of an extension: the stored object's first `copied` bytes, copied by the
+    /// store in pieces of at most the largest copy part.
+    async fn copy_parts(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        copied: u64,
+        with_checksums: bool,
+    ) -> Result<Vec<CompletedPart>, MultipartError> {
+        let url = format!("s3://{bucket}/{key}");
+        let source = format!("{bucket}/{}", encode_key(key));
+        let mut parts = Vec::new();
+        for ((start, end), number) in ranges(copied, MAX_COPY_PART).zip(1..) {
+            let out = self
+                .client
+                .upload_part_copy()
+                .bucket(bucket)
+                .key(key)
+                .upload_id(upload_id)
+                .part_number(number)
+                .copy_source(&source)
+                .copy_source_range(format!("bytes={start}-{}", end - 1))
+                .send()
+                .await
+                .map_err(|e| {
+                    let unsupported = copy_unsupported(&e);
+                    let e = self.error("copy the stored part of", url.clone(), e);
+                    if unsupported {
+                        MultipartError::CopyUnsupported(e)
+                    } else {
+                        MultipartError::Store(e)
+                    }
+                })?;
+            let result = out.copy_part_result();
+            parts.push(
+                CompletedPart::builder()
+                    .part_number(number)
+                    .set_e_tag(result.and_then(|r| r.e_tag()).map(str::to_owned))
+                    .set_checksum_crc32(
+                        result
+                            .and_then(|r| r.checksum_crc32())
+                            .filter(|_| with_checksums)
+                            .map(str::to_owned),
+                    )
+                    .build(),
+            );
+        }
+        Ok(parts)
     }
 
     /// Aborts a multipart upload so its parts stop costing storage; a failure is logged.
@@ -492,12 +598,14 @@ impl S3Store {
         bucket: &str,
         key: &str,
         upload_id: &str,
-        size: u64,
-        part_size: u64,
+        plan: PartPlan,
     ) -> Result<Vec<CompletedPart>, StoreError> {
         let url = format!("s3://{bucket}/{key}");
-        let with_checksums = self.options.checksum == ChecksumMode::WhenSupported;
-        let mut parts: Vec<CompletedPart> = futures::stream::iter(ranges(size, part_size).zip(1..))
+        let (from, to) = plan.range;
+        let with_checksums = plan.with_checksums;
+        let pieces =
+            ranges(to - from, plan.part_size).map(move |(start, end)| (from + start, from + end));
+        let mut parts: Vec<CompletedPart> = futures::stream::iter(pieces.zip(plan.first_number..))
             .map(|((start, end), number): ((u64, u64), i32)| {
                 let url = url.clone();
                 async move {
@@ -522,7 +630,11 @@ impl S3Store {
                         CompletedPart::builder()
                             .part_number(number)
                             .set_e_tag(out.e_tag().map(str::to_owned))
-                            .set_checksum_crc32(out.checksum_crc32().map(str::to_owned))
+                            .set_checksum_crc32(
+                                out.checksum_crc32()
+                                    .filter(|_| with_checksums)
+                                    .map(str::to_owned),
+                            )
                             .build(),
                     )
                 }
@@ -535,31 +647,54 @@ impl S3Store {
     }
 }
 
-/// A multipart upload in progress. If the upload is dropped half-way (a flush cut off by
-/// its deadline), the abort runs in the background.
-struct PendingUpload {
-    store: S3Store,
-    bucket: String,
-    key: String,
-    upload_id: String,
-    armed: bool,
+/// The parts of a multipart upload that carry bytes from the local file.
+struct PartPlan {
+    /// Bytes `[start, end)` of the file.
+    range: (u64, u64),
+    part_size: u64,
+    first_number: i32,
+    with_checksums: bool,
 }
 
-impl Drop for PendingUpload {
-    fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let store = self.store.clone();
-            let (bucket, key, upload_id) = (
-                std::mem::take(&mut self.bucket),
-                std::mem::take(&mut self.key),
-                std::mem::take(&mut self.upload_id),
-            );
-            runtime.spawn(async move { store.abort(&bucket, &key, &upload_id).await });
+/// Why a multipart upload failed.
+enum MultipartError {
+    /// The store does not implement UploadPartCopy: extend by a whole upload instead.
+    CopyUnsupported(StoreError),
+    Store(StoreError),
+}
+
+impl From<StoreError> for MultipartError {
+    fn from(e: StoreError) -> Self {
+        MultipartError::Store(e)
+    }
+}
+
+impl MultipartError {
+    fn into_store_error(self) -> StoreError {
+        match self {
+            MultipartError::CopyUnsupported(e) | MultipartError::Store(e) => e,
         }
     }
+}
+
+/// Whether a failed UploadPartCopy says the store lacks the operation (rather than
+/// refusing this request).
+fn copy_unsupported<E: ProvideErrorMetadata>(err: &SdkError<E>) -> bool {
+    let status = err.raw_response().map(|r| r.status().as_u16());
+    status == Some(501) || matches!(err.code(), Some("NotImplemented" | "NotSupported"))
+}
+
+/// A key as the `x-amz-copy-source` header wants it: percent-encoded, `/` kept.
+fn encode_key(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    for b in key.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// A streaming request body reading `len` bytes of `path` from `offset`.

@@ -6,6 +6,7 @@ mod support;
 
 mod agent_prometheus;
 mod agent_s3;
+mod agent_s3_incremental;
 mod agent_s3_run;
 mod apiserver;
 mod architecture;
@@ -14,6 +15,7 @@ mod manifests;
 mod slots_file;
 mod slots_kube;
 mod supervisor;
+mod supervisor_resume;
 mod webhook_admission;
 mod webhook_binary;
 mod webhook_https;

@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod error_chain;
 pub mod install;
+pub mod load_metrics;
 pub mod logs;
 pub mod metrics;
 pub mod process;
@@ -14,6 +15,8 @@ pub mod results;
 pub mod run;
 pub mod script;
 pub mod shutdown;
+pub mod sketch;
+pub mod statsd;
 pub mod store;
 pub mod summary;
 pub mod supervise;

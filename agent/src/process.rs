@@ -58,6 +58,7 @@ impl Spawn for ProcessSpawner {
             .env("WAVE_AGENT_ID", config.agent_id(k))
             .env("PLAYERS_PER_AGENT", config.players_per_agent.to_string())
             .env("WAVE_OUTPUT_DIR", out_env)
+            .envs(config.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

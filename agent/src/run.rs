@@ -27,6 +27,7 @@ use crate::reap::{self, Tracked};
 use crate::results::{UploadError, UploadMetrics, Uploader};
 use crate::script::{self, ScriptError, ScriptMetrics};
 use crate::shutdown::Shutdown;
+use crate::statsd::{Statsd, StatsdError, WindowMeta};
 use crate::store::{Store, StoreError, StoreUrl};
 use crate::summary::{Summary, SummaryContext, SummaryError};
 use crate::supervise::{
@@ -66,6 +67,8 @@ pub enum RunError {
     Supervise(#[from] SuperviseError),
     #[error(transparent)]
     Summary(#[from] SummaryError),
+    #[error(transparent)]
+    Statsd(#[from] StatsdError),
 }
 
 /// How a run ended.
@@ -130,6 +133,7 @@ pub async fn run(
     let script_metrics = ScriptMetrics::register(&mut registry);
     let upload_metrics = UploadMetrics::register(&mut registry);
     agent_metrics.set_players_configured(u64::from(args.agents) * args.players_per_agent);
+    let statsd = Arc::new(Statsd::start(args.statsd_config(), &mut registry)?);
 
     let address = listener.local_addr().map_err(RunError::MetricsAddress)?;
     let ready = Arc::new(AtomicBool::new(false));
@@ -196,6 +200,7 @@ pub async fn run(
                 tracked,
                 ready,
                 stdout,
+                statsd,
             };
             test.run(uploader, shutdown).await
         }
@@ -217,6 +222,7 @@ struct Test<'a> {
     tracked: Arc<Tracked>,
     ready: Arc<AtomicBool>,
     stdout: Option<StdoutSink>,
+    statsd: Arc<Statsd>,
 }
 
 impl Test<'_> {
@@ -258,6 +264,7 @@ impl Test<'_> {
             restart: args.restart,
             max_restarts: args.max_restarts,
             stop_timeout: args.stop_timeout,
+            env: self.statsd.agent_env(),
         };
         let ctx = SuperviseContext {
             observer: Arc::new(self.agent_metrics.clone()),
@@ -268,6 +275,18 @@ impl Test<'_> {
         let started_at = SystemTime::now();
         info!("starting {} agents", args.agents);
 
+        let windows_stop = shutdown.kill.child_token();
+        let windows = {
+            let (statsd, metrics) = (self.statsd.clone(), self.agent_metrics.clone());
+            let meta = WindowMeta {
+                pod: self.pod.to_owned(),
+                container: args.container_index,
+                results_dir: self.work.results.clone(),
+                agents_running: Box::new(move || metrics.running_agents()),
+            };
+            let (length, stop) = (args.load_window, windows_stop.clone());
+            tokio::spawn(async move { statsd.write_windows(meta, length, stop).await })
+        };
         let sync_stop = shutdown.kill.child_token();
         let syncing = uploader.map(|uploader| {
             tokio::spawn(sync_periodically(
@@ -277,6 +296,9 @@ impl Test<'_> {
             ))
         });
         let supervision = supervisor.run(shutdown.clone()).await;
+        // The last window is in load-metrics.jsonl before the final upload.
+        windows_stop.cancel();
+        let _ = windows.await;
         sync_stop.cancel();
         let mut uploader = match syncing {
             Some(task) => Some(task.await.expect("the sync task does not panic")),

@@ -75,6 +75,8 @@ pub struct SuperviseConfig {
     pub restart: RestartPolicy,
     pub max_restarts: u32,
     pub stop_timeout: Duration,
+    /// Variables every agent gets besides its own (the StatsD address, SPEC 6).
+    pub env: Vec<(String, String)>,
 }
 
 impl SuperviseConfig {
@@ -746,6 +748,7 @@ mod tests {
             restart: RestartPolicy::OnFailure,
             max_restarts: 5,
             stop_timeout: Duration::from_secs(20),
+            env: Vec::new(),
         };
         assert_eq!(config.agent_id(3), "pod-x-c1-a3");
         assert_eq!(config.output_dir(3), Path::new("/w/results/agent-3"));
@@ -900,6 +903,7 @@ mod tests {
             restart,
             max_restarts,
             stop_timeout: Duration::from_secs(20),
+            env: Vec::new(),
         }
     }
 

@@ -227,6 +227,15 @@ fn apply(
                     "container {index} would get a metrics port above 65535; lower metrics-port-base in the webhook config"
                 ),
             })?;
+        let statsd_port = u16::try_from(index)
+            .ok()
+            .and_then(|i| config.statsd_port_base.checked_add(i))
+            .ok_or_else(|| Denial {
+                subject: "spec.containers".to_string(),
+                problem: format!(
+                    "container {index} would get a StatsD port above 65535; lower statsd-port-base in the webhook config"
+                ),
+            })?;
         let env = [
             ("TEST_ID", EnvValue::Plain(s.test_id.to_string())),
             ("TOTAL_PLAYERS", EnvValue::Plain(total_players.to_string())),
@@ -248,6 +257,7 @@ fn apply(
             ("POD_NAMESPACE", EnvValue::Field("metadata.namespace")),
             ("POD_UID", EnvValue::Field("metadata.uid")),
             ("NODE_NAME", EnvValue::Field("spec.nodeName")),
+            ("WAVE_STATSD_PORT", EnvValue::Plain(statsd_port.to_string())),
         ];
         for (name, value) in env {
             add_env(container, name, value, warnings);
@@ -695,6 +705,7 @@ mod tests {
                 "POD_NAMESPACE",
                 "POD_UID",
                 "NODE_NAME",
+                "WAVE_STATSD_PORT",
             ]
         );
     }
@@ -831,6 +842,10 @@ mod tests {
             assert_eq!(
                 env(c, "WAVE_METRICS_PORT"),
                 Some((9102 + i).to_string().as_str())
+            );
+            assert_eq!(
+                env(c, "WAVE_STATSD_PORT"),
+                Some((8125 + i).to_string().as_str())
             );
         }
     }

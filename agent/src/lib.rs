@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod process;
 pub mod procfs;
 pub mod reap;
+pub mod report;
 pub mod results;
 pub mod run;
 pub mod script;

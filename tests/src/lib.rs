@@ -9,6 +9,7 @@ pub mod kubelet;
 pub mod process;
 pub mod prometheus;
 pub mod s3;
+pub mod synthetic;
 pub mod tls;
 
 use std::future::Future;

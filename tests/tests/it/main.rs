@@ -10,6 +10,7 @@ mod agent_s3_run;
 mod architecture;
 mod e2e;
 mod manifests;
+mod report;
 mod statsd;
 mod supervisor;
 mod webhook_admission;

@@ -8,6 +8,7 @@ mod agent_prometheus;
 mod agent_s3;
 mod agent_s3_run;
 mod architecture;
+mod dashboard;
 mod e2e;
 mod manifests;
 mod report;

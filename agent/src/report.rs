@@ -568,7 +568,7 @@ impl Report {
                 "expected count unknown (summaries do not say)".to_owned(),
                 |m| format!("of {m}"),
             );
-            let _ = write!(out, "  machines  {name}{} seen {expected}", part.seen);
+            let _ = write!(out, "  machines  {name}{} seen{expected}", part.seen);
             if !part.missing.is_empty() {
                 let missing: Vec<String> = part.missing.iter().map(u64::to_string).collect();
                 let _ = write!(out, "; never reported: machine {}", missing.join(", "));

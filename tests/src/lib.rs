@@ -10,6 +10,7 @@ pub mod process;
 pub mod prometheus;
 pub mod s3;
 pub mod synthetic;
+pub mod target;
 pub mod tls;
 
 use std::future::Future;

@@ -7,7 +7,7 @@ set -euo pipefail
 TOOLS="${WAVE_TOOLS_DIR:-$HOME/.cache/wave-tools}"
 S3S_FS_VERSION=0.14.1
 GARAGE_VERSION=2.5.0
-STATSD_VERSION=0.10.2
+STATSD_VERSION=0.9.0
 mkdir -p "$TOOLS/bin"
 
 log() { printf '[install-test-deps] %s\n' "$*" >&2; }

@@ -345,6 +345,7 @@ async fn example_test_runs_from_deployment_to_s3_and_prometheus() {
         volumes.path().join("wave-work").display().to_string(),
     );
     container.set_env("WAVE_METRICS_PORT", "0");
+    container.set_env("WAVE_STATSD_PORT", "0");
     container.set_env("WAVE_UPLOAD_INTERVAL", "1s");
     container.set_env("WAVE_EXAMPLE_SECONDS", "4");
     let supervisor_log = volumes.path().join("supervisor.log");

@@ -3,7 +3,11 @@
 //! in a local s3s-fs. Measured: wall time of `wave report s3://… --json` (list, 960
 //! downloads, merge) and its peak RSS (`/usr/bin/time -v`).
 //!
-//! Run: `cargo build --release --bins && cargo bench -p wave-tests --bench report_merge`.
+//! Every pod gets the same windows (generated once; the reader does the same work whatever
+//! the values). `WAVE_REPORT_BIN` names the `wave` binary to time (default: the one next to
+//! this bench), so a release `wave` can be timed without a release build of the tests:
+//! `cargo build --release -p wave-agent --bin wave &&
+//!  WAVE_REPORT_BIN=target/release/wave cargo bench --profile dev -p wave-tests --bench report_merge`.
 
 use std::process::Command;
 use std::time::Instant;
@@ -116,13 +120,15 @@ async fn main() {
         bytes as f64 / 1048576.0,
         started.elapsed().as_secs_f64()
     );
+    let wave = std::env::var_os("WAVE_REPORT_BIN")
+        .map_or_else(|| workspace_bin("wave"), std::path::PathBuf::from);
     let dir = tempfile::tempdir().expect("tempdir");
     let json = dir.path().join("report.json");
     for run in 1..=3 {
         let started = Instant::now();
         let output = Command::new("/usr/bin/time")
             .arg("-v")
-            .arg(workspace_bin("wave"))
+            .arg(&wave)
             .args([
                 "report",
                 &format!("s3://{}/results/bench/", s3.bucket()),

@@ -7,6 +7,7 @@ set -euo pipefail
 TOOLS="${WAVE_TOOLS_DIR:-$HOME/.cache/wave-tools}"
 S3S_FS_VERSION=0.14.1
 GARAGE_VERSION=2.5.0
+STATSD_VERSION=0.9.0
 mkdir -p "$TOOLS/bin"
 
 log() { printf '[install-test-deps] %s\n' "$*" >&2; }
@@ -38,9 +39,21 @@ pip_tools() {
   "$venv/bin/pip" install -q kubernetes-validate awscli >&2
 }
 
+npm_statsd() { # Etsy's StatsD daemon, the reference the ingest benchmark compares with
+  local dir="$TOOLS/statsd"
+  if [[ -f "$dir/node_modules/statsd/stats.js" ]]; then return; fi
+  log "npm install statsd@$STATSD_VERSION"
+  mkdir -p "$dir"
+  npm install --silent --prefix "$dir" "statsd@$STATSD_VERSION" >&2
+}
+
 cargo_tool s3s-fs "$S3S_FS_VERSION" s3s-fs --features binary
 cargo_tool garage "$GARAGE_VERSION" garage
 apt_tool prometheus prometheus
+apt_tool chromium chromium
+command -v node >/dev/null 2>&1 || apt_tool node nodejs
+command -v npm >/dev/null 2>&1 || apt_tool npm npm
+npm_statsd
 pip_tools
 command -v cargo-nextest >/dev/null 2>&1 || cargo_tool cargo-nextest 0.9.143 cargo-nextest
 

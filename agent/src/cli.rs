@@ -227,6 +227,33 @@ pub struct RunArgs {
     )]
     pub job_completion_index: Option<u32>,
 
+    /// UDP port of the agents' StatsD server on 127.0.0.1; defaults to 8125 + the container
+    /// index (containers share the pod's network). 0 binds a free port.
+    #[arg(long, value_name = "WAVE_STATSD_PORT", env = "WAVE_STATSD_PORT")]
+    pub statsd_port: Option<u16>,
+
+    /// Unix datagram socket of the StatsD server; defaults to `<work>/statsd.sock`.
+    #[arg(long, value_name = "WAVE_STATSD_SOCKET", env = "WAVE_STATSD_SOCKET")]
+    pub statsd_socket: Option<PathBuf>,
+
+    /// Most StatsD series kept; lines that would make more are dropped and counted.
+    #[arg(
+        long,
+        value_name = "WAVE_STATSD_MAX_SERIES",
+        env = "WAVE_STATSD_MAX_SERIES",
+        default_value_t = 10_000
+    )]
+    pub statsd_max_series: usize,
+
+    /// Upper bounds of the Prometheus buckets of StatsD timers (seconds) and histograms,
+    /// comma-separated; defaults to Prometheus's own (0.005 … 10).
+    #[arg(long, value_name = "WAVE_STATSD_BUCKETS", env = "WAVE_STATSD_BUCKETS", value_parser = parse_buckets)]
+    pub statsd_buckets: Option<Buckets>,
+
+    /// Length of the windows written to `load-metrics.jsonl`.
+    #[arg(long, value_name = "WAVE_LOAD_WINDOW", env = "WAVE_LOAD_WINDOW", default_value = "10s", value_parser = parse_duration)]
+    pub load_window: Duration,
+
     /// Agent command and its arguments; defaults to `<work>/script/run`.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<OsString>,
@@ -237,6 +264,27 @@ pub struct RunArgs {
 pub struct InstallArgs {
     /// Directory that receives the `wave-agent` executable (created if missing).
     pub dir: PathBuf,
+}
+
+/// Histogram bucket bounds, ascending.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Buckets(pub Vec<f64>);
+
+fn parse_buckets(text: &str) -> Result<Buckets, String> {
+    let bounds = text
+        .split(',')
+        .map(|b| {
+            b.trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|v| v.is_finite())
+                .ok_or_else(|| format!("{:?} is not a number", b.trim()))
+        })
+        .collect::<Result<Vec<f64>, String>>()?;
+    if bounds.windows(2).any(|w| w[0] >= w[1]) {
+        return Err("bucket bounds must be in increasing order".into());
+    }
+    Ok(Buckets(bounds))
 }
 
 fn parse_duration(text: &str) -> Result<Duration, humantime::DurationError> {
@@ -272,6 +320,28 @@ impl RunArgs {
             earlier_agents: self.container_index.saturating_mul(self.agents),
             part_player_offset: self.part_player_offset,
             players_per_agent: self.players_per_agent,
+        }
+    }
+
+    /// The StatsD server's sockets and limits (SPEC 6).
+    pub fn statsd_config(&self) -> crate::statsd::StatsdConfig {
+        let index = u16::try_from(self.container_index).unwrap_or(u16::MAX);
+        crate::statsd::StatsdConfig {
+            port: self
+                .statsd_port
+                .unwrap_or_else(|| 8125u16.saturating_add(index)),
+            port_required: self.statsd_port.is_some(),
+            socket: self
+                .statsd_socket
+                .clone()
+                .unwrap_or_else(|| self.work_dir.join("statsd.sock")),
+            aggregate: crate::statsd::aggregate::AggregateConfig {
+                max_series: self.statsd_max_series,
+                buckets: self.statsd_buckets.clone().map_or_else(
+                    || crate::statsd::aggregate::DEFAULT_BUCKETS.to_vec(),
+                    |b| b.0,
+                ),
+            },
         }
     }
 
@@ -389,6 +459,23 @@ mod tests {
         let err = parse(&["--start", "tomorow"]).expect_err("invalid");
         assert!(err.to_string().contains("is not a start"), "{err}");
         assert!(parse(&["--coordination", "file://relative/"]).is_err());
+    }
+
+    #[test]
+    fn statsd_defaults_to_8125_plus_the_container_index_in_the_work_dir() {
+        let config = parse(&["--container-index", "2", "--work-dir", "/w"])
+            .expect("valid")
+            .statsd_config();
+        assert_eq!(config.port, 8127);
+        assert_eq!(config.socket, PathBuf::from("/w/statsd.sock"));
+        assert_eq!(config.aggregate.max_series, 10_000);
+        let config = parse(&["--statsd-port", "9000", "--statsd-buckets", "0.1, 1,10"])
+            .expect("valid")
+            .statsd_config();
+        assert_eq!(config.port, 9000);
+        assert_eq!(config.aggregate.buckets, [0.1, 1.0, 10.0]);
+        assert!(parse(&["--statsd-buckets", "1,0.5"]).is_err());
+        assert!(parse(&["--statsd-buckets", "1,x"]).is_err());
     }
 
     #[test]

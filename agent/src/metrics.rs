@@ -138,6 +138,14 @@ impl AgentMetrics {
         }
     }
 
+    /// Agents running now (what `wave_agents{state="running"}` shows).
+    pub fn running_agents(&self) -> u32 {
+        let running = self.agents.get_or_create(&StateLabels {
+            state: AgentState::Running,
+        });
+        u32::try_from(running.get()).unwrap_or(0)
+    }
+
     pub fn set_players_configured(&self, players: u64) {
         self.players_configured
             .set(i64::try_from(players).unwrap_or(i64::MAX));

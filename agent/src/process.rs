@@ -92,6 +92,7 @@ impl Spawn for ProcessSpawner {
             .envs(config.placement.iter().flat_map(|p| p.agent_env(k)))
             .envs(config.start_at.iter().map(|at| ("WAVE_START_AT", at)))
             .env("WAVE_RUN", run.to_string())
+            .envs(config.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -130,6 +130,24 @@ fn children_from_tasks() -> io::Result<Vec<i32>> {
     Ok(pids)
 }
 
+/// Datagrams the kernel dropped on the UDP socket with inode `inode` (the last column of
+/// `/proc/net/udp` and `udp6`), e.g. because its receive buffer was full.
+pub fn udp_drops(inode: u64) -> Option<u64> {
+    ["/proc/net/udp", "/proc/net/udp6"]
+        .iter()
+        .filter_map(|path| std::fs::read_to_string(path).ok())
+        .find_map(|text| parse_udp_drops(&text, inode))
+}
+
+/// The drops of socket `inode` in the text of `/proc/net/udp`.
+pub fn parse_udp_drops(text: &str, inode: u64) -> Option<u64> {
+    text.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_ascii_whitespace().collect();
+        // sl local rem st tx:rx tr:when retrnsmt uid timeout inode ref pointer drops
+        (fields.get(9)?.parse::<u64>().ok()? == inode).then(|| fields.get(12)?.parse().ok())?
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,5 +207,15 @@ mod tests {
         let stat = ProcStat::read(me).expect("own stat");
         assert_eq!(stat.pgrp, nix::unistd::getpgrp().as_raw());
         assert!(MemoryStatus::read(me).expect("own status").rss > 0);
+    }
+
+    #[test]
+    fn reads_the_drops_of_one_udp_socket() {
+        let text = "   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops\n\
+  1: 0100007F:1FBD 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 4242 2 0000000000000000 17\n\
+  2: 0100007F:1FBE 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 4343 2 0000000000000000 0\n";
+        assert_eq!(parse_udp_drops(text, 4242), Some(17));
+        assert_eq!(parse_udp_drops(text, 4343), Some(0));
+        assert_eq!(parse_udp_drops(text, 1), None);
     }
 }

@@ -31,6 +31,7 @@ use crate::results::{UploadError, UploadMetrics, Uploader};
 use crate::resume::Resumption;
 use crate::script::{self, ScriptError, ScriptMetrics};
 use crate::shutdown::Shutdown;
+use crate::statsd::{Statsd, StatsdError, WindowMeta};
 use crate::store::{CutOffSetter, Store, StoreError, StoreUrl};
 use crate::summary::{Summary, SummaryContext, SummaryError};
 use crate::supervise::{
@@ -78,6 +79,8 @@ pub enum RunError {
     Summary(#[from] SummaryError),
     #[error(transparent)]
     Coordination(#[from] CoordinationError),
+    #[error(transparent)]
+    Statsd(#[from] StatsdError),
 }
 
 /// How a run ended.
@@ -144,6 +147,7 @@ pub async fn run(
     let coordination_metrics = CoordinationMetrics::register(&mut registry);
     let waiting = Waiting::default();
     agent_metrics.set_players_configured(u64::from(args.agents) * args.players_per_agent);
+    let statsd = Arc::new(Statsd::start(args.statsd_config(), &mut registry)?);
 
     let address = listener.local_addr().map_err(RunError::MetricsAddress)?;
     let ready = Arc::new(AtomicBool::new(false));
@@ -216,6 +220,7 @@ pub async fn run(
                 tracked,
                 ready,
                 stdout,
+                statsd,
             };
             test.run(uploader, shutdown).await
         }
@@ -240,6 +245,7 @@ struct Test<'a> {
     tracked: Arc<Tracked>,
     ready: Arc<AtomicBool>,
     stdout: Option<StdoutSink>,
+    statsd: Arc<Statsd>,
 }
 
 impl Test<'_> {
@@ -313,6 +319,7 @@ impl Test<'_> {
             stop_timeout: args.stop_timeout,
             placement: placement.clone(),
             start_at: Some(start_at.clone()),
+            env: self.statsd.agent_env(),
         };
         let resumed = Resumption::begin(
             self.work.root.join(AGENT_JOURNAL),
@@ -334,6 +341,18 @@ impl Test<'_> {
         let started_at = supervisor_starts[0];
         info!("starting {} agents", args.agents);
 
+        let windows_stop = shutdown.kill.child_token();
+        let windows = {
+            let (statsd, metrics) = (self.statsd.clone(), self.agent_metrics.clone());
+            let meta = WindowMeta {
+                pod: self.pod.to_owned(),
+                container: args.container_index,
+                results_dir: self.work.results.clone(),
+                agents_running: Box::new(move || metrics.running_agents()),
+            };
+            let (length, stop) = (args.load_window, windows_stop.clone());
+            tokio::spawn(async move { statsd.write_windows(meta, length, stop).await })
+        };
         let sync_stop = shutdown.kill.child_token();
         let syncing = uploader.map(|uploader| {
             (
@@ -350,6 +369,9 @@ impl Test<'_> {
             watch_part_stop(&shutdown, coordinator.clone(), stopped_by.clone());
         let supervision = supervisor.run(supervision_shutdown).await;
         let stopped_by = stopped_by.lock().unwrap_or_else(|p| p.into_inner()).take();
+        // The last window is in load-metrics.jsonl before the final upload.
+        windows_stop.cancel();
+        let _ = windows.await;
         // The final upload's budget starts now; a sync under way goes on within it (its
         // finished files and parts are kept) instead of starting over.
         let deadline = Instant::now() + args.stop_timeout;

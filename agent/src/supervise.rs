@@ -79,6 +79,8 @@ pub struct SuperviseConfig {
     pub placement: Option<crate::slots::Placement>,
     /// `WAVE_START_AT`, the start the agents were given (SPEC 5.2).
     pub start_at: Option<String>,
+    /// Variables every agent gets besides its own (the StatsD address, SPEC 6).
+    pub env: Vec<(String, String)>,
 }
 
 impl SuperviseConfig {
@@ -788,6 +790,7 @@ mod tests {
             stop_timeout: Duration::from_secs(20),
             placement: None,
             start_at: None,
+            env: Vec::new(),
         };
         assert_eq!(config.agent_id(3), "pod-x-c1-a3");
         assert_eq!(config.output_dir(3), Path::new("/w/results/agent-3"));
@@ -944,6 +947,7 @@ mod tests {
             stop_timeout: Duration::from_secs(20),
             placement: None,
             start_at: None,
+            env: Vec::new(),
         }
     }
 

@@ -10,6 +10,8 @@ pub mod process;
 pub mod prometheus;
 pub mod proxy;
 pub mod s3;
+pub mod synthetic;
+pub mod target;
 pub mod tls;
 
 use std::future::Future;

@@ -64,6 +64,19 @@ impl Running {
             .port()
     }
 
+    /// The UDP port of the StatsD server of a `wave-agent` started with
+    /// `WAVE_STATSD_PORT=0`, once its log names it; fails the test after `limit`.
+    pub fn statsd_port(&self, limit: Duration) -> u16 {
+        poll_blocking(limit, || statsd_address(&self.output()))
+            .unwrap_or_else(|| {
+                panic!(
+                    "no `StatsD on udp://` line after {limit:?}:\n{}",
+                    self.output()
+                )
+            })
+            .port()
+    }
+
     /// `try_wait` for Drop, which must not panic while a test is already failing.
     fn try_wait_quietly(&mut self) -> Option<ExitStatus> {
         self.child.try_wait().ok().flatten()
@@ -92,6 +105,19 @@ pub fn metrics_address(log: &str) -> Option<SocketAddr> {
         line.split_once("serving metrics on ")?
             .1
             .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// The UDP address of a `wave-agent`'s StatsD server, from its `StatsD on udp://<address>`
+/// log line.
+pub fn statsd_address(log: &str) -> Option<SocketAddr> {
+    log.lines().find_map(|line| {
+        line.split_once("StatsD on udp://")?
+            .1
+            .split_whitespace()
+            .next()?
             .parse()
             .ok()
     })

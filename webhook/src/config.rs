@@ -90,6 +90,8 @@ pub struct Config {
     pub supervisor_image: String,
     /// `WAVE_METRICS_PORT` of container 0; container `i` gets base + i.
     pub metrics_port_base: u16,
+    /// `WAVE_STATSD_PORT` of container 0; container `i` gets base + i (SPEC 6).
+    pub statsd_port_base: u16,
     /// What the DaemonSets take from every node (subtracted under `fit`).
     #[serde(deserialize_with = "shape_only::<OverheadFile, _, _>")]
     pub daemonset_overhead: Amount,
@@ -148,6 +150,7 @@ impl Default for Config {
             supervisor: SupervisorMode::Inject,
             supervisor_image: DEFAULT_SUPERVISOR_IMAGE.to_string(),
             metrics_port_base: 9102,
+            statsd_port_base: 8125,
             daemonset_overhead: Amount {
                 cpu_millis: 125,
                 memory_mib: 0,
@@ -300,6 +303,12 @@ impl Config {
         }
         if self.supervisor_image.trim().is_empty() {
             return Err(invalid("supervisor-image", "must not be empty"));
+        }
+        if self.statsd_port_base == 0 {
+            return Err(invalid(
+                "statsd-port-base",
+                "must be a port number (1-65535)",
+            ));
         }
         if self.metrics_port_base == 0 {
             return Err(invalid(

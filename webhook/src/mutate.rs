@@ -245,6 +245,15 @@ fn apply(
                     "container {index} would get a metrics port above 65535; lower metrics-port-base in the webhook config"
                 ),
             })?;
+        let statsd_port = u16::try_from(index)
+            .ok()
+            .and_then(|i| config.statsd_port_base.checked_add(i))
+            .ok_or_else(|| Denial {
+                subject: "spec.containers".to_string(),
+                problem: format!(
+                    "container {index} would get a StatsD port above 65535; lower statsd-port-base in the webhook config"
+                ),
+            })?;
         let env = [
             ("TEST_ID", EnvValue::Plain(s.test_id.to_string())),
             ("TOTAL_PLAYERS", EnvValue::Plain(totals.players.to_string())),
@@ -291,6 +300,7 @@ fn apply(
                 EnvValue::Plain(s.part_settings.player_offset.to_string()),
             ),
             ("WAVE_POD_AGENTS", EnvValue::Plain(s.agents.to_string())),
+            ("WAVE_STATSD_PORT", EnvValue::Plain(statsd_port.to_string())),
         ];
         for (name, value) in env {
             add_env(container, name, value, warnings);
@@ -745,6 +755,7 @@ mod tests {
                 "WAVE_START_TIMEOUT",
                 "WAVE_PART_PLAYER_OFFSET",
                 "WAVE_POD_AGENTS",
+                "WAVE_STATSD_PORT",
             ]
         );
     }
@@ -928,6 +939,10 @@ mod tests {
             assert_eq!(
                 env(c, "WAVE_METRICS_PORT"),
                 Some((9102 + i).to_string().as_str())
+            );
+            assert_eq!(
+                env(c, "WAVE_STATSD_PORT"),
+                Some((8125 + i).to_string().as_str())
             );
         }
     }

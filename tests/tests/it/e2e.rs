@@ -523,6 +523,7 @@ async fn start_pod(pod: &Pod, name: &str, uid: &str, s3: &S3sFs, api: &ApiServer
         volumes.path().join("wave-work").display().to_string(),
     );
     container.set_env("WAVE_METRICS_PORT", "0");
+    container.set_env("WAVE_STATSD_PORT", "0");
     container.set_env("WAVE_UPLOAD_INTERVAL", "1s");
     container.set_env("WAVE_EXAMPLE_SECONDS", "4");
     let supervisor_log = volumes.path().join("supervisor.log");

@@ -1,10 +1,12 @@
-//! `wave`, the users' command line: parses the arguments and hands over to the library.
+//! `wave`: the users' command line (SPEC 7). Parses the command and hands over to the
+//! library; each subcommand's logic lives in its own module of the crate.
 
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use wave_agent::error_chain::ErrorChain;
+use wave_agent::report::ReportArgs;
 use wave_agent::slots::Part;
 use wave_agent::status;
 
@@ -18,6 +20,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// One report of a whole test from its results (every pod's summary and load metrics).
+    Report(Box<ReportArgs>),
     /// Machines claimed / ready / running / completed of every part of a test, from the
     /// slot Leases and the pods.
     Status(StatusArgs),
@@ -58,7 +62,7 @@ struct StopArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
@@ -69,7 +73,7 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(err) => {
             eprintln!("wave: {}", ErrorChain(err.as_ref()));
             ExitCode::from(2)
@@ -88,8 +92,10 @@ async fn client(target: &Target) -> anyhow::Result<(kube::Client, String)> {
     Ok((client, namespace))
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+/// Runs the command; its exit code is 1 when a report's threshold or agent failed.
+async fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
+        Command::Report(args) => return Ok(wave_agent::report::run(&args).await?),
         Command::Status(args) => {
             let (client, namespace) = client(&args.target).await?;
             let parts = status::status(
@@ -119,5 +125,5 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{part} stopped ({}: {name})", args.reason);
         }
     }
-    Ok(())
+    Ok(0)
 }

@@ -1,0 +1,138 @@
+//! `load-metrics.jsonl`: one line per 10 s window of what a container's agents reported
+//! over StatsD (SPEC 6), written by the supervisor and read back by `wave report`. The
+//! schema is versioned (`v`) and documented in docs/load-metrics.md.
+
+use std::collections::BTreeMap;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::sketch::StoredSketch;
+
+/// File name inside the results directory (and so in the store, SPEC 3).
+pub const FILE: &str = "load-metrics.jsonl";
+
+/// Version of the line schema; a reader refuses lines of a version it does not know.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Tags of a series, sorted by key.
+pub type Tags = BTreeMap<String, String>;
+
+/// One window of one container.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Window {
+    /// Schema version, [`SCHEMA_VERSION`].
+    pub v: u32,
+    pub pod: String,
+    pub container: u32,
+    /// Window start and end, milliseconds since the Unix epoch. Windows are aligned to
+    /// multiples of their length on the wall clock, so windows of every pod line up.
+    pub start_ms: i64,
+    pub end_ms: i64,
+    /// Agents of this container running at the end of the window.
+    pub agents_running: u32,
+    /// Relative error of the histograms' quantiles (the sketch's α).
+    pub relative_error: f64,
+    /// StatsD lines received in the window (dropped ones included).
+    pub lines: u64,
+    pub dropped: Dropped,
+    pub counters: Vec<Point>,
+    pub gauges: Vec<Point>,
+    pub histograms: Vec<HistogramPoint>,
+}
+
+/// Lines dropped in the window, by reason.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dropped {
+    pub parse: u64,
+    pub cardinality: u64,
+    pub overflow: u64,
+}
+
+/// A counter's increase over the window, or a gauge's value at its end.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Point {
+    /// Sanitized name, without the `wave_load_` prefix (or a counter's `_total`).
+    pub name: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: Tags,
+    pub value: f64,
+}
+
+/// The values of a timer, histogram or distribution seen in the window, in the unit they
+/// were sent in (timers: milliseconds).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistogramPoint {
+    pub name: String,
+    /// `ms`, `h` or `d`, as in the StatsD line.
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: Tags,
+    #[serde(flatten)]
+    pub sketch: StoredSketch,
+}
+
+/// A window could not be appended.
+#[derive(Debug, thiserror::Error)]
+#[error("failed to append a window to {}", path.display())]
+pub struct AppendError {
+    path: PathBuf,
+    #[source]
+    source: io::Error,
+}
+
+/// Appends `window` as one line to `<results_dir>/load-metrics.jsonl` (one `write` call, so
+/// an upload that copies the file mid-write sees whole lines or a cut last line, which a
+/// reader skips).
+pub fn append(results_dir: &Path, window: &Window) -> Result<(), AppendError> {
+    let path = results_dir.join(FILE);
+    let mut line = serde_json::to_vec(window).expect("a window always serializes");
+    line.push(b'\n');
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .and_then(|mut file| file.write_all(&line))
+        .map_err(|source| AppendError { path, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn appends_one_parsable_line_per_window() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut window = Window {
+            v: SCHEMA_VERSION,
+            pod: "p".into(),
+            container: 0,
+            start_ms: 10_000,
+            end_ms: 20_000,
+            agents_running: 2,
+            relative_error: crate::sketch::RELATIVE_ERROR,
+            lines: 3,
+            dropped: Dropped::default(),
+            counters: vec![Point {
+                name: "requests".into(),
+                tags: Tags::from([("endpoint".into(), "login".into())]),
+                value: 2.0,
+            }],
+            gauges: Vec::new(),
+            histograms: Vec::new(),
+        };
+        append(dir.path(), &window).expect("appends");
+        window.start_ms = 20_000;
+        append(dir.path(), &window).expect("appends");
+        let text = std::fs::read_to_string(dir.path().join(FILE)).expect("file");
+        let lines: Vec<Window> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a window"))
+            .collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[1], window);
+        assert!(text.starts_with("{\"v\":1,"), "{text}");
+    }
+}

@@ -1,0 +1,751 @@
+//! `wave report <results URL>` (SPEC 7): one report of a whole test from every pod's
+//! `summary.json` and `load-metrics.jsonl`, read through the agent's [`Store`] (S3 or a
+//! local folder), merged exactly ([`merge`]), checked against thresholds ([`thresholds`]),
+//! printed as a table and written as JSON (schema `wave-report/1`, docs/report.md), JUnit
+//! ([`junit`]) and a self-contained HTML page ([`html`]).
+//!
+//! Bad input never becomes a wrong number: an unreadable line or summary is skipped and
+//! named in the report's warnings.
+
+pub mod html;
+pub mod junit;
+pub mod merge;
+pub mod thresholds;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::{self, BufRead};
+use std::path::PathBuf;
+use std::time::{Duration, UNIX_EPOCH};
+
+use clap::Args;
+use futures::StreamExt;
+use serde::Serialize;
+
+use crate::load_metrics::{self, SCHEMA_VERSION, Tags, Window};
+use crate::store::{ChecksumMode, S3Options, Store, StoreError, StoreUrl, StoredObject};
+use crate::summary::{SUMMARY_FILE, Summary};
+use merge::{ContainerInput, Kind, Merged, Merger, SummaryInfo};
+use thresholds::{Outcome, Threshold};
+
+/// Version of the JSON report schema.
+pub const REPORT_SCHEMA: &str = "wave-report/1";
+
+/// Downloads at once.
+const PARALLEL_DOWNLOADS: usize = 16;
+
+/// Options of `wave report`.
+#[derive(Debug, Clone, Args)]
+pub struct ReportArgs {
+    /// The test's results: `s3://bucket/results/<TEST_ID>/` or `file:///path/`.
+    pub url: StoreUrl,
+    /// Pass/fail condition, e.g. 'latency_ms p95 < 250' or 'errors_total rate < 1%'
+    /// (repeatable); the exit code is 1 when one fails.
+    #[arg(long = "threshold", value_name = "EXPR")]
+    pub thresholds: Vec<Threshold>,
+    /// Write the report as JSON (schema wave-report/1) to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Write JUnit XML (one testcase per threshold, and one for the agents) to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<PathBuf>,
+    /// Write a self-contained HTML page with charts to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
+    /// Refresh every INTERVAL while the test runs; ends when every container has reported.
+    #[arg(long, value_name = "INTERVAL", num_args = 0..=1, default_missing_value = "5s", value_parser = humantime::parse_duration)]
+    pub watch: Option<Duration>,
+    /// Use path-style S3 addressing (most S3-compatible servers need it).
+    #[arg(long, env = "WAVE_S3_PATH_STYLE", default_value_t = false,
+          value_parser = clap::builder::BoolishValueParser::new(), num_args = 0..=1, default_missing_value = "true")]
+    pub s3_path_style: bool,
+    /// Request checksums of the S3 client (`when-required` for Garage and the like).
+    #[arg(long, env = "WAVE_S3_CHECKSUM", default_value = "when-supported")]
+    pub s3_checksum: ChecksumMode,
+}
+
+/// Why no report could be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("failed to read the results")]
+    Store(#[from] StoreError),
+    #[error(
+        "no test results under {url}: expected <pod>/c<container>/summary.json or load-metrics.jsonl below it (is this the results/<TEST_ID>/ prefix?)"
+    )]
+    NoTest { url: StoreUrl },
+    #[error("failed to make a temporary folder for the downloads")]
+    TempDir(#[source] io::Error),
+    #[error("failed to read the downloaded {0}")]
+    Read(String, #[source] io::Error),
+    #[error("failed to write {}", .0.display())]
+    Write(PathBuf, #[source] io::Error),
+}
+
+/// The objects of one container under the results URL.
+#[derive(Debug, Default)]
+struct ContainerObjects {
+    summary: Option<StoredObject>,
+    windows: Option<StoredObject>,
+}
+
+/// `<pod>/c<i>/<file>` → (pod, i, file).
+fn container_of(rel: &str) -> Option<(String, u32, &str)> {
+    let mut parts = rel.split('/');
+    let (pod, container, file) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    let index = container.strip_prefix('c')?.parse().ok()?;
+    Some((pod.to_owned(), index, file))
+}
+
+/// Reads every container's results under `url` and merges them.
+pub async fn load(store: &Store, url: &StoreUrl) -> Result<Merged, ReportError> {
+    let mut containers: BTreeMap<(String, u32), ContainerObjects> = BTreeMap::new();
+    for object in store.list(url).await? {
+        let Some((pod, index, file)) = container_of(&object.rel) else {
+            continue;
+        };
+        let entry = containers.entry((pod, index)).or_default();
+        match file {
+            SUMMARY_FILE => entry.summary = Some(object),
+            load_metrics::FILE => entry.windows = Some(object),
+            _ => {}
+        }
+    }
+    containers.retain(|_, c| c.summary.is_some() || c.windows.is_some());
+    if containers.is_empty() {
+        return Err(ReportError::NoTest { url: url.clone() });
+    }
+    let tmp = tempfile::tempdir().map_err(ReportError::TempDir)?;
+    let downloads = containers
+        .into_iter()
+        .enumerate()
+        .map(|(n, ((pod, container), objects))| {
+            let dir = tmp.path().join(n.to_string());
+            async move { read_container(store, pod, container, objects, dir).await }
+        });
+    let mut merger = Merger::default();
+    let mut warnings = Vec::new();
+    let mut results = futures::stream::iter(downloads).buffer_unordered(PARALLEL_DOWNLOADS);
+    while let Some(result) = results.next().await {
+        let (input, mut found) = result?;
+        warnings.append(&mut found);
+        merger.add(input);
+    }
+    let mut merged = merger.finish();
+    warnings.append(&mut merged.warnings);
+    merged.warnings = warnings;
+    Ok(merged)
+}
+
+async fn read_container(
+    store: &Store,
+    pod: String,
+    container: u32,
+    objects: ContainerObjects,
+    dir: PathBuf,
+) -> Result<(ContainerInput, Vec<String>), ReportError> {
+    std::fs::create_dir_all(&dir).map_err(ReportError::TempDir)?;
+    let name = format!("{pod}/c{container}");
+    let mut warnings = Vec::new();
+    let summary = match &objects.summary {
+        Some(object) => {
+            let path = dir.join(SUMMARY_FILE);
+            store.get(object, &path).await?;
+            let bytes =
+                std::fs::read(&path).map_err(|e| ReportError::Read(object.url.to_string(), e))?;
+            match parse_summary(&bytes) {
+                Ok(info) => Some(info),
+                Err(err) => {
+                    warnings.push(format!("{name}/{SUMMARY_FILE} is not a valid summary ({err}); its agents are not counted"));
+                    None
+                }
+            }
+        }
+        None => None,
+    };
+    let mut windows = Vec::new();
+    if let Some(object) = &objects.windows {
+        let path = dir.join(load_metrics::FILE);
+        store.get(object, &path).await?;
+        let file =
+            std::fs::File::open(&path).map_err(|e| ReportError::Read(object.url.to_string(), e))?;
+        let (read, mut found) = read_windows(io::BufReader::new(file), &name)
+            .map_err(|e| ReportError::Read(object.url.to_string(), e))?;
+        windows = read;
+        warnings.append(&mut found);
+        let _ = std::fs::remove_file(&path);
+    }
+    Ok((
+        ContainerInput {
+            pod,
+            container,
+            summary,
+            windows,
+        },
+        warnings,
+    ))
+}
+
+/// A summary with the optional fields of SPEC 3 (part, machine index and count).
+pub fn parse_summary(bytes: &[u8]) -> Result<SummaryInfo, serde_json::Error> {
+    let value: serde_json::Value = serde_json::from_slice(bytes)?;
+    let text = |key: &str| value.get(key).and_then(|v| v.as_str()).map(str::to_owned);
+    let number = |key: &str| value.get(key).and_then(serde_json::Value::as_u64);
+    Ok(SummaryInfo {
+        part: text("part"),
+        machines: number("machines"),
+        machine_index: number("machine_index"),
+        stopped: text("stopped"),
+        summary: serde_json::from_value::<Summary>(value.clone())?,
+    })
+}
+
+/// The windows of one `load-metrics.jsonl`; lines that are not windows of a known schema
+/// are skipped, each counted in a warning.
+pub fn read_windows(reader: impl BufRead, name: &str) -> io::Result<(Vec<Window>, Vec<String>)> {
+    let mut windows = Vec::new();
+    let mut bad = Vec::new();
+    let mut newer = 0;
+    for (number, line) in reader.split(b'\n').enumerate() {
+        let line = line?;
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        match serde_json::from_slice::<Window>(&line) {
+            Ok(window) if window.v == SCHEMA_VERSION => windows.push(window),
+            Ok(_) => newer += 1,
+            Err(_) => bad.push(number + 1),
+        }
+    }
+    let mut warnings = Vec::new();
+    if !bad.is_empty() {
+        let shown: Vec<String> = bad.iter().take(5).map(usize::to_string).collect();
+        warnings.push(format!(
+            "{name}/{}: {} corrupt line(s) skipped (line {}{})",
+            load_metrics::FILE,
+            bad.len(),
+            shown.join(", "),
+            if bad.len() > 5 { ", …" } else { "" }
+        ));
+    }
+    if newer > 0 {
+        warnings.push(format!(
+            "{name}/{}: {newer} line(s) of another schema version skipped (this wave reads v{SCHEMA_VERSION})",
+            load_metrics::FILE
+        ));
+    }
+    Ok((windows, warnings))
+}
+
+/// The report, as written by `--json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub schema: &'static str,
+    pub url: String,
+    pub test_id: Option<String>,
+    /// `complete`, or `running` while some container has not written its summary.
+    pub status: &'static str,
+    pub start: Option<String>,
+    pub end: Option<String>,
+    pub duration_seconds: Option<f64>,
+    pub machines: Machines,
+    pub agents: AgentCounts,
+    pub players: u64,
+    pub metrics: Vec<Metric>,
+    pub windows: Vec<WindowRow>,
+    pub thresholds: Vec<Outcome>,
+    pub statsd: StatsdCounts,
+    pub warnings: Vec<String>,
+    /// No threshold failed and no agent failed.
+    pub passed: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Machines {
+    pub pods: usize,
+    pub parts: Vec<Part>,
+    /// Containers with load metrics but no summary yet.
+    pub unfinished: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Part {
+    pub part: String,
+    /// `null` when the summaries do not say how many machines the part has.
+    pub expected: Option<u64>,
+    pub seen: u64,
+    pub missing: Vec<u64>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct AgentCounts {
+    pub total: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub restarted: u64,
+    pub stopped: u64,
+    pub unfinished: u64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct StatsdCounts {
+    pub lines: u64,
+    pub dropped: u64,
+}
+
+/// One metric over the whole test (a series, or every series of a name merged: `tags` {}).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Metric {
+    pub name: String,
+    /// `name{tag="v"}`; the bare name for all of a name's series merged.
+    pub series: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub tags: Tags,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count: Option<f64>,
+    /// Per second over the test.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mean: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p50: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p90: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p95: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p99: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last: Option<f64>,
+}
+
+/// One time window of the test.
+#[derive(Debug, Clone, Serialize)]
+pub struct WindowRow {
+    pub start_ms: i64,
+    pub end_ms: i64,
+    pub agents_running: u64,
+    pub containers: usize,
+    pub metrics: Vec<Metric>,
+}
+
+fn rfc3339(ms: i64) -> String {
+    let time = UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    humantime::format_rfc3339_millis(time).to_string()
+}
+
+fn histogram_metric(
+    name: &str,
+    tags: &Tags,
+    sketch: &crate::sketch::Sketch,
+    seconds: Option<f64>,
+) -> Metric {
+    let count = sketch.count();
+    Metric {
+        name: name.to_owned(),
+        series: label(name, tags),
+        kind: "histogram",
+        tags: tags.clone(),
+        count: Some(count),
+        rate: seconds.map(|s| count / s),
+        min: sketch.min(),
+        mean: (count > 0.0).then(|| sketch.sum() / count),
+        p50: sketch.quantile(0.5),
+        p90: sketch.quantile(0.9),
+        p95: sketch.quantile(0.95),
+        p99: sketch.quantile(0.99),
+        max: sketch.max(),
+        ..Metric::default()
+    }
+}
+
+fn counter_metric(name: &str, tags: &Tags, total: f64, seconds: Option<f64>) -> Metric {
+    Metric {
+        name: name.to_owned(),
+        series: label(name, tags),
+        kind: "counter",
+        tags: tags.clone(),
+        total: Some(total),
+        rate: seconds.map(|s| total / s),
+        ..Metric::default()
+    }
+}
+
+fn label(name: &str, tags: &Tags) -> String {
+    merge::SeriesKey {
+        name: name.to_owned(),
+        kind: Kind::Counter,
+        tags: tags.clone(),
+    }
+    .label()
+}
+
+/// Every series; for a name with several tag sets, first a row of them all merged (untagged
+/// lines of such a name are only in that row).
+fn metrics_of(merged: &Merged) -> Vec<Metric> {
+    let seconds = merged.duration_seconds();
+    let all = Tags::new();
+    let mut out = Vec::new();
+    let mut names: BTreeMap<&str, usize> = BTreeMap::new();
+    for key in merged.counters.keys() {
+        *names.entry(&key.name).or_default() += 1;
+    }
+    for (name, series) in names {
+        if series > 1 {
+            let total = merged.counter(name, &all).unwrap_or(0.0);
+            out.push(counter_metric(name, &all, total, seconds));
+        }
+        for (key, total) in merged.counters.iter().filter(|(k, _)| k.name == name) {
+            if series == 1 || !key.tags.is_empty() {
+                out.push(counter_metric(name, &key.tags, *total, seconds));
+            }
+        }
+    }
+    let mut names: BTreeMap<&str, usize> = BTreeMap::new();
+    for key in merged.histograms.keys() {
+        *names.entry(&key.name).or_default() += 1;
+    }
+    for (name, series) in names {
+        if series > 1
+            && let Some(sketch) = merged.histogram(name, &all)
+        {
+            out.push(histogram_metric(name, &all, &sketch, seconds));
+        }
+        for (key, sketch) in merged.histograms.iter().filter(|(k, _)| k.name == name) {
+            if series == 1 || !key.tags.is_empty() {
+                out.push(histogram_metric(name, &key.tags, sketch, seconds));
+            }
+        }
+    }
+    for key in merged.gauge_keys() {
+        if let Some((last, max)) = merged.gauge(&key.name, &key.tags) {
+            out.push(Metric {
+                name: key.name.clone(),
+                series: key.label(),
+                kind: "gauge",
+                tags: key.tags.clone(),
+                last: Some(last),
+                max: Some(max),
+                ..Metric::default()
+            });
+        }
+    }
+    out
+}
+
+fn window_rows(merged: &Merged) -> Vec<WindowRow> {
+    merged
+        .timeline
+        .iter()
+        .map(|bucket| {
+            let seconds = Some(((bucket.end_ms - bucket.start_ms).max(1)) as f64 / 1000.0);
+            let mut metrics = Vec::new();
+            let mut counters: BTreeMap<&str, f64> = BTreeMap::new();
+            for (key, value) in &bucket.counters {
+                *counters.entry(&key.name).or_default() += value;
+            }
+            for (name, total) in counters {
+                metrics.push(counter_metric(name, &Tags::new(), total, seconds));
+            }
+            let mut histograms: BTreeMap<&str, crate::sketch::Sketch> = BTreeMap::new();
+            for (key, sketch) in &bucket.histograms {
+                histograms.entry(&key.name).or_default().merge(sketch);
+            }
+            for (name, sketch) in histograms {
+                metrics.push(histogram_metric(name, &Tags::new(), &sketch, seconds));
+            }
+            let mut gauges: BTreeMap<&str, f64> = BTreeMap::new();
+            for (key, value) in &bucket.gauges {
+                *gauges.entry(&key.name).or_default() += value;
+            }
+            for (name, value) in gauges {
+                metrics.push(Metric {
+                    name: name.to_owned(),
+                    series: name.to_owned(),
+                    kind: "gauge",
+                    last: Some(value),
+                    ..Metric::default()
+                });
+            }
+            WindowRow {
+                start_ms: bucket.start_ms,
+                end_ms: bucket.end_ms,
+                agents_running: bucket.agents_running,
+                containers: bucket.containers,
+                metrics,
+            }
+        })
+        .collect()
+}
+
+impl Report {
+    /// The report of a merged test against `thresholds`.
+    pub fn new(url: &StoreUrl, merged: &Merged, thresholds: &[Threshold]) -> Report {
+        let outcomes: Vec<Outcome> = thresholds.iter().map(|t| t.evaluate(merged)).collect();
+        let agents = merged.agents;
+        let passed = outcomes.iter().all(|o| o.passed) && agents.failed == 0;
+        Report {
+            schema: REPORT_SCHEMA,
+            url: url.to_string(),
+            test_id: merged.test_id.clone(),
+            status: if merged.unfinished_containers.is_empty() {
+                "complete"
+            } else {
+                "running"
+            },
+            start: merged.start_ms.map(rfc3339),
+            end: merged.end_ms.map(rfc3339),
+            duration_seconds: merged.duration_seconds(),
+            machines: Machines {
+                pods: merged.pods.len(),
+                parts: merged
+                    .parts
+                    .iter()
+                    .map(|p| Part {
+                        part: p.part.clone(),
+                        expected: p.expected,
+                        seen: p.seen,
+                        missing: p.missing.clone(),
+                    })
+                    .collect(),
+                unfinished: merged.unfinished_containers.clone(),
+            },
+            agents: AgentCounts {
+                total: agents.total,
+                succeeded: agents.succeeded,
+                failed: agents.failed,
+                restarted: agents.restarted,
+                stopped: agents.stopped,
+                unfinished: agents.unfinished,
+            },
+            players: merged.players,
+            metrics: metrics_of(merged),
+            windows: window_rows(merged),
+            thresholds: outcomes,
+            statsd: StatsdCounts {
+                lines: merged.statsd_lines,
+                dropped: merged.statsd_dropped,
+            },
+            warnings: merged.warnings.clone(),
+            passed,
+        }
+    }
+
+    /// Exit code of `wave report`: 1 when a threshold or an agent failed.
+    pub fn exit_code(&self) -> u8 {
+        u8::from(!self.passed)
+    }
+
+    /// The terminal table.
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        let test = self.test_id.as_deref().unwrap_or("?");
+        let _ = writeln!(
+            out,
+            "wave report: test {test} ({})  {}",
+            self.status, self.url
+        );
+        if let (Some(start), Some(end), Some(d)) = (&self.start, &self.end, self.duration_seconds) {
+            let _ = writeln!(out, "  time      {start} to {end} ({d:.1} s)");
+        }
+        for part in &self.machines.parts {
+            let name = if part.part.is_empty() {
+                String::new()
+            } else {
+                format!("part {}: ", part.part)
+            };
+            let expected = part.expected.map_or(
+                "expected count unknown (summaries do not say)".to_owned(),
+                |m| format!("of {m}"),
+            );
+            let _ = write!(out, "  machines  {name}{} seen{expected}", part.seen);
+            if !part.missing.is_empty() {
+                let missing: Vec<String> = part.missing.iter().map(u64::to_string).collect();
+                let _ = write!(out, "; never reported: machine {}", missing.join(", "));
+            }
+            out.push('\n');
+        }
+        if !self.machines.unfinished.is_empty() {
+            let _ = writeln!(
+                out,
+                "  running   {} container(s) have not written their summary yet: {}",
+                self.machines.unfinished.len(),
+                self.machines.unfinished.join(", ")
+            );
+        }
+        let a = &self.agents;
+        let _ = writeln!(
+            out,
+            "  agents    {} ({} succeeded, {} failed, {} restarted, {} stopped{}); players {}",
+            a.total,
+            a.succeeded,
+            a.failed,
+            a.restarted,
+            a.stopped,
+            if a.unfinished > 0 {
+                format!(", {} not ended", a.unfinished)
+            } else {
+                String::new()
+            },
+            self.players
+        );
+        if !self.metrics.is_empty() {
+            let width = self
+                .metrics
+                .iter()
+                .map(|m| m.series.len())
+                .max()
+                .unwrap_or(6)
+                .max(6);
+            let _ = writeln!(
+                out,
+                "\n  {:<width$} {:>12} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}",
+                "metric", "total/count", "rate/s", "p50", "p90", "p95", "p99", "max"
+            );
+            let num = |v: Option<f64>| v.map_or(String::new(), format_number);
+            for m in &self.metrics {
+                let first = m.total.or(m.count).or(m.last);
+                let _ = writeln!(
+                    out,
+                    "  {:<width$} {:>12} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}",
+                    m.series,
+                    num(first),
+                    num(m.rate),
+                    num(m.p50),
+                    num(m.p90),
+                    num(m.p95),
+                    num(m.p99),
+                    num(m.max),
+                );
+            }
+        }
+        if !self.thresholds.is_empty() {
+            out.push_str("\n  thresholds\n");
+            for t in &self.thresholds {
+                let verdict = if t.passed { "PASS" } else { "FAIL" };
+                let _ = writeln!(out, "    {verdict}  {}  ({})", t.threshold, t.detail);
+            }
+        }
+        if self.statsd.dropped > 0 {
+            let _ = writeln!(
+                out,
+                "\n  statsd    {} of {} lines dropped by the supervisors (see wave_statsd_dropped_lines_total)",
+                self.statsd.dropped, self.statsd.lines
+            );
+        }
+        if !self.warnings.is_empty() {
+            out.push_str("\n  warnings\n");
+            for w in &self.warnings {
+                let _ = writeln!(out, "    {w}");
+            }
+        }
+        let _ = writeln!(
+            out,
+            "\n  result    {}",
+            if self.passed { "PASSED" } else { "FAILED" }
+        );
+        out
+    }
+}
+
+/// A number for the table: integers as such, others with 3 significant decimals at most.
+fn format_number(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{v:.0}")
+    } else if v.abs() >= 100.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+/// Loads, merges and writes the report once; returns it.
+pub async fn report_once(args: &ReportArgs, store: &Store) -> Result<Report, ReportError> {
+    let merged = load(store, &args.url).await?;
+    let report = Report::new(&args.url, &merged, &args.thresholds);
+    if let Some(path) = &args.json {
+        let mut text = serde_json::to_vec_pretty(&report).expect("a report always serializes");
+        text.push(b'\n');
+        std::fs::write(path, text).map_err(|e| ReportError::Write(path.clone(), e))?;
+    }
+    if let Some(path) = &args.junit {
+        std::fs::write(path, junit::render(&report))
+            .map_err(|e| ReportError::Write(path.clone(), e))?;
+    }
+    if let Some(path) = &args.html {
+        std::fs::write(path, html::render(&report))
+            .map_err(|e| ReportError::Write(path.clone(), e))?;
+    }
+    Ok(report)
+}
+
+/// `wave report`: prints the table (refreshed with `--watch` until the test is complete)
+/// and returns the exit code.
+pub async fn run(args: &ReportArgs) -> Result<u8, ReportError> {
+    let options = S3Options {
+        path_style: args.s3_path_style,
+        checksum: args.s3_checksum,
+        ..S3Options::default()
+    };
+    let store = Store::open(&args.url, &options).await?;
+    loop {
+        let report = report_once(args, &store).await?;
+        let Some(interval) = args.watch else {
+            print!("{}", report.table());
+            return Ok(report.exit_code());
+        };
+        // Clear the screen between refreshes, as `watch(1)` does.
+        print!("\x1b[2J\x1b[H{}", report.table());
+        if report.status == "complete" {
+            return Ok(report.exit_code());
+        }
+        println!(
+            "\n  refreshing every {}; Ctrl-C to stop",
+            humantime::format_duration(interval)
+        );
+        tokio::time::sleep(interval).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_container_of_a_result_file() {
+        assert_eq!(
+            container_of("pod-a/c1/summary.json"),
+            Some(("pod-a".into(), 1, "summary.json"))
+        );
+        assert_eq!(container_of("pod-a/c1/agent-0/stdout.log"), None);
+        assert_eq!(container_of("pod-a/x1/summary.json"), None);
+    }
+
+    #[test]
+    fn corrupt_and_foreign_lines_are_skipped_and_counted() {
+        let good = r#"{"v":1,"pod":"p","container":0,"start_ms":0,"end_ms":10000,"agents_running":1,"relative_error":0.01,"lines":1,"dropped":{"parse":0,"cardinality":0,"overflow":0},"counters":[{"name":"r","value":1.0}],"gauges":[],"histograms":[]}"#;
+        let newer = good.replace("{\"v\":1,", "{\"v\":2,");
+        let text = format!("{good}\n{{broken\n\n{newer}\n{}", &good[..40]);
+        let (windows, warnings) = read_windows(text.as_bytes(), "p/c0").expect("reads");
+        assert_eq!(windows.len(), 1);
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(
+            warnings[0].contains("2 corrupt line(s) skipped (line 2, 5)"),
+            "{warnings:?}"
+        );
+        assert!(
+            warnings[1].contains("another schema version"),
+            "{warnings:?}"
+        );
+    }
+}

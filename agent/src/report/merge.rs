@@ -1,0 +1,531 @@
+//! The pure part of `wave report`: every container's summary and windows merged into one
+//! test-wide view, exactly (counters added, sketches merged bin by bin, gauges summed over
+//! containers), over the whole run and per time window.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use crate::load_metrics::{Tags, Window};
+use crate::sketch::Sketch;
+use crate::summary::Summary;
+use crate::supervise::AgentState;
+
+/// What a series is, as the report names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    /// Timers (`ms`) and histograms (`h`, `d`), in the unit they were sent in.
+    Histogram,
+}
+
+/// One series of the test: a name (`requests_total` for a counter) and a tag set.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SeriesKey {
+    pub name: String,
+    pub kind: Kind,
+    pub tags: Tags,
+}
+
+impl SeriesKey {
+    /// `name{k="v",…}`, or the bare name without tags.
+    pub fn label(&self) -> String {
+        if self.tags.is_empty() {
+            return self.name.clone();
+        }
+        let tags: Vec<String> = self
+            .tags
+            .iter()
+            .map(|(k, v)| format!("{k}=\"{v}\""))
+            .collect();
+        format!("{}{{{}}}", self.name, tags.join(","))
+    }
+}
+
+/// A summary with the fields that the slots work adds (SPEC 3), each optional.
+#[derive(Debug, Clone)]
+pub struct SummaryInfo {
+    pub summary: Summary,
+    pub part: Option<String>,
+    /// M: machines of the part.
+    pub machines: Option<u64>,
+    pub machine_index: Option<u64>,
+    /// The reason a stop gave (SPEC 5.3).
+    pub stopped: Option<String>,
+}
+
+/// Everything the store holds for one container (`<pod>/c<i>/`).
+#[derive(Debug, Clone)]
+pub struct ContainerInput {
+    pub pod: String,
+    pub container: u32,
+    pub summary: Option<SummaryInfo>,
+    pub windows: Vec<Window>,
+}
+
+/// One time window of the whole test.
+#[derive(Debug, Clone, Default)]
+pub struct Bucket {
+    pub start_ms: i64,
+    pub end_ms: i64,
+    pub counters: BTreeMap<SeriesKey, f64>,
+    pub histograms: BTreeMap<SeriesKey, Sketch>,
+    /// Sum over containers of each one's last value in the window.
+    pub gauges: BTreeMap<SeriesKey, f64>,
+    pub agents_running: u64,
+    /// Containers that sent a window.
+    pub containers: usize,
+}
+
+/// A machine of a part, named for the person reading the report.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct MachineId {
+    pub part: String,
+    pub index: u64,
+}
+
+/// Machines of one part.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PartMachines {
+    pub part: String,
+    /// M from the summaries; `None` when they do not say.
+    pub expected: Option<u64>,
+    pub seen: u64,
+    /// Machine indexes in [0, M) with no summary.
+    pub missing: Vec<u64>,
+}
+
+/// Agent counts of the latest summary of every machine and container.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Agents {
+    pub total: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    /// Agents that were restarted at least once.
+    pub restarted: u64,
+    /// Agents of containers stopped before they ended on their own.
+    pub stopped: u64,
+    /// Agents not ended yet when their summary was written.
+    pub unfinished: u64,
+}
+
+/// The merged test.
+#[derive(Debug, Clone, Default)]
+pub struct Merged {
+    pub test_id: Option<String>,
+    pub start_ms: Option<i64>,
+    pub end_ms: Option<i64>,
+    pub counters: BTreeMap<SeriesKey, f64>,
+    pub histograms: BTreeMap<SeriesKey, Sketch>,
+    pub timeline: Vec<Bucket>,
+    pub parts: Vec<PartMachines>,
+    pub pods: BTreeSet<String>,
+    pub agents: Agents,
+    pub players: u64,
+    /// Containers with windows but no summary yet: the test is still running there.
+    pub unfinished_containers: Vec<String>,
+    pub statsd_lines: u64,
+    pub statsd_dropped: u64,
+    pub warnings: Vec<String>,
+}
+
+/// Length of the report's time windows: the agents' default window (SPEC 6).
+pub const BUCKET_MS: i64 = 10_000;
+
+/// The last gauge values of each container in each bucket: (end of window, value).
+type Latest = HashMap<(usize, SeriesKey), (i64, f64)>;
+
+/// Merges containers one at a time, so a test of 480 pods × hours of windows never has
+/// more than one container's windows in memory.
+#[derive(Debug, Default)]
+pub struct Merger {
+    merged: Merged,
+    buckets: BTreeMap<i64, Bucket>,
+    gauges: BTreeMap<i64, Latest>,
+    running: BTreeMap<i64, HashMap<usize, (i64, u32)>>,
+    summaries: Vec<ContainerInput>,
+}
+
+impl Merger {
+    /// Adds one container's windows (and keeps its summary for [`Merger::finish`]).
+    pub fn add(&mut self, input: ContainerInput) {
+        let container_no = self.summaries.len();
+        let merged = &mut self.merged;
+        let mut seen_windows = BTreeSet::new();
+        for window in &input.windows {
+            if !seen_windows.insert((window.start_ms, window.end_ms)) {
+                merged.warnings.push(format!(
+                    "{}/c{}: the window starting at {} appears twice; counted once",
+                    input.pod, input.container, window.start_ms
+                ));
+                continue;
+            }
+            let start = window.start_ms.div_euclid(BUCKET_MS) * BUCKET_MS;
+            let bucket = self.buckets.entry(start).or_insert_with(|| Bucket {
+                start_ms: start,
+                end_ms: window.end_ms,
+                ..Bucket::default()
+            });
+            bucket.end_ms = bucket.end_ms.max(window.end_ms);
+            merged.start_ms = Some(
+                merged
+                    .start_ms
+                    .map_or(window.start_ms, |s| s.min(window.start_ms)),
+            );
+            merged.end_ms = Some(
+                merged
+                    .end_ms
+                    .map_or(window.end_ms, |e| e.max(window.end_ms)),
+            );
+            merged.statsd_lines += window.lines;
+            merged.statsd_dropped +=
+                window.dropped.parse + window.dropped.cardinality + window.dropped.overflow;
+            for point in &window.counters {
+                let key = SeriesKey {
+                    name: format!("{}_total", point.name),
+                    kind: Kind::Counter,
+                    tags: point.tags.clone(),
+                };
+                *bucket.counters.entry(key.clone()).or_default() += point.value;
+                *merged.counters.entry(key).or_default() += point.value;
+            }
+            for point in &window.histograms {
+                let Some(sketch) = Sketch::from_stored(&point.sketch) else {
+                    merged.warnings.push(format!(
+                        "{}/c{}: histogram {} of the window starting at {} is inconsistent; skipped",
+                        input.pod, input.container, point.name, window.start_ms
+                    ));
+                    continue;
+                };
+                let key = SeriesKey {
+                    name: point.name.clone(),
+                    kind: Kind::Histogram,
+                    tags: point.tags.clone(),
+                };
+                bucket
+                    .histograms
+                    .entry(key.clone())
+                    .or_default()
+                    .merge(&sketch);
+                merged.histograms.entry(key).or_default().merge(&sketch);
+            }
+            let latest = self.gauges.entry(start).or_default();
+            for point in &window.gauges {
+                let key = SeriesKey {
+                    name: point.name.clone(),
+                    kind: Kind::Gauge,
+                    tags: point.tags.clone(),
+                };
+                let slot = latest.entry((container_no, key)).or_insert((i64::MIN, 0.0));
+                if window.end_ms >= slot.0 {
+                    *slot = (window.end_ms, point.value);
+                }
+            }
+            let slot = self
+                .running
+                .entry(start)
+                .or_default()
+                .entry(container_no)
+                .or_insert((i64::MIN, 0));
+            if window.end_ms >= slot.0 {
+                *slot = (window.end_ms, window.agents_running);
+            }
+        }
+        self.summaries.push(ContainerInput {
+            windows: if input.windows.is_empty() {
+                Vec::new()
+            } else {
+                // Only whether there were windows matters from here on.
+                vec![input.windows[0].clone()]
+            },
+            ..input
+        });
+    }
+
+    /// The merged test.
+    pub fn finish(mut self) -> Merged {
+        for (start, latest) in self.gauges {
+            let bucket = self
+                .buckets
+                .get_mut(&start)
+                .expect("a bucket for every window");
+            for ((_, key), (_, value)) in latest {
+                *bucket.gauges.entry(key).or_default() += value;
+            }
+        }
+        for (start, latest) in self.running {
+            let bucket = self
+                .buckets
+                .get_mut(&start)
+                .expect("a bucket for every window");
+            bucket.containers = latest.len();
+            bucket.agents_running = latest.values().map(|&(_, n)| u64::from(n)).sum();
+        }
+        self.merged.timeline = self.buckets.into_values().collect();
+        merge_summaries(&self.summaries, &mut self.merged);
+        self.merged
+    }
+}
+
+/// Merges every container's windows and summaries.
+pub fn merge(inputs: &[ContainerInput]) -> Merged {
+    let mut merger = Merger::default();
+    for input in inputs {
+        merger.add(input.clone());
+    }
+    merger.finish()
+}
+
+/// Machines, agents and players from the summaries; a machine reported by several pods (a
+/// replacement pod took its slot) counts once, with its latest summary.
+fn merge_summaries(inputs: &[ContainerInput], merged: &mut Merged) {
+    // (part, machine or pod, container) → the latest summary.
+    let mut latest: BTreeMap<(String, String, u32), &ContainerInput> = BTreeMap::new();
+    let mut expected: BTreeMap<String, Option<u64>> = BTreeMap::new();
+    let mut seen: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
+    let mut reporters: BTreeMap<(String, u64), BTreeSet<String>> = BTreeMap::new();
+    for input in inputs {
+        merged.pods.insert(input.pod.clone());
+        let Some(info) = &input.summary else {
+            if !input.windows.is_empty() {
+                merged
+                    .unfinished_containers
+                    .push(format!("{}/c{}", input.pod, input.container));
+            }
+            continue;
+        };
+        if merged.test_id.is_none() {
+            merged.test_id = Some(info.summary.test_id.clone());
+        }
+        let part = info.part.clone().unwrap_or_default();
+        let entry = expected.entry(part.clone()).or_insert(None);
+        if let Some(m) = info.machines {
+            *entry = Some(entry.map_or(m, |e| e.max(m)));
+        }
+        let machine = match info.machine_index {
+            Some(index) => {
+                seen.entry(part.clone()).or_default().insert(index);
+                reporters
+                    .entry((part.clone(), index))
+                    .or_default()
+                    .insert(input.pod.clone());
+                format!("machine {index}")
+            }
+            None => format!("pod {}", input.pod),
+        };
+        let key = (part, machine, input.container);
+        let newer = latest.get(&key).is_none_or(|have| {
+            let have = &have.summary.as_ref().expect("kept with a summary").summary;
+            info.summary.ended_at >= have.ended_at
+        });
+        if newer {
+            latest.insert(key, input);
+        }
+    }
+    for ((part, index), pods) in &reporters {
+        if pods.len() > 1 {
+            let names: Vec<&str> = pods.iter().map(String::as_str).collect();
+            merged.warnings.push(format!(
+                "machine {index}{} was reported by {} pods ({}): counted once, with its latest summary",
+                part_suffix(part),
+                pods.len(),
+                names.join(", ")
+            ));
+        }
+    }
+    for input in latest.values() {
+        let info = input.summary.as_ref().expect("kept with a summary");
+        let stopped = info.stopped.is_some() || !info.summary.completed;
+        for agent in &info.summary.agents {
+            let agents = &mut merged.agents;
+            agents.total += 1;
+            match agent.state {
+                AgentState::Succeeded => agents.succeeded += 1,
+                AgentState::Failed => agents.failed += 1,
+                AgentState::Running | AgentState::Backoff => agents.unfinished += 1,
+            }
+            if agent.restarts > 0 {
+                agents.restarted += 1;
+            }
+            if stopped {
+                agents.stopped += 1;
+            }
+            merged.players += agent.players;
+        }
+    }
+    let parts: BTreeSet<String> = expected.keys().cloned().collect();
+    for part in parts {
+        let seen_here = seen.get(&part).cloned().unwrap_or_default();
+        let expected_here = expected.get(&part).copied().flatten();
+        let machines_seen = if seen_here.is_empty() {
+            // No machine indexes: each pod is a machine.
+            latest
+                .keys()
+                .filter(|(p, _, _)| *p == part)
+                .map(|(_, m, _)| m.clone())
+                .collect::<BTreeSet<_>>()
+                .len() as u64
+        } else {
+            seen_here.len() as u64
+        };
+        merged.parts.push(PartMachines {
+            missing: expected_here
+                .map(|m| (0..m).filter(|i| !seen_here.contains(i)).collect())
+                .unwrap_or_default(),
+            part,
+            expected: expected_here,
+            seen: machines_seen,
+        });
+    }
+}
+
+/// ` of part p1`, or nothing for the unnamed part.
+pub fn part_suffix(part: &str) -> String {
+    if part.is_empty() {
+        String::new()
+    } else {
+        format!(" of part {part}")
+    }
+}
+
+impl Merged {
+    /// Length of the test in seconds, from the first window's start to the last one's end.
+    pub fn duration_seconds(&self) -> Option<f64> {
+        Some((self.end_ms? - self.start_ms?) as f64 / 1000.0).filter(|d| *d > 0.0)
+    }
+
+    /// Every histogram series with `name` whose tags include `tags`, merged.
+    pub fn histogram(&self, name: &str, tags: &Tags) -> Option<Sketch> {
+        let mut found = None::<Sketch>;
+        for (key, sketch) in &self.histograms {
+            if key.name == name && tags.iter().all(|(k, v)| key.tags.get(k) == Some(v)) {
+                found.get_or_insert_with(Sketch::default).merge(sketch);
+            }
+        }
+        found
+    }
+
+    /// The total of every counter series with `name` whose tags include `tags`.
+    pub fn counter(&self, name: &str, tags: &Tags) -> Option<f64> {
+        let mut found = None::<f64>;
+        for (key, total) in &self.counters {
+            if key.name == name && tags.iter().all(|(k, v)| key.tags.get(k) == Some(v)) {
+                *found.get_or_insert(0.0) += total;
+            }
+        }
+        found
+    }
+
+    /// Gauge series with `name` (and `tags`): the last and the largest test-wide value.
+    pub fn gauge(&self, name: &str, tags: &Tags) -> Option<(f64, f64)> {
+        let values: Vec<f64> = self
+            .timeline
+            .iter()
+            .filter_map(|bucket| {
+                let matching: Vec<f64> = bucket
+                    .gauges
+                    .iter()
+                    .filter(|(key, _)| {
+                        key.name == name && tags.iter().all(|(k, v)| key.tags.get(k) == Some(v))
+                    })
+                    .map(|(_, v)| *v)
+                    .collect();
+                (!matching.is_empty()).then(|| matching.iter().sum())
+            })
+            .collect();
+        let last = *values.last()?;
+        Some((
+            last,
+            values.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        ))
+    }
+
+    /// Gauge series names and tag sets seen in any window.
+    pub fn gauge_keys(&self) -> BTreeSet<SeriesKey> {
+        self.timeline
+            .iter()
+            .flat_map(|b| b.gauges.keys().cloned())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::load_metrics::{Dropped, HistogramPoint, Point, SCHEMA_VERSION};
+
+    fn window(start_ms: i64, requests: f64, latencies: &[f64]) -> Window {
+        let mut sketch = Sketch::default();
+        for &l in latencies {
+            sketch.add(l, 1.0);
+        }
+        Window {
+            v: SCHEMA_VERSION,
+            pod: "p".into(),
+            container: 0,
+            start_ms,
+            end_ms: start_ms + 10_000,
+            agents_running: 2,
+            relative_error: crate::sketch::RELATIVE_ERROR,
+            lines: 0,
+            dropped: Dropped::default(),
+            counters: vec![Point {
+                name: "requests".into(),
+                tags: Tags::new(),
+                value: requests,
+            }],
+            gauges: vec![Point {
+                name: "players".into(),
+                tags: Tags::new(),
+                value: 100.0,
+            }],
+            histograms: vec![HistogramPoint {
+                name: "latency_ms".into(),
+                kind: "ms".into(),
+                tags: Tags::new(),
+                sketch: sketch.to_stored(),
+            }],
+        }
+    }
+
+    fn container(pod: &str, windows: Vec<Window>) -> ContainerInput {
+        ContainerInput {
+            pod: pod.into(),
+            container: 0,
+            summary: None,
+            windows,
+        }
+    }
+
+    #[test]
+    fn adds_counters_and_merges_histograms_over_pods_and_windows() {
+        let merged = merge(&[
+            container(
+                "a",
+                vec![window(0, 5.0, &[1.0, 2.0]), window(10_000, 5.0, &[3.0])],
+            ),
+            container("b", vec![window(0, 7.0, &[100.0])]),
+        ]);
+        assert_eq!(merged.counter("requests_total", &Tags::new()), Some(17.0));
+        let latency = merged
+            .histogram("latency_ms", &Tags::new())
+            .expect("merged");
+        assert_eq!(latency.count(), 4.0);
+        assert_eq!(latency.max(), Some(100.0));
+        assert_eq!(merged.timeline.len(), 2);
+        assert_eq!(merged.timeline[0].agents_running, 4);
+        assert_eq!(merged.timeline[0].gauges.values().sum::<f64>(), 200.0);
+        assert_eq!(merged.gauge("players", &Tags::new()), Some((100.0, 200.0)));
+        assert_eq!(merged.duration_seconds(), Some(20.0));
+        assert_eq!(merged.unfinished_containers, ["a/c0", "b/c0"]);
+    }
+
+    #[test]
+    fn a_window_reported_twice_counts_once_with_a_warning() {
+        let merged = merge(&[container(
+            "a",
+            vec![window(0, 5.0, &[1.0]), window(0, 5.0, &[1.0])],
+        )]);
+        assert_eq!(merged.counter("requests_total", &Tags::new()), Some(5.0));
+        assert_eq!(merged.warnings.len(), 1, "{:?}", merged.warnings);
+    }
+}

@@ -1,0 +1,317 @@
+//! A mergeable histogram with a bounded relative error (the DDSketch idea): values fall in
+//! logarithmic bins of ratio γ = (1 + α) / (1 − α), so any quantile read back is within α
+//! (1 %) of the true value at that rank, whatever the distribution. Two sketches merge by
+//! adding bins, exactly: a test-wide percentile comes from the merged sketch of every pod,
+//! never from averaging the pods' percentiles.
+
+use serde::{Deserialize, Serialize};
+
+/// The relative error of every quantile.
+pub const RELATIVE_ERROR: f64 = 0.01;
+
+/// Values whose magnitude is below this count as zero (they have no logarithmic bin).
+const MIN_MAGNITUDE: f64 = 1e-9;
+
+fn gamma_ln() -> f64 {
+    ((1.0 + RELATIVE_ERROR) / (1.0 - RELATIVE_ERROR)).ln()
+}
+
+/// Counts of one sign's bins, dense from `offset`.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Bins {
+    offset: i32,
+    counts: Vec<f64>,
+}
+
+impl Bins {
+    fn add(&mut self, index: i32, weight: f64) {
+        if self.counts.is_empty() {
+            self.offset = index;
+            self.counts.push(weight);
+            return;
+        }
+        if index < self.offset {
+            let grow = (self.offset - index) as usize;
+            self.counts.splice(0..0, std::iter::repeat_n(0.0, grow));
+            self.offset = index;
+        }
+        let at = (index - self.offset) as usize;
+        if at >= self.counts.len() {
+            self.counts.resize(at + 1, 0.0);
+        }
+        self.counts[at] += weight;
+    }
+
+    fn iter(&self) -> impl DoubleEndedIterator<Item = (i32, f64)> + '_ {
+        self.counts
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| **c > 0.0)
+            .map(|(i, &c)| (self.offset + i as i32, c))
+    }
+}
+
+/// A histogram of weighted values with quantiles within [`RELATIVE_ERROR`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sketch {
+    positive: Bins,
+    negative: Bins,
+    zero: f64,
+    count: f64,
+    sum: f64,
+    min: f64,
+    max: f64,
+}
+
+impl Default for Sketch {
+    fn default() -> Self {
+        Sketch {
+            positive: Bins::default(),
+            negative: Bins::default(),
+            zero: 0.0,
+            count: 0.0,
+            sum: 0.0,
+            min: f64::INFINITY,
+            max: f64::NEG_INFINITY,
+        }
+    }
+}
+
+fn bin_of(magnitude: f64) -> i32 {
+    (magnitude.ln() / gamma_ln()).ceil() as i32
+}
+
+/// The value a bin stands for: the point whose relative distance to both edges is α.
+fn value_of(index: i32) -> f64 {
+    let gamma = gamma_ln().exp();
+    2.0 * (f64::from(index) * gamma_ln()).exp() / (gamma + 1.0)
+}
+
+impl Sketch {
+    /// Adds `value` seen `weight` times (a sampled line stands for 1 / rate values).
+    pub fn add(&mut self, value: f64, weight: f64) {
+        if !value.is_finite() || weight.is_nan() || weight <= 0.0 {
+            return;
+        }
+        if value.abs() < MIN_MAGNITUDE {
+            self.zero += weight;
+        } else if value > 0.0 {
+            self.positive.add(bin_of(value), weight);
+        } else {
+            self.negative.add(bin_of(-value), weight);
+        }
+        self.count += weight;
+        self.sum += value * weight;
+        self.min = self.min.min(value);
+        self.max = self.max.max(value);
+    }
+
+    /// Adds every value of `other`.
+    pub fn merge(&mut self, other: &Sketch) {
+        for (index, count) in other.positive.iter() {
+            self.positive.add(index, count);
+        }
+        for (index, count) in other.negative.iter() {
+            self.negative.add(index, count);
+        }
+        self.zero += other.zero;
+        self.count += other.count;
+        self.sum += other.sum;
+        self.min = self.min.min(other.min);
+        self.max = self.max.max(other.max);
+    }
+
+    pub fn count(&self) -> f64 {
+        self.count
+    }
+
+    pub fn sum(&self) -> f64 {
+        self.sum
+    }
+
+    /// Smallest value added; `None` when empty.
+    pub fn min(&self) -> Option<f64> {
+        (self.count > 0.0).then_some(self.min)
+    }
+
+    /// Largest value added; `None` when empty.
+    pub fn max(&self) -> Option<f64> {
+        (self.count > 0.0).then_some(self.max)
+    }
+
+    /// The `q`-quantile (0 ≤ q ≤ 1): within [`RELATIVE_ERROR`] of the value of rank
+    /// ⌊q × (count − 1)⌋ among the values sorted; `None` when empty.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        if self.count <= 0.0 {
+            return None;
+        }
+        let rank = (q.clamp(0.0, 1.0) * (self.count - 1.0)).floor();
+        let mut seen = 0.0;
+        let estimate = 'found: {
+            for (index, count) in self.negative.iter().rev() {
+                seen += count;
+                if seen > rank {
+                    break 'found -value_of(index);
+                }
+            }
+            seen += self.zero;
+            if seen > rank {
+                break 'found 0.0;
+            }
+            for (index, count) in self.positive.iter() {
+                seen += count;
+                if seen > rank {
+                    break 'found value_of(index);
+                }
+            }
+            self.max
+        };
+        Some(estimate.clamp(self.min, self.max))
+    }
+
+    /// The serialized form (see docs/load-metrics.md).
+    pub fn to_stored(&self) -> StoredSketch {
+        StoredSketch {
+            count: self.count,
+            sum: self.sum,
+            min: self.min().unwrap_or(0.0),
+            max: self.max().unwrap_or(0.0),
+            zero: self.zero,
+            bins: self.positive.iter().collect(),
+            negative: self.negative.iter().collect(),
+        }
+    }
+
+    /// Reads the serialized form back; `None` if it is inconsistent (counts that do not
+    /// add up, negative or non-finite numbers): a corrupt sketch must not become numbers.
+    pub fn from_stored(stored: &StoredSketch) -> Option<Sketch> {
+        let mut sketch = Sketch {
+            zero: stored.zero,
+            ..Sketch::default()
+        };
+        let valid = |c: f64| c.is_finite() && c >= 0.0;
+        if !valid(stored.zero) {
+            return None;
+        }
+        let mut total = stored.zero;
+        for &(index, count) in &stored.bins {
+            if !valid(count) || index.unsigned_abs() > 100_000 {
+                return None;
+            }
+            sketch.positive.add(index, count);
+            total += count;
+        }
+        for &(index, count) in &stored.negative {
+            if !valid(count) || index.unsigned_abs() > 100_000 {
+                return None;
+            }
+            sketch.negative.add(index, count);
+            total += count;
+        }
+        let close = (total - stored.count).abs() <= 1e-6 * stored.count.max(1.0);
+        if !close || !stored.sum.is_finite() || !stored.min.is_finite() || !stored.max.is_finite() {
+            return None;
+        }
+        sketch.count = stored.count;
+        sketch.sum = stored.sum;
+        if stored.count > 0.0 {
+            if stored.min > stored.max {
+                return None;
+            }
+            sketch.min = stored.min;
+            sketch.max = stored.max;
+        }
+        Some(sketch)
+    }
+}
+
+/// A sketch as stored in `load-metrics.jsonl`: sparse `[bin, count]` pairs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredSketch {
+    pub count: f64,
+    pub sum: f64,
+    pub min: f64,
+    pub max: f64,
+    #[serde(default)]
+    pub zero: f64,
+    pub bins: Vec<(i32, f64)>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub negative: Vec<(i32, f64)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exact(sorted: &[f64], q: f64) -> f64 {
+        sorted[(q * (sorted.len() - 1) as f64).floor() as usize]
+    }
+
+    fn within(estimate: f64, truth: f64) -> bool {
+        (estimate - truth).abs() <= RELATIVE_ERROR * truth.abs() + 1e-12
+    }
+
+    #[test]
+    fn quantiles_stay_within_the_relative_error() {
+        let mut values: Vec<f64> = (1..=20_000)
+            .map(|i| (f64::from(i) * 0.37).powf(1.7))
+            .collect();
+        let mut sketch = Sketch::default();
+        for &v in &values {
+            sketch.add(v, 1.0);
+        }
+        values.sort_by(f64::total_cmp);
+        for q in [0.0, 0.01, 0.5, 0.9, 0.95, 0.99, 0.999, 1.0] {
+            let (estimate, truth) = (sketch.quantile(q).expect("values"), exact(&values, q));
+            assert!(within(estimate, truth), "q{q}: {estimate} vs {truth}");
+        }
+        assert_eq!(sketch.count(), 20_000.0);
+        assert_eq!(sketch.max(), Some(values[19_999]));
+    }
+
+    #[test]
+    fn merging_equals_adding_everything_to_one_sketch() {
+        let (mut a, mut b, mut all) = (Sketch::default(), Sketch::default(), Sketch::default());
+        for i in 0..1000 {
+            let v = f64::from(i) - 300.0;
+            if i % 3 == 0 { &mut a } else { &mut b }.add(v, 1.0);
+            all.add(v, 1.0);
+        }
+        a.merge(&b);
+        for q in [0.0, 0.1, 0.3, 0.5, 0.99] {
+            assert_eq!(a.quantile(q), all.quantile(q), "q{q}");
+        }
+        assert_eq!(a.count(), all.count());
+        assert_eq!(a.sum(), all.sum());
+    }
+
+    #[test]
+    fn handles_negative_values_and_zero() {
+        let mut sketch = Sketch::default();
+        for v in [-100.0, -1.0, 0.0, 0.0, 5.0] {
+            sketch.add(v, 1.0);
+        }
+        assert!(within(sketch.quantile(0.0).expect("values"), -100.0));
+        assert_eq!(sketch.quantile(0.5), Some(0.0));
+        assert!(within(sketch.quantile(1.0).expect("values"), 5.0));
+        assert_eq!(Sketch::default().quantile(0.5), None);
+    }
+
+    #[test]
+    fn round_trips_through_the_stored_form_and_refuses_corrupt_ones() {
+        let mut sketch = Sketch::default();
+        for i in 1..500 {
+            sketch.add(f64::from(i), 2.0);
+        }
+        let stored = sketch.to_stored();
+        let json = serde_json::to_string(&stored).expect("serializes");
+        let back: StoredSketch = serde_json::from_str(&json).expect("parses");
+        assert_eq!(Sketch::from_stored(&back), Some(sketch));
+        let mut bad = stored.clone();
+        bad.count += 5.0;
+        assert_eq!(Sketch::from_stored(&bad), None);
+        let mut bad = stored;
+        bad.bins[0].1 = -1.0;
+        assert_eq!(Sketch::from_stored(&bad), None);
+    }
+}

@@ -1,0 +1,163 @@
+//! `wave report` of a seed-sized test: 480 pods × 1 hour of 10 s windows (360 each:
+//! requests and errors by 5 endpoints, a players gauge, latency_ms timers by 5 endpoints)
+//! in a local s3s-fs. Measured: wall time of `wave report s3://… --json` (list, 960
+//! downloads, merge) and its peak RSS (`/usr/bin/time -v`).
+//!
+//! Every pod gets the same windows (generated once; the reader does the same work whatever
+//! the values). `WAVE_REPORT_BIN` names the `wave` binary to time (default: the one next to
+//! this bench), so a release `wave` can be timed without a release build of the tests:
+//! `cargo build --release -p wave-agent --bin wave &&
+//!  WAVE_REPORT_BIN=target/release/wave cargo bench --profile dev -p wave-tests --bench report_merge`.
+
+use std::process::Command;
+use std::time::Instant;
+
+use wave_agent::load_metrics::{Dropped, HistogramPoint, Point, SCHEMA_VERSION, Tags, Window};
+use wave_agent::sketch::{RELATIVE_ERROR, Sketch};
+use wave_tests::s3::S3sFs;
+use wave_tests::synthetic::SyntheticPod;
+use wave_tests::workspace_bin;
+
+const PODS: usize = 480;
+const WINDOWS: i64 = 360;
+const ENDPOINTS: [&str; 5] = [
+    "login",
+    "matchmaking",
+    "inventory",
+    "leaderboard",
+    "store_purchase",
+];
+const T0: i64 = 1_767_225_600_000;
+
+fn window(pod: &str, w: i64, seed: u64) -> Window {
+    let mut state = seed | 1;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let mut counters = Vec::new();
+    let mut histograms = Vec::new();
+    for (e, endpoint) in ENDPOINTS.iter().enumerate() {
+        let tags = Tags::from([("endpoint".to_owned(), (*endpoint).to_owned())]);
+        counters.push(Point {
+            name: "requests".into(),
+            tags: tags.clone(),
+            value: 1000.0,
+        });
+        counters.push(Point {
+            name: "errors".into(),
+            tags: tags.clone(),
+            value: 3.0,
+        });
+        let mut sketch = Sketch::default();
+        for _ in 0..1000 {
+            // Log-normal-ish around 20–100 ms: about 150 bins per window.
+            let latency = (20.0 + 20.0 * e as f64) * (-(next().max(1e-9)).ln()).powf(0.8) + 1.0;
+            sketch.add(latency, 1.0);
+        }
+        histograms.push(HistogramPoint {
+            name: "latency_ms".into(),
+            kind: "ms".into(),
+            tags,
+            sketch: sketch.to_stored(),
+        });
+    }
+    Window {
+        v: SCHEMA_VERSION,
+        pod: pod.into(),
+        container: 0,
+        start_ms: T0 + w * 10_000,
+        end_ms: T0 + (w + 1) * 10_000,
+        agents_running: 10,
+        relative_error: RELATIVE_ERROR,
+        lines: 15_000,
+        dropped: Dropped::default(),
+        counters,
+        gauges: vec![Point {
+            name: "players".into(),
+            tags: Tags::new(),
+            value: 1000.0,
+        }],
+        histograms,
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let s3 = S3sFs::start().await;
+    let started = Instant::now();
+    let mut bytes = 0;
+    for p in 0..PODS {
+        let name = format!("wave-{p:03}");
+        let pod = SyntheticPod {
+            pod: name.clone(),
+            machine_index: Some(p as u64),
+            machines: Some(PODS as u64),
+            agents: 10,
+            failed_agents: 0,
+            ended_at: "2026-01-01T01:00:00.000Z".into(),
+            windows: (0..WINDOWS)
+                .map(|w| window(&name, w, (p as u64) << 20 | w as u64))
+                .collect(),
+        };
+        let lines = pod.load_metrics();
+        bytes += lines.len();
+        s3.put(
+            &format!("results/bench/{name}/c0/summary.json"),
+            pod.summary(),
+        )
+        .await;
+        s3.put(
+            &format!("results/bench/{name}/c0/load-metrics.jsonl"),
+            lines,
+        )
+        .await;
+    }
+    println!(
+        "stored {PODS} pods × {WINDOWS} windows: {:.0} MiB of load-metrics.jsonl in {:.1} s",
+        bytes as f64 / 1048576.0,
+        started.elapsed().as_secs_f64()
+    );
+    let wave = std::env::var_os("WAVE_REPORT_BIN")
+        .map_or_else(|| workspace_bin("wave"), std::path::PathBuf::from);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let json = dir.path().join("report.json");
+    for run in 1..=3 {
+        let started = Instant::now();
+        let output = Command::new("/usr/bin/time")
+            .arg("-v")
+            .arg(&wave)
+            .args([
+                "report",
+                &format!("s3://{}/results/bench/", s3.bucket()),
+                "--json",
+            ])
+            .arg(&json)
+            .envs(s3.agent_env())
+            .output()
+            .expect("wave report runs");
+        let seconds = started.elapsed().as_secs_f64();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{stderr}");
+        let peak_kib: f64 = stderr
+            .lines()
+            .find_map(|l| {
+                l.trim()
+                    .strip_prefix("Maximum resident set size (kbytes): ")
+            })
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(f64::NAN);
+        let table = String::from_utf8_lossy(&output.stdout);
+        let latency = table
+            .lines()
+            .find(|l| l.trim_start().starts_with("latency_ms "))
+            .unwrap_or("");
+        println!(
+            "run {run}: wave report in {seconds:.2} s, peak RSS {:.0} MiB\n  {}",
+            peak_kib / 1024.0,
+            latency.trim()
+        );
+    }
+}

@@ -5,11 +5,13 @@
 //! failure with a message saying how to install it, never a silent skip.
 
 pub mod apiserver;
+pub mod balancer;
 pub mod kubelet;
 pub mod process;
 pub mod prometheus;
 pub mod s3;
 pub mod tls;
+pub mod webhook;
 
 use std::future::Future;
 use std::io::{Read, Write};

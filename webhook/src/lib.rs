@@ -8,6 +8,7 @@
 
 pub mod admission;
 pub mod annotations;
+pub mod body;
 pub mod catalog;
 pub mod config;
 mod errors;
@@ -24,4 +25,4 @@ pub mod tls;
 #[cfg(test)]
 mod test_pods;
 
-pub use server::{ServeError, ServeOptions, run};
+pub use server::{Limits, ServeError, ServeOptions, run};

@@ -13,5 +13,6 @@ mod manifests;
 mod supervisor;
 mod webhook_admission;
 mod webhook_binary;
+mod webhook_drain;
 mod webhook_https;
 mod webhook_owners;

@@ -76,8 +76,9 @@ pub struct HeldBody {
 impl BodyBudget {
     /// A budget of `limits.budget` bytes.
     pub fn new(limits: BodyLimits) -> Self {
-        // The semaphore counts in u32 permits per acquisition and its total is bounded.
-        let budget = limits.budget.clamp(MAX_BODY, Semaphore::MAX_PERMITS);
+        // Room for the largest body while its pieces are joined; the semaphore's total is
+        // bounded.
+        let budget = limits.budget.clamp(2 * MAX_BODY, Semaphore::MAX_PERMITS);
         BodyBudget {
             bytes: Arc::new(Semaphore::new(budget)),
             limits,
@@ -127,14 +128,14 @@ impl BodyBudget {
     /// Reads the body, keeping at most [`MAX_BODY`] bytes; a larger one is read to its end
     /// (up to [`DISCARD_LIMIT`]) and dropped, so the 413 reaches a client that is still
     /// sending. A body that arrives in one piece (the usual case) is kept without copying;
-    /// otherwise the buffer grows by doubling, and each growth is taken from the budget first.
+    /// pieces are copied out of the connection's read buffer (so they do not keep it alive)
+    /// and joined once the last one is there, each taken from the budget as it arrives.
     async fn read_unbounded_in_time<B>(&self, mut body: B) -> Result<HeldBody, BodyError>
     where
         B: Body<Data = Bytes> + Unpin,
     {
         let mut held: Option<OwnedSemaphorePermit> = None;
-        let mut first: Option<Bytes> = None;
-        let mut kept: Vec<u8> = Vec::new();
+        let mut pieces: Vec<Bytes> = Vec::new();
         let mut total = 0usize;
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|_| BodyError::Unreadable)?;
@@ -147,32 +148,41 @@ impl BodyBudget {
             }
             if total > MAX_BODY {
                 // Nothing more is kept: give the memory and its budget back at once.
-                first = None;
-                kept = Vec::new();
+                pieces = Vec::new();
                 held = None;
                 continue;
             }
-            if first.is_none() && kept.is_empty() {
-                self.take(&mut held, data.len()).await?;
-                first = Some(data);
-                continue;
+            self.take(&mut held, data.len()).await?;
+            if pieces.len() == 1 {
+                // The first piece was kept as it came; now that it has company, copy it out too.
+                pieces[0] = Bytes::copy_from_slice(&pieces[0]);
             }
-            if kept.capacity() < total {
-                // The budget held so far covers `first` or the old buffer, whichever is kept.
-                let accounted = first.as_ref().map_or(kept.capacity(), Bytes::len);
-                let grown = total.max(kept.capacity() * 2).min(MAX_BODY);
-                self.take(&mut held, grown - accounted).await?;
-                kept.reserve_exact(grown - kept.len());
-            }
-            if let Some(head) = first.take() {
-                kept.extend_from_slice(&head);
-            }
-            kept.extend_from_slice(&data);
+            pieces.push(if pieces.is_empty() {
+                data
+            } else {
+                Bytes::copy_from_slice(&data)
+            });
         }
         if total > MAX_BODY {
             return Err(BodyError::TooLarge);
         }
-        let bytes = first.unwrap_or_else(|| Bytes::from(kept));
+        let bytes = match pieces.len() {
+            0 => Bytes::new(),
+            1 => pieces.swap_remove(0),
+            _ => {
+                // The joined copy is held beside the pieces for a moment: take it too.
+                self.take(&mut held, total).await?;
+                let mut joined = Vec::with_capacity(total);
+                for piece in pieces {
+                    joined.extend_from_slice(&piece);
+                }
+                // The pieces are gone: give their share back.
+                if let Some(held) = held.as_mut() {
+                    drop(held.split(total));
+                }
+                Bytes::from(joined)
+            }
+        };
         Ok(HeldBody { bytes, _held: held })
     }
 }
@@ -187,6 +197,9 @@ mod tests {
     use hyper::body::Frame;
 
     use super::*;
+
+    /// The smallest budget: the largest body, twice.
+    const BUDGET: usize = 2 * MAX_BODY;
 
     fn limits(budget: usize) -> BodyLimits {
         BodyLimits {
@@ -223,41 +236,40 @@ mod tests {
 
     #[tokio::test]
     async fn a_body_in_one_piece_is_kept_and_holds_its_size_until_dropped() {
-        let budget = BodyBudget::new(limits(MAX_BODY));
+        let budget = BodyBudget::new(limits(BUDGET));
         let body = budget
             .read(Full::new(Bytes::from_static(b"{\"a\":1}")))
             .await
             .expect("read");
         assert_eq!(&body.bytes[..], b"{\"a\":1}");
-        assert_eq!(budget.available(), MAX_BODY - 7);
+        assert_eq!(budget.available(), BUDGET - 7);
         drop(body);
-        assert_eq!(budget.available(), MAX_BODY);
+        assert_eq!(budget.available(), BUDGET);
     }
 
     #[tokio::test]
-    async fn a_body_in_pieces_is_joined_and_holds_its_buffer_capacity() {
-        let budget = BodyBudget::new(limits(MAX_BODY));
+    async fn a_body_in_pieces_is_joined_and_holds_the_pieces_and_the_joined_copy() {
+        let budget = BodyBudget::new(limits(BUDGET));
         let body = budget.read(chunks(&[100, 100, 100])).await.expect("read");
         assert_eq!(body.bytes.len(), 300);
-        let held = MAX_BODY - budget.available();
-        assert!((300..=400).contains(&held), "held {held}");
+        assert_eq!(BUDGET - budget.available(), 300);
         drop(body);
-        assert_eq!(budget.available(), MAX_BODY);
+        assert_eq!(budget.available(), BUDGET);
     }
 
     #[tokio::test]
     async fn one_byte_over_the_limit_is_too_large_and_gives_its_budget_back() {
-        let budget = BodyBudget::new(limits(2 * MAX_BODY));
+        let budget = BodyBudget::new(limits(BUDGET));
         let result = budget.read(chunks(&[MAX_BODY, 1])).await;
         assert_eq!(result.unwrap_err(), BodyError::TooLarge);
-        assert_eq!(budget.available(), 2 * MAX_BODY);
+        assert_eq!(budget.available(), BUDGET);
         let exact = budget.read(chunks(&[MAX_BODY - 1, 1])).await.expect("read");
         assert_eq!(exact.bytes.len(), MAX_BODY);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_body_that_does_not_arrive_in_time_is_timed_out() {
-        let budget = BodyBudget::new(limits(MAX_BODY));
+        let budget = BodyBudget::new(limits(BUDGET));
         let result = budget.read(Silent).await;
         assert_eq!(
             result.unwrap_err(),
@@ -267,25 +279,30 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_full_budget_makes_the_next_body_wait_then_busy() {
-        let budget = BodyBudget::new(limits(MAX_BODY));
+        let budget = BodyBudget::new(limits(BUDGET));
+        let first = budget.read(chunks(&[MAX_BODY])).await.expect("read");
         let holder = budget.read(chunks(&[MAX_BODY])).await.expect("read");
+        assert_eq!(budget.available(), 0);
         let waiting = budget.read(chunks(&[10])).await;
         assert_eq!(waiting.unwrap_err(), BodyError::Busy);
-        drop(holder);
+        drop((first, holder));
         let later = budget.read(chunks(&[10])).await.expect("room again");
         assert_eq!(later.bytes.len(), 10);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_body_waiting_for_room_gets_it_when_another_finishes() {
-        let budget = BodyBudget::new(limits(MAX_BODY));
-        let holder = budget.read(chunks(&[MAX_BODY - 5])).await.expect("read");
+        let budget = BodyBudget::new(limits(BUDGET));
+        let holders = (
+            budget.read(chunks(&[MAX_BODY])).await.expect("read"),
+            budget.read(chunks(&[MAX_BODY - 5])).await.expect("read"),
+        );
         let waiter = {
             let budget = budget.clone();
             tokio::spawn(async move { budget.read(chunks(&[10])).await.map(|b| b.bytes.len()) })
         };
         tokio::time::sleep(Duration::from_millis(50)).await;
-        drop(holder);
+        drop(holders);
         assert_eq!(waiter.await.expect("task"), Ok(10));
     }
 }

@@ -326,7 +326,8 @@ impl Builders {
             builder
                 .http1()
                 .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT);
+                .header_read_timeout(HEADER_TIMEOUT)
+                .max_buf_size(READ_BUFFER);
             builder
                 .http2()
                 .timer(TokioTimer::new())
@@ -340,6 +341,11 @@ impl Builders {
         }
     }
 }
+
+/// The most an HTTP/1.1 connection buffers from the socket (hyper's default is about 400 KiB):
+/// a body is copied out of it as it arrives, so a larger buffer only multiplies the memory a
+/// hundred slow connections hold.
+const READ_BUFFER: usize = 64 * 1024;
 
 /// Streams in flight on one HTTP/2 connection (kube-apiserver multiplexes its webhook calls
 /// over one connection per replica).

@@ -15,4 +15,5 @@ mod webhook_admission;
 mod webhook_binary;
 mod webhook_drain;
 mod webhook_https;
+mod webhook_limits;
 mod webhook_owners;

@@ -13,6 +13,7 @@ pub mod catalog;
 pub mod config;
 mod errors;
 pub mod inject;
+pub mod install;
 pub mod metrics;
 pub mod mutate;
 pub mod owners;

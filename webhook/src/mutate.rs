@@ -18,10 +18,10 @@ use crate::annotations::{
 };
 use crate::catalog::Amount;
 use crate::config::{Config, Os, SupervisorMode};
-use crate::patch;
 use crate::resources::{
     agents_per_container, format_cpu, format_memory, parse_cpu_millis, parse_memory_bytes, share,
 };
+use crate::{install, patch};
 
 /// Volume holding the injected `wave-agent` binary.
 pub const BIN_VOLUME: &str = "wave-bin";
@@ -284,7 +284,7 @@ fn apply(
     }
     if s.supervisor == SupervisorMode::Inject {
         add_volume(spec, BIN_VOLUME);
-        add_install_container(spec, &config.supervisor_image);
+        install::add_install_container(spec, &config.supervisor_image);
     }
 
     let annotations = pod.metadata.annotations.get_or_insert_with(BTreeMap::new);
@@ -516,39 +516,6 @@ fn add_volume(spec: &mut PodSpec, name: &str) {
         name: name.to_string(),
         empty_dir: Some(EmptyDirVolumeSource::default()),
         ..Volume::default()
-    });
-}
-
-fn add_install_container(spec: &mut PodSpec, image: &str) {
-    let init = spec.init_containers.get_or_insert_with(Vec::new);
-    if init.iter().any(|c| c.name == INSTALL_CONTAINER) {
-        return;
-    }
-    let small = |cpu: &str, memory: &str| {
-        BTreeMap::from([
-            ("cpu".to_string(), Quantity(cpu.to_string())),
-            ("memory".to_string(), Quantity(memory.to_string())),
-        ])
-    };
-    init.push(Container {
-        name: INSTALL_CONTAINER.to_string(),
-        image: Some(image.to_string()),
-        command: Some(vec![
-            "wave-agent".to_string(),
-            "install".to_string(),
-            BIN_DIR.to_string(),
-        ]),
-        resources: Some(ResourceRequirements {
-            requests: Some(small("100m", "64Mi")),
-            limits: Some(small("100m", "64Mi")),
-            ..ResourceRequirements::default()
-        }),
-        volume_mounts: Some(vec![VolumeMount {
-            name: BIN_VOLUME.to_string(),
-            mount_path: BIN_DIR.to_string(),
-            ..VolumeMount::default()
-        }]),
-        ..Container::default()
     });
 }
 

@@ -101,6 +101,10 @@ pub struct Config {
     /// Containers that are not test containers when the pod arrives with them: service-mesh
     /// proxies injected before wave. They get no agents, env, resources or wrapping.
     pub sidecar_containers: Vec<String>,
+    /// The supervisor's stop timeout (SPEC 2.2.8); pods get a termination grace period of at
+    /// least twice this plus 10 s (the agents' grace, then the final upload).
+    #[serde(deserialize_with = "duration")]
+    pub stop_timeout: std::time::Duration,
     /// Machine types by name.
     #[serde(deserialize_with = "shape_only::<BTreeMap<String, CatalogEntryFile>, _, _>")]
     pub catalog: Catalog,
@@ -153,6 +157,7 @@ impl Default for Config {
             windows_private_ipv4_address: true,
             tolerations: Tolerations::default(),
             sidecar_containers: vec!["istio-proxy".to_string(), "linkerd-proxy".to_string()],
+            stop_timeout: std::time::Duration::from_secs(20),
             catalog: Catalog::builtin(),
         }
     }
@@ -193,6 +198,14 @@ struct Merged {
 
 /// For the first pass: checks that the value has the shape `T` (so a typo or a wrong type is
 /// reported with its line by the YAML reader) and leaves the value to [`Merged`].
+/// A duration such as `20s` or `1m 30s`.
+fn duration<'de, D: serde::Deserializer<'de>>(value: D) -> Result<std::time::Duration, D::Error> {
+    let text = String::deserialize(value)?;
+    humantime::parse_duration(&text).map_err(|e| {
+        serde::de::Error::custom(format!("{text:?} is not a duration (e.g. 20s): {e}"))
+    })
+}
+
 fn shape_only<'de, T: Deserialize<'de>, V: Default, D: serde::Deserializer<'de>>(
     value: D,
 ) -> Result<V, D::Error> {

@@ -15,7 +15,7 @@ use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
-use wave_tests::apiserver::FakeApiServer;
+use wave_tests::apiserver::{ApiRequest, ApiServer};
 use wave_tests::kubelet::{LocalPod, PodIdentity};
 use wave_tests::process::{metrics_address, wait_for_webhook_addresses};
 use wave_tests::prometheus::Prometheus;
@@ -26,6 +26,8 @@ use wave_tests::{wait_for, wait_for_value, workspace_bin, workspace_root};
 const TEST_ID: &str = "2e9103ae-3268-11ed-b5cf-0242ac110033";
 const NAMESPACE: &str = "wave-tests";
 const REPLICA_SET: &str = "ltystore-10k-p1-7c9d8f6b5d";
+/// The service account the webhook runs as (manifests/rbac.yaml).
+const WEBHOOK_USER: &str = "system:serviceaccount:wave-system:wave-webhook";
 
 fn example_deployment() -> Deployment {
     let path = workspace_root().join("manifests/examples/loadtest-linux.yaml");
@@ -33,7 +35,7 @@ fn example_deployment() -> Deployment {
         .expect("a Deployment")
 }
 
-/// The ReplicaSet the Deployment controller makes for the example.
+/// The ReplicaSet the Deployment controller makes for the (stored) example Deployment.
 fn replica_set(deployment: &Deployment) -> ReplicaSet {
     let spec = deployment.spec.clone().expect("spec");
     let mut template = spec.template.clone();
@@ -52,7 +54,11 @@ fn replica_set(deployment: &Deployment) -> ReplicaSet {
                 api_version: "apps/v1".into(),
                 kind: "Deployment".into(),
                 name: deployment.metadata.name.clone().expect("name"),
-                uid: "6f0d8c1e-0000-4a4a-9b9b-000000000000".into(),
+                uid: deployment
+                    .metadata
+                    .uid
+                    .clone()
+                    .expect("a stored Deployment has a uid"),
                 controller: Some(true),
                 block_owner_deletion: Some(true),
             }]),
@@ -150,7 +156,7 @@ struct Webhook {
 }
 
 impl Webhook {
-    async fn start(tls: &TlsFiles, api: &FakeApiServer, bucket: &str) -> Self {
+    async fn start(tls: &TlsFiles, api: &ApiServer, bucket: &str) -> Self {
         let config = tempfile::NamedTempFile::new().expect("config file");
         std::fs::write(config.path(), format!("bucket: {bucket}\n")).expect("write config");
         let log = tempfile::NamedTempFile::new().expect("log file");
@@ -164,7 +170,7 @@ impl Webhook {
             .arg(tls.key_path())
             .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
             .arg("--kubeconfig")
-            .arg(api.kubeconfig())
+            .arg(api.kubeconfig(WEBHOOK_USER))
             .stdout(log.reopen().expect("log file"))
             .kill_on_drop(true)
             .spawn()
@@ -265,13 +271,9 @@ async fn example_test_runs_from_deployment_to_s3_and_prometheus() {
         s3.put(&key, std::fs::read(entry.path()).expect("script file"))
             .await;
     }
-    let deployment = example_deployment();
-    let replica_set = replica_set(&deployment);
-    let api = FakeApiServer::start(
-        std::slice::from_ref(&replica_set),
-        std::slice::from_ref(&deployment),
-    )
-    .await;
+    let api = ApiServer::start().await;
+    let deployment = api.seed_typed(&example_deployment());
+    let replica_set = api.seed_typed(&replica_set(&deployment));
     let tls = TlsFiles::new();
     let webhook = Webhook::start(&tls, &api, s3.bucket()).await;
     let client = HttpsClient::trusting(&tls.ca);
@@ -441,14 +443,19 @@ async fn example_test_runs_from_deployment_to_s3_and_prometheus() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhook_finds_a_replica_set_newer_than_its_cache() {
-    let deployment = example_deployment();
-    let replica_set = replica_set(&deployment);
-    // The caches list the Deployment but not yet the ReplicaSet: only a direct GET finds it.
-    let api = FakeApiServer::start(&[], std::slice::from_ref(&deployment)).await;
-    api.add_unlisted_replica_set(&replica_set);
+    let api = ApiServer::start().await;
+    let deployment = api.seed_typed(&example_deployment());
     let tls = TlsFiles::new();
     let webhook = Webhook::start(&tls, &api, "wave-loadtest").await;
     let client = HttpsClient::trusting(&tls.ca);
+    wait_for("both watches", Duration::from_secs(30), || async {
+        api.watching("replicasets") && api.watching("deployments")
+    })
+    .await;
+    // The caches listed the Deployment; the ReplicaSet is created now and its watch event
+    // held back: only a direct GET finds it.
+    api.hold_watch_events();
+    let replica_set = api.seed_typed(&replica_set(&deployment));
 
     let (patched, _) = webhook.admit(&client, &pod_from(&replica_set)).await;
     let pod: Pod = serde_json::from_value(patched).expect("a Pod");
@@ -460,7 +467,12 @@ async fn webhook_finds_a_replica_set_newer_than_its_cache() {
             .as_deref(),
         Some("480000")
     );
-    let gets = api.requests();
+    let gets: Vec<String> = api
+        .requests()
+        .iter()
+        .filter(|r| r.verb == "get" && r.status == 200)
+        .map(ApiRequest::line)
+        .collect();
     assert!(
         gets.iter().any(|r| r.starts_with(&format!(
             "GET /apis/apps/v1/namespaces/{NAMESPACE}/replicasets/{REPLICA_SET}?"

@@ -7,6 +7,7 @@ mod support;
 mod agent_prometheus;
 mod agent_s3;
 mod agent_s3_run;
+mod apiserver;
 mod architecture;
 mod e2e;
 mod manifests;

@@ -22,7 +22,7 @@ use k8s_openapi::api::core::v1::{Container, Pod};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use wave_tests::apiserver::FakeApiServer;
+use wave_tests::apiserver::{ApiRequest, ApiServer};
 use wave_tests::tls::{
     ClientOptions, HttpsClient, SERVER_CERT_NOT_AFTER, TestCa, TlsFiles, replace_file,
 };
@@ -324,11 +324,22 @@ fn seed_owners() -> (ReplicaSet, Deployment) {
     )
 }
 
+/// The service account the webhook runs as (manifests/rbac.yaml).
+const WEBHOOK_USER: &str = "system:serviceaccount:wave-system:wave-webhook";
+
+/// A cluster holding the fixture's ReplicaSet and Deployment.
+async fn seeded_api(replica_set: &ReplicaSet, deployment: &Deployment) -> ApiServer {
+    let api = ApiServer::start().await;
+    api.seed_typed(deployment);
+    api.seed_typed(replica_set);
+    api
+}
+
 #[tokio::test]
 async fn captured_review_gets_total_players_from_the_owning_deployment_over_https() {
     let (replica_set, deployment) = seed_owners();
-    let api = FakeApiServer::start(&[replica_set], &[deployment]).await;
-    let webhook = Webhook::start(None, KubeAccess::Kubeconfig(api.kubeconfig())).await;
+    let api = seeded_api(&replica_set, &deployment).await;
+    let webhook = Webhook::start(None, KubeAccess::Kubeconfig(api.kubeconfig(WEBHOOK_USER))).await;
     let review = captured_review();
     let response = webhook.admit(&review).await;
     assert_test_machine(&patched_pod(&review, &response), "480000");
@@ -338,18 +349,35 @@ async fn captured_review_gets_total_players_from_the_owning_deployment_over_http
 #[tokio::test]
 async fn a_replica_set_the_cache_has_not_seen_yet_is_fetched_directly() {
     let (replica_set, deployment) = seed_owners();
-    let api = FakeApiServer::start(&[], &[deployment]).await;
-    api.add_unlisted_replica_set(&replica_set);
-    let webhook = Webhook::start(None, KubeAccess::Kubeconfig(api.kubeconfig())).await;
+    let api = ApiServer::start().await;
+    api.seed_typed(&deployment);
+    let webhook = Webhook::start(None, KubeAccess::Kubeconfig(api.kubeconfig(WEBHOOK_USER))).await;
+    wait_for("both watches", Duration::from_secs(20), || async {
+        api.watching("replicasets") && api.watching("deployments")
+    })
+    .await;
+    // Created after the caches listed, and its watch event not delivered yet.
+    api.hold_watch_events();
+    api.seed_typed(&replica_set);
     let review = captured_review();
     let response = webhook.admit(&review).await;
     assert_test_machine(&patched_pod(&review, &response), "480000");
-    let get = format!("GET /apis/apps/v1/namespaces/{NAMESPACE}/replicasets/{REPLICA_SET}?");
+    let fetched = |r: &ApiRequest| {
+        r.verb == "get"
+            && r.resource == "replicasets"
+            && r.namespace.as_deref() == Some(NAMESPACE)
+            && r.name.as_deref() == Some(REPLICA_SET)
+            && r.status == 200
+    };
     assert!(
-        api.requests().iter().any(|r| r == &get),
+        api.requests().iter().any(fetched),
         "no direct GET of the ReplicaSet in {:?}",
         api.requests()
+            .iter()
+            .map(ApiRequest::line)
+            .collect::<Vec<_>>()
     );
+    api.release_watch_events();
     webhook.stop().await;
 }
 
@@ -934,24 +962,23 @@ async fn a_review_of_exactly_3_mib_is_answered_and_one_byte_more_is_413() {
 #[tokio::test]
 async fn once_the_caches_are_filled_an_admission_makes_no_api_request() {
     let (replica_set, deployment) = seed_owners();
-    let api = FakeApiServer::start(&[replica_set], &[deployment]).await;
-    let webhook = Webhook::start(None, KubeAccess::Kubeconfig(api.kubeconfig())).await;
+    let api = seeded_api(&replica_set, &deployment).await;
+    let webhook = Webhook::start(None, KubeAccess::Kubeconfig(api.kubeconfig(WEBHOOK_USER))).await;
     // Both reflectors have listed and started watching.
-    let watching = |resource: &str| {
-        api.requests().iter().any(|r| {
-            r.starts_with(&format!("GET /apis/apps/v1/{resource}?")) && r.contains("watch=true")
-        })
-    };
     wait_for("both watches", Duration::from_secs(20), || async {
-        watching("replicasets") && watching("deployments")
+        api.watching("replicasets") && api.watching("deployments")
     })
     .await;
-    let before = api.requests().len();
+    let before = api.request_count();
     let review = captured_review();
     let response = webhook.admit(&review).await;
     assert_test_machine(&patched_pod(&review, &response), "480000");
+    let later: Vec<String> = api.requests()[before..]
+        .iter()
+        .map(ApiRequest::line)
+        .collect();
     assert_eq!(
-        api.requests()[before..],
+        later,
         [] as [String; 0],
         "the admission asked the API server"
     );

@@ -176,7 +176,11 @@ fn connector(ca: &CertificateDer<'static>, h2: bool) -> TlsConnector {
     .expect("versions")
     .with_root_certificates(roots)
     .with_no_client_auth();
-    config.alpn_protocols = vec![if h2 { b"h2".to_vec() } else { b"http/1.1".to_vec() }];
+    config.alpn_protocols = vec![if h2 {
+        b"h2".to_vec()
+    } else {
+        b"http/1.1".to_vec()
+    }];
     TlsConnector::from(Arc::new(config))
 }
 

@@ -127,7 +127,7 @@ fn derive_total_players(
             .ok_or_else(|| deny_annotation("total-players", "derived value is too large")),
         OwnerReplicas::NoOwner => Err(deny_annotation(
             "total-players",
-            "not set, and the pod has no Deployment or ReplicaSet owner to derive it from \
+            "not set, and the pod has no Deployment, ReplicaSet, StatefulSet or Job owner to derive it from \
              (replicas × agents × players-per-agent); set the annotation",
         )),
         OwnerReplicas::Unavailable(why) => Err(deny_annotation(
@@ -1278,7 +1278,8 @@ mod tests {
             Verdict::Deny(d) => {
                 assert_eq!(d.subject, "waveloadtest.io/total-players");
                 assert!(
-                    d.problem.contains("no Deployment or ReplicaSet owner"),
+                    d.problem
+                        .contains("no Deployment, ReplicaSet, StatefulSet or Job owner"),
                     "{d}"
                 );
             }

@@ -18,3 +18,4 @@ mod webhook_drain;
 mod webhook_https;
 mod webhook_limits;
 mod webhook_owners;
+mod webhook_workloads;

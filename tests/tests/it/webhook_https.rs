@@ -310,18 +310,23 @@ fn assert_test_machine(pod: &Pod, total_players: &str) {
 
 /// The fixture pod's ReplicaSet (1 replica of its own, as during a rollout) and Deployment
 /// (480 replicas, the seed's test).
+/// The seed's owners, labelled `testId` as in the seed (a ReplicaSet carries its pod
+/// template's labels), which is what the webhook's owner watches select on.
 fn seed_owners() -> (ReplicaSet, Deployment) {
     let owner = owner_reference("Deployment", DEPLOYMENT, DEPLOYMENT_UID, Some(true));
-    (
-        replica_set(
-            NAMESPACE,
-            REPLICA_SET,
-            REPLICA_SET_UID,
-            Some(1),
-            Some(owner),
-        ),
-        deployment(NAMESPACE, DEPLOYMENT, DEPLOYMENT_UID, Some(480)),
-    )
+    let mut replica_set = replica_set(
+        NAMESPACE,
+        REPLICA_SET,
+        REPLICA_SET_UID,
+        Some(1),
+        Some(owner),
+    );
+    let mut deployment = deployment(NAMESPACE, DEPLOYMENT, DEPLOYMENT_UID, Some(480));
+    let labels =
+        || std::collections::BTreeMap::from([("testId".to_string(), format!("{TEST_ID}--p1"))]);
+    replica_set.metadata.labels = Some(labels());
+    deployment.metadata.labels = Some(labels());
+    (replica_set, deployment)
 }
 
 /// The service account the webhook runs as (manifests/rbac.yaml).

@@ -18,5 +18,8 @@ scripts/local-run.sh --seconds 3 --dir target/wave-local-check --metrics-port 0 
 }
 tail -n 12 target/wave-local-check.log
 
+echo "==> scripts/fuzz.sh 60 (the webhook's fuzz targets, briefly, so they cannot rot)"
+scripts/fuzz.sh 60
+
 echo "==> cargo nextest run --workspace"
 cargo nextest run --locked --workspace --no-fail-fast

@@ -52,7 +52,10 @@ fuzz_target!(|body: &[u8]| {
     let (status, json) = answer(&again);
     assert_eq!(status, 200, "{json}");
     let response = &json["response"];
-    assert_eq!(response["allowed"], true, "the patched pod is admitted: {json}");
+    assert_eq!(
+        response["allowed"], true,
+        "the patched pod is admitted: {json}"
+    );
     if let Some(second) = patch_of(response) {
         assert!(second.0.is_empty(), "not idempotent: {second:?}");
     }

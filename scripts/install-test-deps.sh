@@ -56,6 +56,8 @@ command -v npm >/dev/null 2>&1 || apt_tool npm npm
 npm_statsd
 pip_tools
 command -v cargo-nextest >/dev/null 2>&1 || cargo_tool cargo-nextest 0.9.143 cargo-nextest
+# The webhook's fuzz targets (webhook/fuzz): libFuzzer through cargo-fuzz.
+cargo_tool cargo-fuzz 0.13.2 cargo-fuzz
 
 if [[ "${1:-}" == "--print-env" ]]; then
   echo "export PATH=\"$TOOLS/bin:$TOOLS/venv/bin:\$PATH\""

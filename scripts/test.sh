@@ -24,5 +24,8 @@ grep -q "agents    30 (30 succeeded, 0 failed" target/wave-local-check.log
 grep -q "latency_ms{endpoint=\"login\"}" target/wave-local-check.log
 test -s target/wave-local-check/report.html
 
+echo "==> scripts/fuzz.sh 60 (the webhook's fuzz targets, briefly, so they cannot rot)"
+scripts/fuzz.sh 60
+
 echo "==> cargo nextest run --workspace"
 cargo nextest run --locked --workspace --no-fail-fast

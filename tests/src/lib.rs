@@ -5,6 +5,7 @@
 //! failure with a message saying how to install it, never a silent skip.
 
 pub mod apiserver;
+pub mod balancer;
 pub mod kubelet;
 pub mod process;
 pub mod prometheus;
@@ -13,6 +14,7 @@ pub mod s3;
 pub mod synthetic;
 pub mod target;
 pub mod tls;
+pub mod webhook;
 
 use std::future::Future;
 use std::io::{Read, Write};

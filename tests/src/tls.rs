@@ -208,6 +208,8 @@ pub struct Reply {
     pub headers: HeaderMap,
     /// Response body.
     pub body: Bytes,
+    /// The HTTP version the answer came over.
+    pub version: http::Version,
 }
 
 impl Reply {
@@ -249,8 +251,25 @@ impl HttpsClient {
         })
     }
 
-    /// A client as `options` say.
+    /// A keep-alive client that offers only HTTP/2 by ALPN (as kube-apiserver's webhook
+    /// client negotiates it), over TLS 1.2 or 1.3, trusting only `ca`.
+    pub fn http2_trusting(ca: &TestCa) -> Self {
+        Self::build(
+            &ClientOptions {
+                trust: &[ca],
+                versions: rustls::ALL_VERSIONS,
+                keep_alive: true,
+            },
+            true,
+        )
+    }
+
+    /// A client as `options` say, speaking HTTP/1.1.
     pub fn with_options(options: &ClientOptions<'_>) -> Self {
+        Self::build(options, false)
+    }
+
+    fn build(options: &ClientOptions<'_>, http2: bool) -> Self {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = RootCertStore::empty();
         for ca in options.trust {
@@ -277,10 +296,14 @@ impl HttpsClient {
         config.resumption = rustls::client::Resumption::disabled();
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(config)
-            .https_only()
-            .enable_http1()
-            .build();
+            .https_only();
+        let connector = if http2 {
+            connector.enable_http2().build()
+        } else {
+            connector.enable_http1().build()
+        };
         let mut builder = Client::builder(TokioExecutor::new());
+        builder.http2_only(http2);
         if !options.keep_alive {
             builder.pool_max_idle_per_host(0);
         }
@@ -317,6 +340,7 @@ impl HttpsClient {
             status: parts.status,
             headers: parts.headers,
             body,
+            version: parts.version,
         })
     }
 

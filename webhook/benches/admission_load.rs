@@ -7,7 +7,9 @@
 //!    scheduled start (so a stalled server cannot hide its queueing delay);
 //! 3. the server's peak resident memory (`VmHWM`) after both.
 //!
-//! Run with `cargo bench -p wave-webhook --bench admission_load` (needs `taskset` and 2 CPUs).
+//! Run with `cargo bench -p wave-webhook --bench admission_load` (needs `taskset` and 2 CPUs);
+//! `cargo bench -p wave-webhook --bench admission_load -- h2` does the same over HTTP/2
+//! (negotiated by ALPN, one request at a time on each of the connections, as above).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -20,8 +22,8 @@ use bytes::Bytes;
 use hdrhistogram::Histogram;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
@@ -35,6 +37,7 @@ const OPEN_LOOP: Duration = Duration::from_secs(10);
 const OPEN_LOOP_RATE: u64 = 5_000;
 
 fn main() {
+    let h2 = std::env::args().any(|a| a == "h2");
     pin_self_to_cpu(1);
     let dir = tempfile::tempdir().expect("temp dir");
     let ca = write_certificates(dir.path());
@@ -47,7 +50,7 @@ fn main() {
         .build()
         .expect("runtime");
     let result = runtime.block_on(async {
-        let connector = connector(&ca);
+        let connector = connector(&ca, h2);
         wait_ready(&connector, https).await;
         let body = Bytes::from(review_body());
         closed_loop(&connector, https, body.clone(), WARMUP).await;
@@ -64,7 +67,10 @@ fn main() {
         .status();
     let _ = server.wait();
 
-    println!("admission_load: server pinned to CPU 0 (taskset -c 0), client on CPU 1");
+    println!(
+        "admission_load over {}: server pinned to CPU 0 (taskset -c 0), client on CPU 1",
+        if h2 { "HTTP/2" } else { "HTTP/1.1" }
+    );
     println!(
         "  body: the captured pod CREATE review with waveloadtest.io/total-players (answered with a patch)"
     );
@@ -159,29 +165,48 @@ fn review_body() -> Vec<u8> {
     serde_json::to_vec(&review).expect("serializes")
 }
 
-fn connector(ca: &CertificateDer<'static>) -> TlsConnector {
+/// A TLS client offering `h2` or `http/1.1` by ALPN.
+fn connector(ca: &CertificateDer<'static>, h2: bool) -> TlsConnector {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca.clone()).expect("CA");
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .expect("versions")
     .with_root_certificates(roots)
     .with_no_client_auth();
+    config.alpn_protocols = vec![if h2 {
+        b"h2".to_vec()
+    } else {
+        b"http/1.1".to_vec()
+    }];
     TlsConnector::from(Arc::new(config))
 }
 
-async fn connect(connector: &TlsConnector, addr: SocketAddr) -> Option<SendRequest<Full<Bytes>>> {
+/// One client connection, of the version ALPN chose.
+enum SendRequest {
+    Http1(http1::SendRequest<Full<Bytes>>),
+    Http2(http2::SendRequest<Full<Bytes>>),
+}
+
+async fn connect(connector: &TlsConnector, addr: SocketAddr) -> Option<SendRequest> {
     let tcp = TcpStream::connect(addr).await.ok()?;
     tcp.set_nodelay(true).ok()?;
     let name = ServerName::try_from("127.0.0.1").expect("IP name");
     let tls = connector.connect(name, tcp).await.ok()?;
-    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .ok()?;
-    tokio::spawn(connection);
-    Some(sender)
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    if h2 {
+        let (sender, connection) = http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .ok()?;
+        tokio::spawn(connection);
+        Some(SendRequest::Http2(sender))
+    } else {
+        let (sender, connection) = http1::handshake(TokioIo::new(tls)).await.ok()?;
+        tokio::spawn(connection);
+        Some(SendRequest::Http1(sender))
+    }
 }
 
 async fn wait_ready(connector: &TlsConnector, addr: SocketAddr) {
@@ -193,13 +218,23 @@ async fn wait_ready(connector: &TlsConnector, addr: SocketAddr) {
 }
 
 /// One admission on `sender`; true when it was answered 200.
-async fn admit(sender: &mut SendRequest<Full<Bytes>>, body: Bytes) -> bool {
-    let request = Request::post("/mutate")
-        .header("host", "127.0.0.1")
+async fn admit(sender: &mut SendRequest, body: Bytes) -> bool {
+    let request = Request::post("https://127.0.0.1/mutate")
         .header("content-type", "application/json")
         .body(Full::new(body))
         .expect("request");
-    let Ok(response) = sender.send_request(request).await else {
+    let response = match sender {
+        SendRequest::Http1(sender) => {
+            let mut request = request;
+            *request.uri_mut() = http::Uri::from_static("/mutate");
+            request
+                .headers_mut()
+                .insert("host", http::HeaderValue::from_static("127.0.0.1"));
+            sender.send_request(request).await
+        }
+        SendRequest::Http2(sender) => sender.send_request(request).await,
+    };
+    let Ok(response) = response else {
         return false;
     };
     let ok = response.status() == StatusCode::OK;

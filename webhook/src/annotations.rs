@@ -13,6 +13,8 @@ use crate::resources::ResourcePolicy;
 pub const TEST_ID_LABEL: &str = "testId";
 /// Prefix of every annotation wave reads.
 pub const ANNOTATION_PREFIX: &str = "waveloadtest.io/";
+/// The opt-out annotation, read before any other.
+const INJECT_ANNOTATION: &str = "waveloadtest.io/inject";
 /// Every annotation wave reads, without the prefix.
 pub const ANNOTATIONS: [&str; 15] = [
     "inject",
@@ -216,6 +218,18 @@ impl<'a> Settings<'a> {
         let Some(label) = test_id_label(pod) else {
             return Ok(Reading::Skip("no testId label"));
         };
+        // An opted-out pod is allowed whatever its other annotations say.
+        if pod
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(INJECT_ANNOTATION))
+            .is_some_and(|v| v == "false")
+        {
+            return Ok(Reading::Skip(
+                "opted out with waveloadtest.io/inject: \"false\"",
+            ));
+        }
         let raw = Raw::read(pod)?;
         match raw.inject {
             Some("false") => {
@@ -294,8 +308,20 @@ impl<'a> Settings<'a> {
                     ),
                 )
             })?,
+            // wave-agent is Linux-only (process groups, signals, /proc).
+            None if os == Os::Windows => SupervisorMode::Off,
             None => config.supervisor,
         };
+        if os == Os::Windows && supervisor != SupervisorMode::Off {
+            return Err(deny_annotation(
+                "supervisor",
+                format!(
+                    "{:?} is not possible on a Windows pod: wave-agent is Linux-only; \
+                     remove the annotation (Windows pods run unsupervised) or set it to off",
+                    raw.supervisor.unwrap_or_default()
+                ),
+            ));
+        }
         let script = match raw.script {
             Some(v) => store_url("script", v)?,
             None => format!("s3://{}/scripts/{test_id}/", config.bucket),

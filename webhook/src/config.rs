@@ -106,6 +106,10 @@ pub struct Config {
     pub sidecar_containers: Vec<String>,
     /// Default `WAVE_COORDINATION`: how pods claim their slot (SPEC 5.1).
     pub coordination: Coordination,
+    /// The supervisor's stop timeout (SPEC 2.2.8); pods get a termination grace period of at
+    /// least twice this plus 10 s (the agents' grace, then the final upload).
+    #[serde(deserialize_with = "duration")]
+    pub stop_timeout: std::time::Duration,
     /// Machine types by name.
     #[serde(deserialize_with = "shape_only::<BTreeMap<String, CatalogEntryFile>, _, _>")]
     pub catalog: Catalog,
@@ -160,6 +164,7 @@ impl Default for Config {
             tolerations: Tolerations::default(),
             sidecar_containers: vec!["istio-proxy".to_string(), "linkerd-proxy".to_string()],
             coordination: Coordination::Kubernetes,
+            stop_timeout: std::time::Duration::from_secs(20),
             catalog: Catalog::builtin(),
         }
     }
@@ -200,6 +205,14 @@ struct Merged {
 
 /// For the first pass: checks that the value has the shape `T` (so a typo or a wrong type is
 /// reported with its line by the YAML reader) and leaves the value to [`Merged`].
+/// A duration such as `20s` or `1m 30s`.
+fn duration<'de, D: serde::Deserializer<'de>>(value: D) -> Result<std::time::Duration, D::Error> {
+    let text = String::deserialize(value)?;
+    humantime::parse_duration(&text).map_err(|e| {
+        serde::de::Error::custom(format!("{text:?} is not a duration (e.g. 20s): {e}"))
+    })
+}
+
 fn shape_only<'de, T: Deserialize<'de>, V: Default, D: serde::Deserializer<'de>>(
     value: D,
 ) -> Result<V, D::Error> {

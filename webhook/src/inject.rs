@@ -8,6 +8,7 @@ use serde_json::{Map, Value};
 use crate::annotations::Denial;
 use crate::config::Config;
 use crate::mutate::{OwnerReplicas, Verdict, mutate};
+use crate::owners::{job_machines, stateful_set_machines};
 
 /// A manifest that cannot be injected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -126,10 +127,21 @@ fn inject_document(
             .and_then(|n| u32::try_from(n).ok())
             .ok_or_else(|| shape(format!("spec.{field} is not a number of replicas"))),
     };
+    let count = |field: &str| match doc.pointer(&format!("/spec/{field}")) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_i64()
+            .and_then(|n| i32::try_from(n).ok())
+            .filter(|n| *n >= 0)
+            .map(Some)
+            .ok_or_else(|| shape(format!("spec.{field} is not a number of pods"))),
+    };
+    // The same derivation as the cluster's owner lookup (crate::owners).
     let owner = match kind.as_str() {
         "Pod" => None,
-        "Deployment" | "ReplicaSet" | "StatefulSet" => Some(replicas("replicas")?),
-        "Job" => Some(replicas("parallelism")?),
+        "Deployment" | "ReplicaSet" => Some(replicas("replicas")?),
+        "StatefulSet" => Some(stateful_set_machines(count("replicas")?)),
+        "Job" => Some(job_machines(count("completions")?, count("parallelism")?)),
         _ => return Ok(None),
     };
 
@@ -251,6 +263,15 @@ mod tests {
         let doc = serde_json::to_value(&parsed).expect("json");
         let spec = &doc["spec"]["template"]["spec"];
         assert_eq!(env_of(spec, 0, "TOTAL_PLAYERS").as_deref(), Some("3000"));
+    }
+
+    #[test]
+    fn an_indexed_job_counts_its_completions_not_its_parallelism() {
+        let job = "apiVersion: batch/v1\nkind: Job\nmetadata:\n  name: burst\nspec:\n  completionMode: Indexed\n  completions: 12\n  parallelism: 6\n  template:\n    metadata:\n      labels:\n        testId: t1\n    spec:\n      restartPolicy: Never\n      containers:\n        - name: agent\n          image: game:1\n";
+        let out = inject_documents(job, &Config::default()).expect("injects");
+        let doc: Value = serde_saphyr::from_str(&out).expect("yaml");
+        let spec = &doc["spec"]["template"]["spec"];
+        assert_eq!(env_of(spec, 0, "TOTAL_PLAYERS").as_deref(), Some("12000"));
     }
 
     #[test]

@@ -8,11 +8,13 @@
 
 pub mod admission;
 pub mod annotations;
+pub mod body;
 pub mod catalog;
 pub mod config;
 pub mod coordination;
 mod errors;
 pub mod inject;
+pub mod install;
 pub mod metrics;
 pub mod mutate;
 pub mod owners;
@@ -25,4 +27,4 @@ pub mod tls;
 #[cfg(test)]
 mod test_pods;
 
-pub use server::{ServeError, ServeOptions, run};
+pub use server::{Limits, ServeError, ServeOptions, run};

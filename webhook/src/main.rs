@@ -4,13 +4,15 @@ use std::io::Read as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use tokio::net::TcpListener;
+use wave_webhook::body::BodyLimits;
 use wave_webhook::config::{self, Config};
 use wave_webhook::owners::KubeAccess;
-use wave_webhook::{ServeOptions, inject};
+use wave_webhook::{Limits, ServeOptions, inject};
 
 /// Mutating admission webhook that turns pods labelled `testId` into sized wave test machines.
 #[derive(Debug, Parser)]
@@ -55,6 +57,20 @@ struct ServeArgs {
     /// else KUBECONFIG or ~/.kube/config.
     #[arg(long, env = "WAVE_WEBHOOK_KUBECONFIG")]
     kubeconfig: Option<PathBuf>,
+    /// After SIGTERM, how long to keep serving (with /readyz answering 503) before the
+    /// listeners close, so that endpoint removal reaches every API server first.
+    #[arg(long, env = "WAVE_WEBHOOK_DRAIN", default_value = "5s", value_parser = humantime::parse_duration)]
+    drain: Duration,
+    /// A request body must arrive whole within this long, else 408.
+    #[arg(long, env = "WAVE_WEBHOOK_BODY_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    body_timeout: Duration,
+    /// Bytes that the request bodies in flight may hold together (past it, new requests wait
+    /// briefly, then get 503).
+    #[arg(long, env = "WAVE_WEBHOOK_BODY_BUDGET", default_value_t = 64 * 1024 * 1024)]
+    body_budget: usize,
+    /// Connections open at once on the admission port (past it, new ones wait in the backlog).
+    #[arg(long, env = "WAVE_WEBHOOK_MAX_CONNECTIONS", default_value_t = 1024)]
+    max_connections: usize,
 }
 
 #[derive(Debug, Args)]
@@ -124,30 +140,50 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             kube: args
                 .kubeconfig
                 .map_or(KubeAccess::Infer, KubeAccess::Kubeconfig),
+            drain: args.drain,
+            limits: Limits {
+                body: BodyLimits {
+                    timeout: args.body_timeout,
+                    budget: args.body_budget,
+                    ..BodyLimits::default()
+                },
+                max_connections: args.max_connections,
+            },
         };
-        wave_webhook::run(listener, metrics_listener, options, shutdown_signal()).await?;
+        let (first, first_received) = tokio::sync::oneshot::channel();
+        tokio::spawn(signals(first));
+        wave_webhook::run(listener, metrics_listener, options, async {
+            let _ = first_received.await;
+        })
+        .await?;
         Ok(ExitCode::SUCCESS)
     })
 }
 
-/// Completes on the first SIGTERM or SIGINT.
-async fn shutdown_signal() {
+/// Reports the first SIGTERM or SIGINT on `first` (the server drains); a second one exits the
+/// process at once, in-flight requests or not.
+async fn signals(first: tokio::sync::oneshot::Sender<()>) {
     use tokio::signal::unix::{SignalKind, signal};
-    match (
+    let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        }
-        _ => {
-            // Without signal handlers the process can only be killed; wait on Ctrl-C instead.
-            let _ = tokio::signal::ctrl_c().await;
-        }
+    ) else {
+        // Without signal handlers the process can only be killed; wait on Ctrl-C instead.
+        let _ = tokio::signal::ctrl_c().await;
+        let _ = first.send(());
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
     }
+    let _ = first.send(());
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::warn!("second signal: exiting at once, without finishing the requests in flight");
+    std::process::exit(1);
 }
 
 fn inject(args: InjectArgs) -> anyhow::Result<ExitCode> {

@@ -6,6 +6,7 @@
 //! wave adds is recognised as wave's on the way back (the API server re-invokes webhooks).
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{
     Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, ObjectFieldSelector, Pod,
@@ -19,10 +20,10 @@ use crate::annotations::{
 use crate::catalog::Amount;
 use crate::config::{Config, Os, SupervisorMode};
 use crate::coordination;
-use crate::patch;
 use crate::resources::{
     agents_per_container, format_cpu, format_memory, parse_cpu_millis, parse_memory_bytes, share,
 };
+use crate::{install, patch};
 
 /// Volume holding the injected `wave-agent` binary.
 pub const BIN_VOLUME: &str = "wave-bin";
@@ -137,7 +138,7 @@ fn derive_total_players(
             .ok_or_else(|| deny_annotation("total-players", "derived value is too large")),
         OwnerReplicas::NoOwner => Err(deny_annotation(
             "total-players",
-            "not set, and the pod has no Deployment or ReplicaSet owner to derive it from \
+            "not set, and the pod has no Deployment, ReplicaSet, StatefulSet or Job owner to derive it from \
              (replicas × agents × players-per-agent); set the annotation",
         )),
         OwnerReplicas::Unavailable(why) => Err(deny_annotation(
@@ -198,15 +199,22 @@ fn apply(
     let test_count = agent_container.iter().filter(|&&t| t).count();
     let per_container = agents_per_container(s.agents, test_count)
         .map_err(|e| deny_annotation("agents", e.to_string()))?;
-    // The other containers (sidecars) share the node with the agents: under `fit` their
+    // The other containers (sidecars, and native sidecars: init containers that keep running
+    // with `restartPolicy: Always`) share the node with the agents: under `fit` their
     // requests come out of the budget like the DaemonSets'.
     let mut overhead = config.daemonset_overhead;
-    for (container, _) in spec
+    let sidecars = spec
         .containers
         .iter()
         .zip(&agent_container)
         .filter(|(_, is_test)| !**is_test)
-    {
+        .map(|(c, _)| c);
+    let native_sidecars = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .filter(|c| c.restart_policy.as_deref() == Some("Always"));
+    for container in sidecars.chain(native_sidecars) {
         let requests = container
             .resources
             .as_ref()
@@ -337,7 +345,23 @@ fn apply(
     }
     if s.supervisor == SupervisorMode::Inject {
         add_volume(spec, BIN_VOLUME);
-        add_install_container(spec, &config.supervisor_image);
+        install::add_install_container(spec, &config.supervisor_image);
+    }
+    if s.supervisor != SupervisorMode::Off {
+        raise_grace_period(spec, config.stop_timeout, warnings);
+    }
+    let unsupervised_windows = s.os == Os::Windows
+        && pod
+            .metadata
+            .annotations
+            .as_ref()
+            .is_none_or(|a| !a.contains_key("waveloadtest.io/supervisor"));
+    if unsupervised_windows {
+        warnings.push(
+            "wave-agent is Linux-only: the agents of this Windows pod are not supervised \
+             (no restarts, no result upload, no metrics from wave-agent)"
+                .to_string(),
+        );
     }
 
     let annotations = pod.metadata.annotations.get_or_insert_with(BTreeMap::new);
@@ -572,37 +596,23 @@ fn add_volume(spec: &mut PodSpec, name: &str) {
     });
 }
 
-fn add_install_container(spec: &mut PodSpec, image: &str) {
-    let init = spec.init_containers.get_or_insert_with(Vec::new);
-    if init.iter().any(|c| c.name == INSTALL_CONTAINER) {
-        return;
+/// Raises `terminationGracePeriodSeconds` to what the supervisor needs to stop: up to twice
+/// its stop timeout (the agents' grace, then the final upload) plus 10 s. The API server has
+/// already defaulted an unset value to 30 by the time webhooks run, so unset counts as 30.
+fn raise_grace_period(spec: &mut PodSpec, stop_timeout: Duration, warnings: &mut Vec<String>) {
+    let needed = i64::try_from(stop_timeout.as_secs())
+        .unwrap_or(i64::MAX / 4)
+        .saturating_mul(2)
+        .saturating_add(10);
+    let have = spec.termination_grace_period_seconds.unwrap_or(30);
+    if have < needed {
+        warnings.push(format!(
+            "terminationGracePeriodSeconds raised from {have} to {needed}: the supervisor needs \
+             up to 2 × its stop timeout ({} s) + 10 s to stop the agents and upload the results",
+            stop_timeout.as_secs()
+        ));
+        spec.termination_grace_period_seconds = Some(needed);
     }
-    let small = |cpu: &str, memory: &str| {
-        BTreeMap::from([
-            ("cpu".to_string(), Quantity(cpu.to_string())),
-            ("memory".to_string(), Quantity(memory.to_string())),
-        ])
-    };
-    init.push(Container {
-        name: INSTALL_CONTAINER.to_string(),
-        image: Some(image.to_string()),
-        command: Some(vec![
-            "wave-agent".to_string(),
-            "install".to_string(),
-            BIN_DIR.to_string(),
-        ]),
-        resources: Some(ResourceRequirements {
-            requests: Some(small("100m", "64Mi")),
-            limits: Some(small("100m", "64Mi")),
-            ..ResourceRequirements::default()
-        }),
-        volume_mounts: Some(vec![VolumeMount {
-            name: BIN_VOLUME.to_string(),
-            mount_path: BIN_DIR.to_string(),
-            ..VolumeMount::default()
-        }]),
-        ..Container::default()
-    });
 }
 
 fn set_selector(
@@ -915,7 +925,8 @@ mod tests {
         let c = &containers(&pod)[0];
         assert_eq!(quantity(c, "requests", "cpu"), "400m");
         assert_eq!(quantity(c, "limits", "memory"), "3200Mi");
-        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        // The third is the grace period: the seed's pod has the API server's default 30 s.
+        assert_eq!(warnings.len(), 3, "{warnings:?}");
         assert!(
             warnings[0]
                 .contains("keeps its own cpu request 400m and limit 400m; wave would set 3795m"),
@@ -1003,7 +1014,8 @@ mod tests {
         let mut pod = wave(mk_pod(2), "os", "windows");
         pod.spec.as_mut().expect("spec").node_selector = None;
         let (pod, warnings) = mutated(&pod);
-        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("not supervised"), "{warnings:?}");
         assert_eq!(selector(&pod)["kubernetes.io/os"], "windows");
         let tolerations = pod
             .spec
@@ -1036,8 +1048,145 @@ mod tests {
             .expect("selector")
             .insert("kubernetes.io/os".into(), "windows".into());
         let (pod, warnings) = mutated(&pod);
-        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
         assert!(pod.spec.and_then(|s| s.tolerations).is_some());
+    }
+
+    /// A one-container pod annotated `os: windows`, without the seed's linux selector.
+    fn windows_pod() -> Pod {
+        let mut pod = wave(mk_pod(1), "os", "windows");
+        pod.spec.as_mut().expect("spec").node_selector = None;
+        pod
+    }
+
+    #[test]
+    fn windows_pods_default_to_no_supervisor_with_a_warning() {
+        let (pod, warnings) = mutated(&windows_pod());
+        let spec = pod.spec.as_ref().expect("spec");
+        assert!(spec.init_containers.is_none() && spec.volumes.is_none());
+        assert_eq!(
+            spec.containers[0].command,
+            mk_pod(1).spec.expect("spec").containers[0].command
+        );
+        assert_eq!(
+            warnings,
+            [
+                "wave-agent is Linux-only: the agents of this Windows pod are not supervised \
+              (no restarts, no result upload, no metrics from wave-agent)"
+            ]
+        );
+    }
+
+    #[test]
+    fn denies_an_explicit_supervisor_on_a_windows_pod_saying_wave_agent_is_linux_only() {
+        for mode in ["inject", "image"] {
+            let pod = wave(windows_pod(), "supervisor", mode);
+            assert_eq!(
+                denied(&pod),
+                format!(
+                    "waveloadtest.io/supervisor: {mode:?} is not possible on a Windows pod: \
+                     wave-agent is Linux-only; remove the annotation (Windows pods run \
+                     unsupervised) or set it to off"
+                )
+            );
+        }
+        let off = wave(windows_pod(), "supervisor", "off");
+        let (_, warnings) = mutated(&off);
+        assert!(warnings.is_empty(), "{warnings:?}");
+    }
+
+    #[test]
+    fn opted_out_pods_are_allowed_whatever_their_other_annotations_say() {
+        let pod = wave(
+            wave(
+                wave(mk_pod(1), "inject", "false"),
+                "machine-type",
+                "r5.xlarg",
+            ),
+            "agentz",
+            "3",
+        );
+        assert!(matches!(
+            verdict(&pod, OwnerReplicas::NoOwner, &Config::default()),
+            Verdict::Skip { .. }
+        ));
+    }
+
+    fn grace_period(pod: &Pod) -> Option<i64> {
+        pod.spec
+            .as_ref()
+            .and_then(|s| s.termination_grace_period_seconds)
+    }
+
+    #[test]
+    fn a_grace_period_below_twice_the_stop_timeout_plus_10_s_is_raised_with_a_warning() {
+        let mut pod = mk_pod(1);
+        pod.spec
+            .as_mut()
+            .expect("spec")
+            .termination_grace_period_seconds = Some(30);
+        let (out, warnings) = mutated(&pod);
+        assert_eq!(grace_period(&out), Some(50));
+        assert_eq!(
+            warnings,
+            [
+                "terminationGracePeriodSeconds raised from 30 to 50: the supervisor needs up to \
+              2 × its stop timeout (20 s) + 10 s to stop the agents and upload the results"
+            ]
+        );
+        let config = Config {
+            stop_timeout: Duration::from_secs(60),
+            ..Config::default()
+        };
+        let (out, _) = admit(&pod, OwnerReplicas::Known(1), &config);
+        assert_eq!(grace_period(&out), Some(130));
+    }
+
+    #[test]
+    fn a_long_enough_grace_period_is_kept_and_unsupervised_pods_are_not_touched() {
+        let (out, warnings) = mutated(&mk_pod(1));
+        assert_eq!(grace_period(&out), Some(60));
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let mut off = wave(mk_pod(1), "supervisor", "off");
+        off.spec
+            .as_mut()
+            .expect("spec")
+            .termination_grace_period_seconds = Some(30);
+        let (out, warnings) = mutated(&off);
+        assert_eq!(grace_period(&out), Some(30));
+        assert!(warnings.is_empty(), "{warnings:?}");
+    }
+
+    #[test]
+    fn native_sidecars_requests_come_out_of_the_fit_budget() {
+        let (plain, _) = mutated(&mk_pod(1));
+        let mut pod = mk_pod(1);
+        let requests = BTreeMap::from([
+            ("cpu".to_string(), Quantity("500m".to_string())),
+            ("memory".to_string(), Quantity("1Gi".to_string())),
+        ]);
+        let sidecar = |restart: Option<&str>| Container {
+            name: "log-shipper".to_string(),
+            image: Some("fluent-bit:3".to_string()),
+            restart_policy: restart.map(str::to_string),
+            resources: Some(ResourceRequirements {
+                requests: Some(requests.clone()),
+                ..ResourceRequirements::default()
+            }),
+            ..Container::default()
+        };
+        pod.spec.as_mut().expect("spec").init_containers = Some(vec![sidecar(Some("Always"))]);
+        let (with_sidecar, _) = mutated(&pod);
+        let cpu = |p: &Pod| quantity(&containers(p)[0], "requests", "cpu").to_string();
+        let memory = |p: &Pod| quantity(&containers(p)[0], "requests", "memory").to_string();
+        let millis = |q: String| q.trim_end_matches('m').parse::<u64>().expect("millicores");
+        let mib = |q: String| q.trim_end_matches("Mi").parse::<u64>().expect("MiB");
+        assert_eq!(millis(cpu(&plain)) - millis(cpu(&with_sidecar)), 500);
+        assert_eq!(mib(memory(&plain)) - mib(memory(&with_sidecar)), 1024);
+        // An ordinary init container runs before the others and shares nothing with them.
+        pod.spec.as_mut().expect("spec").init_containers = Some(vec![sidecar(None)]);
+        let (with_init, _) = mutated(&pod);
+        assert_eq!(cpu(&with_init), cpu(&plain));
     }
 
     #[test]
@@ -1241,7 +1390,8 @@ mod tests {
             Verdict::Deny(d) => {
                 assert_eq!(d.subject, "waveloadtest.io/total-players");
                 assert!(
-                    d.problem.contains("no Deployment or ReplicaSet owner"),
+                    d.problem
+                        .contains("no Deployment, ReplicaSet, StatefulSet or Job owner"),
                     "{d}"
                 );
             }

@@ -1,16 +1,21 @@
 //! `TOTAL_PLAYERS` needs the number of machines in the test: the replicas of the Deployment
-//! that owns the pod (through its ReplicaSet), else of the ReplicaSet itself.
+//! that owns the pod (through its ReplicaSet), else of the ReplicaSet itself; the replicas of
+//! an owning StatefulSet; the `completions` (else `parallelism`) of an owning Job.
 //!
-//! Both kinds are kept in watch-backed caches so an admission normally never waits on the API
-//! server. A ReplicaSet can be milliseconds old when its first pods are admitted, before its
-//! watch event arrived, so a cache miss falls back to a direct GET before anything is denied
-//! (the race amazon-eks-pod-identity-webhook hit: its issues #174 and #194).
+//! The owners are kept in watch-backed caches so an admission normally never waits on the API
+//! server. The watches select on the `testId` label: a ReplicaSet carries its pod template's
+//! labels, so only test ReplicaSets are watched, not the revision history of every Deployment
+//! of a shared cluster; an owner without the label is simply not cached. A cache miss (that,
+//! or an owner milliseconds old whose watch event has not arrived) falls back to a direct GET
+//! before anything is denied (the race amazon-eks-pod-identity-webhook hit: its issues #174
+//! and #194).
 
 use std::future::ready;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -66,9 +71,43 @@ pub enum LookupError {
     Timeout,
 }
 
+/// The label every test pod carries, and so the ReplicaSets that made them.
+const TEST_ID_LABEL: &str = "testId";
+
+/// Objects per page of a watch's initial list.
+const PAGE_SIZE: u32 = 500;
+
 /// The pod's controlling ReplicaSet, as named in its ownerReferences.
 pub fn owning_replica_set(pod: &Pod) -> Option<&OwnerReference> {
     controller_of_kind(pod.metadata.owner_references.as_deref(), "ReplicaSet")
+}
+
+/// The pod's controlling StatefulSet.
+pub fn owning_stateful_set(pod: &Pod) -> Option<&OwnerReference> {
+    controller_of_kind(pod.metadata.owner_references.as_deref(), "StatefulSet")
+}
+
+/// The pod's controlling Job (`batch/v1`).
+pub fn owning_job(pod: &Pod) -> Option<&OwnerReference> {
+    pod.metadata
+        .owner_references
+        .as_deref()?
+        .iter()
+        .find(|r| r.controller == Some(true))
+        .filter(|r| r.kind == "Job" && r.api_version.starts_with("batch/"))
+}
+
+/// Machines of a StatefulSet test: its replicas (Kubernetes defaults them to 1).
+pub fn stateful_set_machines(replicas: Option<i32>) -> u32 {
+    replicas.map_or(1, |n| u32::try_from(n).unwrap_or(0))
+}
+
+/// Machines of a Job test: the pods that must complete (`completions`, an Indexed Job's
+/// index count), else the pods run at once (`parallelism`), else 1 as Kubernetes defaults.
+pub fn job_machines(completions: Option<i32>, parallelism: Option<i32>) -> u32 {
+    completions
+        .or(parallelism)
+        .map_or(1, |n| u32::try_from(n).unwrap_or(0))
 }
 
 /// The ReplicaSet's controlling Deployment, as named in its ownerReferences.
@@ -119,6 +158,8 @@ enum Source {
         client: Client,
         replica_sets: Store<ReplicaSet>,
         deployments: Store<Deployment>,
+        stateful_sets: Store<StatefulSet>,
+        jobs: Store<Job>,
     },
 }
 
@@ -142,7 +183,8 @@ impl OwnerLookup {
         }
     }
 
-    /// A lookup over given caches, with `client` for the GET on a miss.
+    /// A lookup over given ReplicaSet and Deployment caches (StatefulSets and Jobs by GET),
+    /// with `client` for the GET on a miss.
     pub fn from_parts(
         client: Client,
         replica_sets: Store<ReplicaSet>,
@@ -153,6 +195,8 @@ impl OwnerLookup {
                 client,
                 replica_sets,
                 deployments,
+                stateful_sets: reflector::store::<StatefulSet>().0,
+                jobs: reflector::store::<Job>().0,
             },
         }
     }
@@ -178,7 +222,7 @@ impl OwnerLookup {
             }
             rs.status = None;
         });
-        let deployments = spawn_cache::<Deployment>(client.clone(), stop, |d| {
+        let deployments = spawn_cache::<Deployment>(client.clone(), stop.clone(), |d| {
             d.managed_fields_mut().clear();
             d.annotations_mut().clear();
             d.labels_mut().clear();
@@ -188,22 +232,85 @@ impl OwnerLookup {
             }
             d.status = None;
         });
-        info!("owner lookup started: watching ReplicaSets and Deployments in all namespaces");
-        OwnerLookup::from_parts(client, replica_sets, deployments)
+        let stateful_sets = spawn_cache::<StatefulSet>(client.clone(), stop.clone(), |s| {
+            s.managed_fields_mut().clear();
+            s.annotations_mut().clear();
+            s.labels_mut().clear();
+            if let Some(spec) = s.spec.as_mut() {
+                spec.template = Default::default();
+                spec.selector = Default::default();
+                spec.volume_claim_templates = None;
+            }
+            s.status = None;
+        });
+        let jobs = spawn_cache::<Job>(client.clone(), stop, |j| {
+            j.managed_fields_mut().clear();
+            j.annotations_mut().clear();
+            j.labels_mut().clear();
+            if let Some(spec) = j.spec.as_mut() {
+                spec.template = Default::default();
+                spec.selector = None;
+            }
+            j.status = None;
+        });
+        info!(
+            "owner lookup started: watching ReplicaSets, Deployments, StatefulSets and Jobs labelled testId in all namespaces"
+        );
+        OwnerLookup {
+            source: Source::Live {
+                client,
+                replica_sets,
+                deployments,
+                stateful_sets,
+                jobs,
+            },
+        }
     }
 
     /// The replicas of the test `pod` (in `namespace`) belongs to.
     pub async fn replicas(&self, pod: &Pod, namespace: &str) -> OwnerReplicas {
-        let Some(rs_ref) = owning_replica_set(pod) else {
+        let (rs_ref, sts_ref, job_ref) = (
+            owning_replica_set(pod),
+            owning_stateful_set(pod),
+            owning_job(pod),
+        );
+        if rs_ref.is_none() && sts_ref.is_none() && job_ref.is_none() {
             return OwnerReplicas::NoOwner;
-        };
-        let (client, replica_sets, deployments) = match &self.source {
+        }
+        let (client, replica_sets, deployments, stateful_sets, jobs) = match &self.source {
             Source::Unavailable(why) => return OwnerReplicas::Unavailable(why.clone()),
             Source::Live {
                 client,
                 replica_sets,
                 deployments,
-            } => (client, replica_sets, deployments),
+                stateful_sets,
+                jobs,
+            } => (client, replica_sets, deployments, stateful_sets, jobs),
+        };
+        if let Some(sts_ref) = sts_ref {
+            return match cached_or_get(client, stateful_sets, namespace, sts_ref).await {
+                Ok(Some(sts)) => OwnerReplicas::Known(stateful_set_machines(
+                    sts.spec.as_ref().and_then(|s| s.replicas),
+                )),
+                Ok(None) => not_found("StatefulSet", namespace, &sts_ref.name),
+                Err(e) => unreadable("StatefulSet", namespace, &sts_ref.name, &e),
+            };
+        }
+        if let Some(job_ref) = job_ref {
+            return match cached_or_get(client, jobs, namespace, job_ref).await {
+                Ok(Some(job)) => {
+                    let spec = job.spec.as_ref();
+                    OwnerReplicas::Known(job_machines(
+                        spec.and_then(|s| s.completions),
+                        spec.and_then(|s| s.parallelism),
+                    ))
+                }
+                Ok(None) => not_found("Job", namespace, &job_ref.name),
+                Err(e) => unreadable("Job", namespace, &job_ref.name, &e),
+            };
+        }
+        let Some(rs_ref) = rs_ref else {
+            return OwnerReplicas::NoOwner;
         };
         let replica_set = match cached_or_get(client, replica_sets, namespace, rs_ref).await {
             Ok(Some(rs)) => rs,
@@ -235,6 +342,16 @@ impl OwnerLookup {
     }
 }
 
+fn not_found(kind: &str, namespace: &str, name: &str) -> OwnerReplicas {
+    OwnerReplicas::Unavailable(format!(
+        "{kind} {namespace}/{name} that owns the pod was not found"
+    ))
+}
+
+fn unreadable(kind: &str, namespace: &str, name: &str, e: &LookupError) -> OwnerReplicas {
+    OwnerReplicas::Unavailable(format!("cannot read {kind} {namespace}/{name}: {e}"))
+}
+
 /// Builds the API client for `access`.
 async fn connect(access: &KubeAccess) -> Result<Client, String> {
     let config = match access {
@@ -257,7 +374,8 @@ async fn connect(access: &KubeAccess) -> Result<Client, String> {
         .map_err(|e| error_chain(&e))
 }
 
-/// Starts a reflector of every `K` in the cluster, trimmed by `trim` to keep the cache small.
+/// Starts a reflector of every `K` labelled `testId` in the cluster, listed in pages and
+/// trimmed by `trim` to keep the cache small.
 fn spawn_cache<K>(
     client: Client,
     stop: CancellationToken,
@@ -274,7 +392,10 @@ where
 {
     let (reader, writer) = reflector::store::<K>();
     let api: Api<K> = Api::all(client);
-    let stream = watcher(api, watcher::Config::default())
+    let config = watcher::Config::default()
+        .labels(TEST_ID_LABEL)
+        .page_size(PAGE_SIZE);
+    let stream = watcher(api, config)
         .default_backoff()
         .modify(trim)
         .reflect(writer)
@@ -321,4 +442,49 @@ where
     Ok(fetched
         .filter(|o| is_referenced(o, reference))
         .map(std::sync::Arc::new))
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    use super::*;
+
+    fn owned_by(api_version: &str, kind: &str) -> Pod {
+        Pod {
+            metadata: ObjectMeta {
+                owner_references: Some(vec![OwnerReference {
+                    api_version: api_version.to_string(),
+                    kind: kind.to_string(),
+                    name: "owner".to_string(),
+                    uid: "u1".to_string(),
+                    controller: Some(true),
+                    block_owner_deletion: Some(true),
+                }]),
+                ..ObjectMeta::default()
+            },
+            ..Pod::default()
+        }
+    }
+
+    #[test]
+    fn a_job_counts_its_completions_else_its_parallelism_else_one() {
+        assert_eq!(job_machines(Some(12), Some(6)), 12);
+        assert_eq!(job_machines(None, Some(6)), 6);
+        assert_eq!(job_machines(None, None), 1);
+    }
+
+    #[test]
+    fn a_stateful_set_counts_its_replicas_else_one() {
+        assert_eq!(stateful_set_machines(Some(4)), 4);
+        assert_eq!(stateful_set_machines(None), 1);
+    }
+
+    #[test]
+    fn stateful_set_and_job_owners_are_found_by_kind_and_group() {
+        assert!(owning_stateful_set(&owned_by("apps/v1", "StatefulSet")).is_some());
+        assert!(owning_job(&owned_by("batch/v1", "Job")).is_some());
+        assert!(owning_job(&owned_by("example.com/v1", "Job")).is_none());
+        assert!(owning_stateful_set(&owned_by("batch/v1", "Job")).is_none());
+    }
 }

@@ -1,6 +1,7 @@
 //! Building the JSON Patch (RFC 6902) that turns a pod into its mutated copy.
 //!
-//! The mutation only appends to lists, adds map keys, sets `command` and removes `args`,
+//! The mutation only appends to lists, adds map keys, sets `command` and
+//! `terminationGracePeriodSeconds` and removes `args`,
 //! so the patch is built field by field from exactly those changes (parents before children).
 //! That costs a fraction of serializing both pods and diffing them, and applies to the pod
 //! exactly as the API server sent it, fields unknown to the typed pod included.
@@ -45,6 +46,11 @@ pub fn build(before: &Pod, mut after: Pod) -> json_patch::Patch {
         ops.field(&mut path, "tolerations", |ops, path| {
             ops.list(path, b.tolerations.as_ref(), a.tolerations.as_ref())
         });
+        if a.termination_grace_period_seconds != b.termination_grace_period_seconds {
+            ops.field(&mut path, "terminationGracePeriodSeconds", |ops, path| {
+                ops.add(path, &a.termination_grace_period_seconds)
+            });
+        }
     }
     json_patch::Patch(ops.0)
 }

@@ -1,29 +1,34 @@
-//! The two listeners: admission over HTTPS and metrics over plain HTTP, with graceful
-//! shutdown (stop accepting, finish what is in flight, then return).
+//! The two listeners: admission over HTTPS (HTTP/2 and HTTP/1.1 by ALPN) and metrics over
+//! plain HTTP, with bounded connections and bodies ([`crate::body`]) and a drain on shutdown:
+//! not ready at once, still serving while endpoint removal propagates, then stop accepting,
+//! finish what is in flight and return (SPEC 1.7).
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use bytes::{Bytes, BytesMut};
-use http::{HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full};
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
+use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use prometheus_client::registry::Registry;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::admission::{self, MAX_BODY};
+use crate::admission;
+use crate::body::{BodyBudget, BodyError, BodyLimits};
 use crate::config::{Config, LoadConfigError, load_config};
 use crate::metrics::{self, Metrics, Outcome};
 use crate::owners::{KubeAccess, OwnerLookup};
@@ -37,13 +42,28 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// keep-alive connection too, so this is also how long an idle connection stays open.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// After shutdown begins, in-flight requests get this long to finish (Kubernetes' default
-/// termination grace period is 30 s).
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(25);
+/// Once the listeners close, in-flight requests get this long to finish (Kubernetes' default
+/// termination grace period is 30 s, and the drain before it takes 5 s by default).
+const FINISH_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// A too-large body is still read (and dropped) up to this size, so the client can read the
-/// 413 instead of having its connection reset mid-upload.
-const DISCARD_LIMIT: usize = 64 * 1024 * 1024;
+/// The limits that keep many or slow clients from exhausting the webhook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Request bodies: deadline and byte budget.
+    pub body: BodyLimits,
+    /// Connections open at once on the admission port; past it, new ones wait in the
+    /// listen backlog.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            body: BodyLimits::default(),
+            max_connections: 1024,
+        }
+    }
+}
 
 /// What `run` needs besides its listeners.
 #[derive(Debug, Clone)]
@@ -56,6 +76,10 @@ pub struct ServeOptions {
     pub tls_key: PathBuf,
     /// How to reach the API server for the owner lookup.
     pub kube: KubeAccess,
+    /// After `shutdown`, how long to keep serving (not ready) before the listeners close.
+    pub drain: Duration,
+    /// Connection and body limits.
+    pub limits: Limits,
 }
 
 /// Why the server could not start.
@@ -72,17 +96,22 @@ pub struct Shared {
     live: Arc<Live>,
     registry: Registry,
     owners: OwnerLookup,
+    bodies: BodyBudget,
+    /// Set when shutdown begins: not ready, and HTTP/1.1 connections are closed after their
+    /// current answer so clients reconnect (through the Service) to another replica.
+    draining: AtomicBool,
 }
 
 impl Shared {
-    /// Ready once a certificate is loaded (the config always is, or the server did not start).
-    fn is_ready(&self) -> bool {
-        self.live.resolver.is_loaded()
+    fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
     }
 }
 
 /// Serves admissions on `listener` (HTTPS) and metrics on `metrics_listener` (plain HTTP) until
-/// `shutdown` completes, then stops accepting, lets in-flight requests finish and returns.
+/// `shutdown` completes, then drains: `/readyz` answers 503 at once, admissions are still
+/// served for `options.drain`, then the listeners close, in-flight requests finish and it
+/// returns.
 ///
 /// Tests bind `127.0.0.1:0` and pass their own `shutdown`; `main` passes SIGTERM/SIGINT.
 pub async fn run(
@@ -105,6 +134,7 @@ pub async fn run(
         }
     };
     let stop = CancellationToken::new();
+    let stop_accepting = CancellationToken::new();
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
     let owners = OwnerLookup::start(&options.kube, stop.clone()).await;
@@ -117,6 +147,8 @@ pub async fn run(
         live: live.clone(),
         registry,
         owners,
+        bodies: BodyBudget::new(options.limits.body),
+        draining: AtomicBool::new(false),
     });
     let watched = Watched {
         tls_cert: options.tls_cert.clone(),
@@ -132,8 +164,9 @@ pub async fn run(
     let graceful = Arc::new(GracefulShutdown::new());
     let admission_loop = accept_loop(
         listener,
-        stop.clone(),
+        stop_accepting.clone(),
         graceful.clone(),
+        Arc::new(Semaphore::new(options.limits.max_connections.max(1))),
         {
             let shared = shared.clone();
             move |tcp| {
@@ -141,7 +174,10 @@ pub async fn run(
                 let shared = shared.clone();
                 async move {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                        Ok(Ok(stream)) => Some((stream, shared)),
+                        Ok(Ok(stream)) => {
+                            let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                            Some((stream, shared, h2))
+                        }
                         Ok(Err(e)) => {
                             debug!(error = %e, "TLS handshake failed");
                             None
@@ -158,11 +194,12 @@ pub async fn run(
     );
     let metrics_loop = accept_loop(
         metrics_listener,
-        stop.clone(),
+        stop_accepting.clone(),
         graceful.clone(),
+        Arc::new(Semaphore::new(METRICS_CONNECTIONS)),
         {
             let shared = shared.clone();
-            move |tcp| std::future::ready(Some((tcp, shared.clone())))
+            move |tcp| std::future::ready(Some((tcp, shared.clone(), false)))
         },
         handle_metrics_port,
     );
@@ -171,47 +208,63 @@ pub async fn run(
         _ => info!("serving"),
     }
 
-    tokio::select! {
-        () = shutdown => {}
-        () = stop.cancelled() => {}
-    }
-    info!("shutting down: no new connections, finishing requests in flight");
-    stop.cancel();
+    shutdown.await;
+    shared.draining.store(true, Ordering::Relaxed);
+    info!(
+        drain_seconds = options.drain.as_secs_f64(),
+        "shutting down: not ready, still serving while the endpoint is removed"
+    );
+    tokio::time::sleep(options.drain).await;
+    info!("drained: no new connections, finishing requests in flight");
+    stop_accepting.cancel();
     let _ = tokio::join!(admission_loop, metrics_loop);
     let graceful =
         Arc::try_unwrap(graceful).expect("the accept loops have ended and dropped their handles");
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+    if tokio::time::timeout(FINISH_TIMEOUT, graceful.shutdown())
         .await
         .is_err()
     {
         warn!(
             "requests still in flight after {}s; closing them",
-            DRAIN_TIMEOUT.as_secs()
+            FINISH_TIMEOUT.as_secs()
         );
     }
+    stop.cancel();
     let _ = reloader.await;
     info!("stopped");
     Ok(())
 }
 
-/// Accepts connections until `stop`, turns each into a stream with `establish` (TLS or not) and
-/// serves HTTP/1.1 on it with `handler`, under `graceful`.
+/// Accepts connections until `stop`, at most `slots` at once, turns each into a stream with
+/// `establish` (TLS or not; it also says whether ALPN chose HTTP/2) and serves HTTP/2 or
+/// HTTP/1.1 on it with `handler`, under `graceful`.
 fn accept_loop<S, E, EF, H, HF>(
     listener: TcpListener,
     stop: CancellationToken,
     graceful: Arc<GracefulShutdown>,
+    slots: Arc<Semaphore>,
     establish: E,
     handler: H,
 ) -> tokio::task::JoinHandle<()>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     E: Fn(tokio::net::TcpStream) -> EF + Send + 'static,
-    EF: Future<Output = Option<(S, Arc<Shared>)>> + Send + 'static,
+    EF: Future<Output = Option<(S, Arc<Shared>, bool)>> + Send + 'static,
     H: Fn(Arc<Shared>, Request<Incoming>) -> HF + Copy + Send + Sync + 'static,
     HF: Future<Output = Response<Full<Bytes>>> + Send + 'static,
 {
+    let builders = Arc::new(Builders::new());
     tokio::spawn(async move {
         loop {
+            // Past the bound, new connections wait in the kernel's backlog, costing nothing here.
+            let slot = tokio::select! {
+                biased;
+                () = stop.cancelled() => return,
+                slot = slots.clone().acquire_owned() => match slot {
+                    Ok(slot) => slot,
+                    Err(_) => return,
+                },
+            };
             let tcp = tokio::select! {
                 biased;
                 () = stop.cancelled() => return,
@@ -228,18 +281,27 @@ where
             let _ = tcp.set_nodelay(true);
             let ready = establish(tcp);
             let watcher = graceful.watcher();
+            let builders = builders.clone();
             tokio::spawn(async move {
-                let Some((stream, shared)) = ready.await else {
+                let _slot = slot;
+                let Some((stream, shared, h2)) = ready.await else {
                     return;
                 };
-                let service = service_fn(move |req| {
+                let service = service_fn(move |req: Request<Incoming>| {
                     let shared = shared.clone();
-                    async move { Ok::<_, Infallible>(handler(shared, req).await) }
+                    async move {
+                        let version = req.version();
+                        let mut response = handler(shared.clone(), req).await;
+                        if shared.is_draining() && version < Version::HTTP_2 {
+                            response
+                                .headers_mut()
+                                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                        }
+                        Ok::<_, Infallible>(response)
+                    }
                 });
-                let conn = http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(HEADER_TIMEOUT)
-                    .serve_connection(TokioIo::new(stream), service);
+                let builder = if h2 { &builders.h2 } else { &builders.any };
+                let conn = builder.serve_connection(TokioIo::new(stream), service);
                 if let Err(e) = watcher.watch(conn).await {
                     debug!(error = %e, "connection ended with an error");
                 }
@@ -247,6 +309,47 @@ where
         }
     })
 }
+
+/// Connections open at once on the metrics port (Prometheus and the kubelet's probes).
+const METRICS_CONNECTIONS: usize = 64;
+
+/// The connection builders: HTTP/2 when ALPN chose it, else HTTP/1.1 (or HTTP/2 with prior
+/// knowledge, which the auto builder recognises by the preface).
+struct Builders {
+    h2: auto::Builder<TokioExecutor>,
+    any: auto::Builder<TokioExecutor>,
+}
+
+impl Builders {
+    fn new() -> Self {
+        let configure = |mut builder: auto::Builder<TokioExecutor>| {
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .max_buf_size(READ_BUFFER);
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .keep_alive_interval(Some(HEADER_TIMEOUT))
+                .max_concurrent_streams(H2_STREAMS);
+            builder
+        };
+        Builders {
+            h2: configure(auto::Builder::new(TokioExecutor::new())).http2_only(),
+            any: configure(auto::Builder::new(TokioExecutor::new())),
+        }
+    }
+}
+
+/// The most an HTTP/1.1 connection buffers from the socket (hyper's default is about 400 KiB):
+/// a body is copied out of it as it arrives, so a larger buffer only multiplies the memory a
+/// hundred slow connections hold.
+const READ_BUFFER: usize = 64 * 1024;
+
+/// Streams in flight on one HTTP/2 connection (kube-apiserver multiplexes its webhook calls
+/// over one connection per replica).
+const H2_STREAMS: u32 = 256;
 
 /// Routes of the HTTPS port.
 async fn handle_admission_port(
@@ -283,19 +386,15 @@ async fn handle_metrics_port(shared: Arc<Shared>, req: Request<Incoming>) -> Res
     }
 }
 
-/// `POST /mutate`: read at most [`MAX_BODY`], answer the review, count it.
+/// `POST /mutate`: read the body under [`BodyLimits`], answer the review, count it.
 async fn mutate(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let started = Instant::now();
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    let body = read_body(req.into_body(), declared).await;
-    match body {
-        Ok(bytes) => {
+    let http1 = req.version() < Version::HTTP_2;
+    match shared.bodies.read(req.into_body()).await {
+        Ok(body) => {
             let config = shared.live.config.load();
-            let answer = admission::review(&bytes, &config, &shared.owners).await;
+            let answer = admission::review(&body.bytes, &config, &shared.owners).await;
+            drop(body);
             shared
                 .live
                 .metrics
@@ -307,76 +406,37 @@ async fn mutate(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>
                 .live
                 .metrics
                 .observe_admission(Outcome::Error, started.elapsed().as_secs_f64());
-            if e == BodyError::TooLarge {
-                let mut response = json(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    admission::status_body(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "RequestEntityTooLarge",
-                        &format!("the request body is larger than {MAX_BODY} bytes"),
-                    ),
-                );
+            let (status, reason) = match e {
+                BodyError::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "RequestEntityTooLarge"),
+                BodyError::Unreadable => (StatusCode::BAD_REQUEST, "BadRequest"),
+                BodyError::TimedOut(_) => (StatusCode::REQUEST_TIMEOUT, "Timeout"),
+                BodyError::Busy => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable"),
+            };
+            debug!(error = %e, "request body not read");
+            let mut response = json(
+                status,
+                admission::status_body(status, reason, &e.to_string()),
+            );
+            // The rest of a body not read to its end would be taken for the next request.
+            if http1 && matches!(e, BodyError::TooLarge | BodyError::TimedOut(_)) {
                 response
                     .headers_mut()
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            if e == BodyError::Busy {
                 response
-            } else {
-                json(
-                    StatusCode::BAD_REQUEST,
-                    admission::status_body(
-                        StatusCode::BAD_REQUEST,
-                        "BadRequest",
-                        "the request body could not be read",
-                    ),
-                )
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
+            response
         }
     }
-}
-
-#[derive(Debug, PartialEq, Eq)]
-enum BodyError {
-    TooLarge,
-    Unreadable,
-}
-
-/// Reads the body, keeping at most [`MAX_BODY`] bytes; a larger one is read to its end (up to
-/// [`DISCARD_LIMIT`]) and dropped, so the 413 reaches a client that is still sending.
-///
-/// A body that arrives in one piece (the usual case) is kept without copying.
-async fn read_body(mut body: Incoming, declared: Option<usize>) -> Result<Bytes, BodyError> {
-    let mut first: Option<Bytes> = None;
-    let mut kept = BytesMut::new();
-    let mut total = 0usize;
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|_| BodyError::Unreadable)?;
-        if let Ok(data) = frame.into_data() {
-            total = total.saturating_add(data.len());
-            if total > DISCARD_LIMIT {
-                return Err(BodyError::TooLarge);
-            }
-            if total > MAX_BODY {
-                first = None;
-                kept = BytesMut::new();
-            } else if first.is_none() && kept.is_empty() {
-                first = Some(data);
-            } else {
-                if let Some(head) = first.take() {
-                    kept.reserve(declared.unwrap_or(0).clamp(head.len(), MAX_BODY));
-                    kept.extend_from_slice(&head);
-                }
-                kept.extend_from_slice(&data);
-            }
-        }
-    }
-    if total > MAX_BODY {
-        return Err(BodyError::TooLarge);
-    }
-    Ok(first.unwrap_or_else(|| kept.freeze()))
 }
 
 fn readyz(shared: &Shared) -> Response<Full<Bytes>> {
-    if shared.is_ready() {
+    if shared.is_draining() {
+        text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
+    } else if shared.live.resolver.is_loaded() {
         text(StatusCode::OK, "ok\n")
     } else {
         text(

@@ -25,10 +25,12 @@ pub(crate) fn seed_pod() -> Pod {
     }
 }
 
-/// The seed's pod with `n` agent containers (`...-c1`..`-cn`) that set nothing wave sets.
+/// The seed's pod with `n` agent containers (`...-c1`..`-cn`) that set nothing wave sets,
+/// and a termination grace period long enough for the supervisor (60 s).
 pub(crate) fn mk_pod(n: usize) -> Pod {
     let mut pod = seed_pod();
     let spec = pod.spec.as_mut().expect("spec");
+    spec.termination_grace_period_seconds = Some(60);
     let template = spec.containers[0].clone();
     spec.containers = (1..=n)
         .map(|i| Container {

@@ -125,13 +125,13 @@ impl ResolvesServerCert for CertResolver {
     }
 }
 
-/// TLS 1.2 and 1.3 with ring, HTTP/1.1, certificates from `resolver`.
+/// TLS 1.2 and 1.3 with ring, HTTP/2 or HTTP/1.1 by ALPN, certificates from `resolver`.
 pub fn server_config(resolver: Arc<CertResolver>) -> Arc<ServerConfig> {
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .expect("ring supports TLS 1.2 and 1.3")
         .with_no_client_auth()
         .with_cert_resolver(resolver);
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Arc::new(config)
 }

@@ -21,5 +21,8 @@ mod supervisor;
 mod supervisor_resume;
 mod webhook_admission;
 mod webhook_binary;
+mod webhook_drain;
 mod webhook_https;
+mod webhook_limits;
 mod webhook_owners;
+mod webhook_workloads;

@@ -28,7 +28,7 @@ use wave_tests::tls::{
 };
 use wave_tests::wait_for;
 use wave_webhook::owners::KubeAccess;
-use wave_webhook::{ServeError, ServeOptions};
+use wave_webhook::{Limits, ServeError, ServeOptions};
 
 const NAMESPACE: &str = "eks-sample-app";
 const REPLICA_SET: &str = "eks-sample-linux-deployment-6d4b9c7f58";
@@ -75,6 +75,8 @@ impl Webhook {
             tls_cert: tls.cert_path(),
             tls_key: tls.key_path(),
             kube,
+            drain: Duration::ZERO,
+            limits: Limits::default(),
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(wave_webhook::run(
@@ -308,18 +310,23 @@ fn assert_test_machine(pod: &Pod, total_players: &str) {
 
 /// The fixture pod's ReplicaSet (1 replica of its own, as during a rollout) and Deployment
 /// (480 replicas, the seed's test).
+/// The seed's owners, labelled `testId` as in the seed (a ReplicaSet carries its pod
+/// template's labels), which is what the webhook's owner watches select on.
 fn seed_owners() -> (ReplicaSet, Deployment) {
     let owner = owner_reference("Deployment", DEPLOYMENT, DEPLOYMENT_UID, Some(true));
-    (
-        replica_set(
-            NAMESPACE,
-            REPLICA_SET,
-            REPLICA_SET_UID,
-            Some(1),
-            Some(owner),
-        ),
-        deployment(NAMESPACE, DEPLOYMENT, DEPLOYMENT_UID, Some(480)),
-    )
+    let mut replica_set = replica_set(
+        NAMESPACE,
+        REPLICA_SET,
+        REPLICA_SET_UID,
+        Some(1),
+        Some(owner),
+    );
+    let mut deployment = deployment(NAMESPACE, DEPLOYMENT, DEPLOYMENT_UID, Some(480));
+    let labels =
+        || std::collections::BTreeMap::from([("testId".to_string(), format!("{TEST_ID}--p1"))]);
+    replica_set.metadata.labels = Some(labels());
+    deployment.metadata.labels = Some(labels());
+    (replica_set, deployment)
 }
 
 /// The service account the webhook runs as (manifests/rbac.yaml).
@@ -555,6 +562,42 @@ async fn tls_1_2_and_tls_1_3_clients_are_both_served() {
 }
 
 #[tokio::test]
+async fn http2_is_negotiated_by_alpn_and_serves_concurrent_admissions_on_one_connection() {
+    let webhook = Webhook::start(None, KubeAccess::Disabled("none".into())).await;
+    let client = Arc::new(HttpsClient::http2_trusting(&webhook.tls.ca));
+    let review = fixture_with_total_players();
+    let posts: Vec<_> = (0..20)
+        .map(|_| {
+            let (client, url, body) = (client.clone(), webhook.url("/mutate"), body(&review));
+            tokio::spawn(async move { client.post(&url, body).await })
+        })
+        .collect();
+    for post in posts {
+        let reply = post.await.expect("task").expect("answered over HTTP/2");
+        assert_eq!(reply.version, http::Version::HTTP_2);
+        assert_eq!(reply.status, StatusCode::OK);
+        let pod = patched_pod(&review, &reply.json()["response"]);
+        assert_test_machine(&pod, "480000");
+    }
+    let readyz = client.get(&webhook.url("/readyz")).await.expect("readyz");
+    assert_eq!(
+        (readyz.version, readyz.status),
+        (http::Version::HTTP_2, StatusCode::OK)
+    );
+    // HTTP/1.1 clients are still served on the same port.
+    let http1 = webhook
+        .client
+        .post(&webhook.url("/mutate"), body(&review))
+        .await
+        .expect("answered over HTTP/1.1");
+    assert_eq!(
+        (http1.version, http1.status),
+        (http::Version::HTTP_11, StatusCode::OK)
+    );
+    webhook.stop().await;
+}
+
+#[tokio::test]
 async fn a_client_that_does_not_trust_the_serving_ca_is_refused() {
     let webhook = Webhook::start(None, KubeAccess::Disabled("none".into())).await;
     let stranger = TestCa::new("some other CA");
@@ -740,6 +783,8 @@ async fn a_secret_volume_update_through_the_data_symlink_is_picked_up() {
             tls_cert: volume.path().join("tls.crt"),
             tls_key: volume.path().join("tls.key"),
             kube: KubeAccess::Disabled("none".into()),
+            drain: Duration::ZERO,
+            limits: Limits::default(),
         },
         async {
             let _ = stopped.await;
@@ -834,6 +879,8 @@ async fn a_missing_certificate_makes_the_server_not_ready_until_it_appears() {
             tls_cert: tls.cert_path(),
             tls_key: tls.key_path(),
             kube: KubeAccess::Disabled("none".into()),
+            drain: Duration::ZERO,
+            limits: Limits::default(),
         },
         async {
             let _ = stopped.await;
@@ -876,6 +923,8 @@ async fn an_invalid_config_at_start_is_an_error_naming_the_file() {
             tls_cert: tls.cert_path(),
             tls_key: tls.key_path(),
             kube: KubeAccess::Disabled("none".into()),
+            drain: Duration::ZERO,
+            limits: Limits::default(),
         },
         std::future::pending(),
     )

@@ -1,0 +1,213 @@
+//! Slow and hostile clients against the `wave-webhook` binary: bodies that trickle get 408
+//! and hold only what they sent, the API server's own reviews are still answered meanwhile,
+//! and connections past the bound wait in the backlog.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::support::captured_review;
+use rustls::pki_types::ServerName;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+use wave_tests::tls::{HttpsClient, TestCa, TlsFiles};
+use wave_tests::webhook::WebhookProcess;
+
+/// The manifest's memory limit for the webhook container.
+const MEMORY_LIMIT_KIB: u64 = 128 * 1024;
+
+fn connector(ca: &TestCa) -> TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.cert_der().clone()).expect("test CA is a root");
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("TLS versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    TlsConnector::from(Arc::new(config))
+}
+
+async fn connect(connector: &TlsConnector, addr: SocketAddr) -> TlsStream<TcpStream> {
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    connector
+        .connect(ServerName::try_from("127.0.0.1").expect("name"), tcp)
+        .await
+        .expect("TLS handshake")
+}
+
+/// Announces a 3 MiB review, sends its first `burst` bytes at once, then 1 KiB every 100 ms
+/// (what a slow or stalled client does: the body never completes);
+/// returns the status the server answered with (0 if the connection ended without one).
+async fn slow_body(connector: TlsConnector, addr: SocketAddr, burst: usize) -> u16 {
+    let mut tls = connect(&connector, addr).await;
+    let head = format!(
+        "POST /mutate HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\n\r\n",
+        3 * 1024 * 1024
+    );
+    if tls.write_all(head.as_bytes()).await.is_err()
+        || tls.write_all(&vec![b' '; burst]).await.is_err()
+    {
+        return 0;
+    }
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        tokio::select! {
+            read = tls.read(&mut buffer) => match read {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    answer.extend_from_slice(&buffer[..n]);
+                    if answer.windows(4).any(|w| w == b"\r\n\r\n") {
+                        break;
+                    }
+                }
+            },
+            () = tokio::time::sleep(Duration::from_millis(100)) => {
+                if tls.write_all(&[b' '; 1024]).await.is_err() {
+                    // The server may close while we write; its answer is still readable.
+                    let _ = tls.read_to_end(&mut answer).await;
+                    break;
+                }
+            }
+        }
+    }
+    String::from_utf8_lossy(&answer)
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+fn review_body() -> Vec<u8> {
+    let mut review = captured_review();
+    review["request"]["object"]["metadata"]["annotations"] =
+        json!({"waveloadtest.io/total-players": "480000"});
+    serde_json::to_vec(&review).expect("review serializes")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_trickling_bodies_get_408_while_reviews_are_answered_within_the_memory_limit() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let tls = TlsFiles::new();
+    let server = WebhookProcess::start(&tls, &[], &dir.path().join("webhook.log"));
+    server.wait_ready();
+    let idle_kib = server.peak_rss_kib();
+
+    let connector = connector(&tls.ca);
+    let slow: Vec<_> = (0..100)
+        .map(|_| tokio::spawn(slow_body(connector.clone(), server.https, 64 * 1024)))
+        .collect();
+
+    // A well-behaved client keeps posting while the slow ones hold their connections open.
+    let client = HttpsClient::trusting(&tls.ca);
+    let url = format!("https://127.0.0.1:{}/mutate", server.https.port());
+    let body = bytes::Bytes::from(review_body());
+    let mut latencies = Vec::new();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(8) {
+        let sent = Instant::now();
+        let reply = client
+            .post(&url, body.clone())
+            .await
+            .expect("the normal client is answered while slow bodies trickle");
+        latencies.push(sent.elapsed());
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.json()["response"]["allowed"], true);
+    }
+
+    let mut statuses = Vec::new();
+    for task in slow {
+        statuses.push(task.await.expect("slow client task"));
+    }
+    let peak_kib = server.peak_rss_kib();
+    latencies.sort();
+    let p99 = latencies[(latencies.len() * 99 / 100).min(latencies.len() - 1)];
+    println!(
+        "normal client: {} reviews, p50 {:?}, p99 {p99:?}; webhook VmHWM {} KiB idle, {peak_kib} KiB with 100 slow bodies",
+        latencies.len(),
+        latencies[latencies.len() / 2],
+        idle_kib,
+    );
+    assert!(
+        statuses.iter().all(|&s| s == 408),
+        "every trickling body gets 408: {statuses:?}"
+    );
+    assert!(
+        peak_kib < MEMORY_LIMIT_KIB,
+        "peak RSS {peak_kib} KiB is over the 128 MiB limit"
+    );
+}
+
+#[tokio::test]
+async fn bodies_over_the_budget_wait_then_get_503_and_the_budget_comes_back() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let tls = TlsFiles::new();
+    // The smallest budget, 6 MiB (twice the largest body): eight bodies of 1.1 MiB overfill it.
+    let server = WebhookProcess::start(
+        &tls,
+        &["--body-budget", "6291456", "--body-timeout", "3s"],
+        &dir.path().join("webhook.log"),
+    );
+    server.wait_ready();
+    let connector = connector(&tls.ca);
+    let slow: Vec<_> = (0..8)
+        .map(|_| tokio::spawn(slow_body(connector.clone(), server.https, 1100 * 1024)))
+        .collect();
+    let mut statuses = Vec::new();
+    for task in slow {
+        statuses.push(task.await.expect("slow client task"));
+    }
+    statuses.sort_unstable();
+    assert!(
+        statuses.contains(&503) && statuses.iter().all(|&s| s == 408 || s == 503),
+        "bodies past the budget get 503, the others 408: {statuses:?}"
+    );
+    // Every body's share was given back: a normal review is answered at once.
+    let client = HttpsClient::trusting(&tls.ca);
+    let reply = client
+        .post(
+            &format!("https://127.0.0.1:{}/mutate", server.https.port()),
+            review_body(),
+        )
+        .await
+        .expect("answered");
+    assert_eq!(reply.status, 200);
+}
+
+#[tokio::test]
+async fn connections_past_the_bound_wait_until_one_closes() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let tls = TlsFiles::new();
+    let server = WebhookProcess::start(
+        &tls,
+        &["--max-connections", "2"],
+        &dir.path().join("webhook.log"),
+    );
+    server.wait_ready();
+    let connector = connector(&tls.ca);
+    let first = connect(&connector, server.https).await;
+    let _second = connect(&connector, server.https).await;
+    let third = tokio::spawn({
+        let connector = connector.clone();
+        let addr = server.https;
+        async move { connect(&connector, addr).await }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !third.is_finished(),
+        "a third connection was served past --max-connections 2"
+    );
+    drop(first);
+    let third = tokio::time::timeout(Duration::from_secs(20), third)
+        .await
+        .expect("the third connection is served once the first closed")
+        .expect("task");
+    drop(third);
+}

@@ -19,7 +19,7 @@ scripts/local-run.sh --seconds 3 --dir target/wave-local-check --metrics-port 0 
 tail -n 12 target/wave-local-check.log
 # The local wave ends with the test's report: 3 machines seen, every agent succeeded, and
 # the HTML page written.
-grep -q "machines  3 seen" target/wave-local-check.log
+grep -q "3 seen of 3" target/wave-local-check.log
 grep -q "agents    30 (30 succeeded, 0 failed" target/wave-local-check.log
 grep -q "latency_ms{endpoint=\"login\"}" target/wave-local-check.log
 test -s target/wave-local-check/report.html

@@ -565,8 +565,8 @@ impl Report {
                 format!("part {}: ", part.part)
             };
             let expected = part.expected.map_or(
-                "expected count unknown (summaries do not say)".to_owned(),
-                |m| format!("of {m}"),
+                "; expected count unknown (summaries do not say)".to_owned(),
+                |m| format!(" of {m}"),
             );
             let _ = write!(out, "  machines  {name}{} seen{expected}", part.seen);
             if !part.missing.is_empty() {

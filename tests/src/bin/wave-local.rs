@@ -384,6 +384,14 @@ impl Progress {
     fn line(&mut self, pods: &[RunningPod], elapsed: Duration) -> String {
         let texts: Vec<String> = pods.iter().filter_map(RunningPod::metrics).collect();
         if texts.is_empty() {
+            let exited = pods.iter().filter(|p| p.status.is_some()).count();
+            if exited > 0 {
+                return format!(
+                    "[{:>3}s] {exited} of {} machines finished",
+                    elapsed.as_secs(),
+                    pods.len()
+                );
+            }
             return format!(
                 "[{:>3}s] starting {} machines…",
                 elapsed.as_secs(),
@@ -393,7 +401,8 @@ impl Progress {
         let total =
             |name: &str, with: &str| texts.iter().map(|t| sum_of(t, name, with)).sum::<f64>();
         let running = total("wave_agents", "state=\"running\"");
-        let players = total("wave_load_players", "");
+        // A gauge summed from `+n`/`-n` deltas can read -0.
+        let players = total("wave_load_players", "") as i64;
         let requests = total("wave_load_requests_total", "");
         let errors = total("wave_load_errors_total", "");
         let latency = buckets(&texts);

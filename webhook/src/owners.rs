@@ -213,9 +213,6 @@ impl OwnerLookup {
             }
         };
         let replica_sets = spawn_cache::<ReplicaSet>(client.clone(), stop.clone(), |rs| {
-            rs.managed_fields_mut().clear();
-            rs.annotations_mut().clear();
-            rs.labels_mut().clear();
             if let Some(spec) = rs.spec.as_mut() {
                 spec.template = None;
                 spec.selector = Default::default();
@@ -223,9 +220,6 @@ impl OwnerLookup {
             rs.status = None;
         });
         let deployments = spawn_cache::<Deployment>(client.clone(), stop.clone(), |d| {
-            d.managed_fields_mut().clear();
-            d.annotations_mut().clear();
-            d.labels_mut().clear();
             if let Some(spec) = d.spec.as_mut() {
                 spec.template = Default::default();
                 spec.selector = Default::default();
@@ -233,9 +227,6 @@ impl OwnerLookup {
             d.status = None;
         });
         let stateful_sets = spawn_cache::<StatefulSet>(client.clone(), stop.clone(), |s| {
-            s.managed_fields_mut().clear();
-            s.annotations_mut().clear();
-            s.labels_mut().clear();
             if let Some(spec) = s.spec.as_mut() {
                 spec.template = Default::default();
                 spec.selector = Default::default();
@@ -244,9 +235,6 @@ impl OwnerLookup {
             s.status = None;
         });
         let jobs = spawn_cache::<Job>(client.clone(), stop, |j| {
-            j.managed_fields_mut().clear();
-            j.annotations_mut().clear();
-            j.labels_mut().clear();
             if let Some(spec) = j.spec.as_mut() {
                 spec.template = Default::default();
                 spec.selector = None;
@@ -375,11 +363,11 @@ async fn connect(access: &KubeAccess) -> Result<Client, String> {
 }
 
 /// Starts a reflector of every `K` labelled `testId` in the cluster, listed in pages and
-/// trimmed by `trim` to keep the cache small.
+/// trimmed, of the metadata no lookup reads and then by `trim`, to keep the cache small.
 fn spawn_cache<K>(
     client: Client,
     stop: CancellationToken,
-    trim: impl FnMut(&mut K) + Send + 'static,
+    mut trim: impl FnMut(&mut K) + Send + 'static,
 ) -> Store<K>
 where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
@@ -397,7 +385,13 @@ where
         .page_size(PAGE_SIZE);
     let stream = watcher(api, config)
         .default_backoff()
-        .modify(trim)
+        .modify(move |object: &mut K| {
+            // No lookup reads these; dropping them keeps the cache small.
+            object.managed_fields_mut().clear();
+            object.annotations_mut().clear();
+            object.labels_mut().clear();
+            trim(object);
+        })
         .reflect(writer)
         .for_each(|event| {
             if let Err(e) = event {

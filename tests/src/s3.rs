@@ -208,7 +208,26 @@ impl S3Access {
 
     /// The content of an object.
     pub async fn get(&self, key: &str) -> Vec<u8> {
-        self.client
+        self.get_with(&self.client, key).await
+    }
+
+    /// The content of an object, without checking the checksum the server returns: s3s-fs
+    /// 0.14 keeps the full-object CRC32 of a PutObject when a multipart upload replaces the
+    /// object (it updates only the ETag), so a validating GET of a replaced object fails
+    /// although its bytes are right.
+    pub async fn get_unvalidated(&self, key: &str) -> Vec<u8> {
+        let client = sdk_client(
+            &self.endpoint,
+            &self.access_key,
+            &self.secret_key,
+            &self.region,
+            ChecksumMode::WhenRequired,
+        );
+        self.get_with(&client, key).await
+    }
+
+    async fn get_with(&self, client: &aws_sdk_s3::Client, key: &str) -> Vec<u8> {
+        client
             .get_object()
             .bucket(&self.bucket)
             .key(key)
@@ -220,31 +239,6 @@ impl S3Access {
             .await
             .expect("reading the object body")
             .to_vec()
-    }
-
-    /// The content of an object, without checking the checksum the server returns: s3s-fs
-    /// 0.14 keeps the full-object CRC32 of a PutObject when a multipart upload replaces the
-    /// object (it updates only the ETag), so a validating GET of a replaced object fails
-    /// although its bytes are right.
-    pub async fn get_unvalidated(&self, key: &str) -> Vec<u8> {
-        sdk_client(
-            &self.endpoint,
-            &self.access_key,
-            &self.secret_key,
-            &self.region,
-            ChecksumMode::WhenRequired,
-        )
-        .get_object()
-        .bucket(&self.bucket)
-        .key(key)
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("GET {key}: {}", aws_sdk_s3::error::DisplayErrorContext(e)))
-        .body
-        .collect()
-        .await
-        .expect("reading the object body")
-        .to_vec()
     }
 
     /// Stores `body` at `key`.

@@ -244,24 +244,14 @@ fn apply(
         if !is_test {
             continue;
         }
-        let port = u16::try_from(index)
-            .ok()
-            .and_then(|i| config.metrics_port_base.checked_add(i))
-            .ok_or_else(|| Denial {
-                subject: "spec.containers".to_string(),
-                problem: format!(
-                    "container {index} would get a metrics port above 65535; lower metrics-port-base in the webhook config"
-                ),
-            })?;
-        let statsd_port = u16::try_from(index)
-            .ok()
-            .and_then(|i| config.statsd_port_base.checked_add(i))
-            .ok_or_else(|| Denial {
-                subject: "spec.containers".to_string(),
-                problem: format!(
-                    "container {index} would get a StatsD port above 65535; lower statsd-port-base in the webhook config"
-                ),
-            })?;
+        let port = container_port(
+            config.metrics_port_base,
+            index,
+            "metrics",
+            "metrics-port-base",
+        )?;
+        let statsd_port =
+            container_port(config.statsd_port_base, index, "StatsD", "statsd-port-base")?;
         let env = [
             ("TEST_ID", EnvValue::Plain(s.test_id.to_string())),
             ("TOTAL_PLAYERS", EnvValue::Plain(totals.players.to_string())),
@@ -642,6 +632,19 @@ fn same_toleration(a: &Toleration, b: &Toleration) -> bool {
         && a.toleration_seconds == b.toleration_seconds
 }
 
+/// Container `index`'s port of a per-container series (`base` + index): containers share the
+/// pod's network, so each gets its own. Denied when it would leave the port range.
+fn container_port(base: u16, index: usize, what: &str, key: &str) -> Result<u16, Denial> {
+    u16::try_from(index)
+        .ok()
+        .and_then(|i| base.checked_add(i))
+        .ok_or_else(|| Denial {
+            subject: "spec.containers".to_string(),
+            problem: format!(
+                "container {index} would get a {what} port above 65535; lower {key} in the webhook config"
+            ),
+        })
+}
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -29,6 +29,7 @@ use tokio::time::Instant;
 
 use crate::ledger::{self, Confirmed, Ledger, Plan, Seen};
 use crate::store::{CutOff, CutOffSetter, Refusal, Store, StoreError, StoreUrl, UploadRequest};
+use crate::summary::SUMMARY_FILE;
 
 /// Why an upload failed, as `wave_results_upload_failures_total{reason}` counts it: a
 /// permanent refusal by its S3 code, anything else (network, 5xx, a local read) as `other`.
@@ -309,31 +310,52 @@ impl Uploader {
             return Ok(report);
         }
 
+        // summary.json goes last, once every other file of this sync is in the store: a
+        // summary in the store means what it accounts for is there too.
+        let summary = changed
+            .iter()
+            .position(|(f, _)| f.rel == SUMMARY_FILE)
+            .map(|i| changed.remove(i));
         let store = &self.store;
         let remote = &self.remote;
         let cutoff = &self.cutoff;
         let holding = AtomicBool::new(false);
         let holding = &holding;
-        let mut uploads = futures::stream::iter(changed)
-            .map(|(file, plan)| async move {
-                if holding.load(Ordering::Relaxed) {
-                    return (file, FileResult::HeldBack);
-                }
-                let result = upload_file(store, remote, cutoff, &file, plan).await;
-                if let FileResult::Failed(e) = &result
-                    && e.refusal().is_some()
-                {
+        let incomplete = AtomicBool::new(false);
+        let incomplete = &incomplete;
+        let upload = move |(file, plan): (LocalFile, Plan)| async move {
+            if holding.load(Ordering::Relaxed) {
+                incomplete.store(true, Ordering::Relaxed);
+                return (file, FileResult::HeldBack);
+            }
+            let result = upload_file(store, remote, cutoff, &file, plan).await;
+            if let FileResult::Failed(e) = &result {
+                incomplete.store(true, Ordering::Relaxed);
+                if e.refusal().is_some() {
                     holding.store(true, Ordering::Relaxed);
                 }
-                (file, result)
-            })
+            }
+            (file, result)
+        };
+        let uploads = futures::stream::iter(changed)
+            .map(upload)
             // After a refusal, one file at a time: the first one still refused holds the
             // others back, so a retry costs one request.
             .buffer_unordered(if self.refused.is_some() {
                 1
             } else {
                 PARALLEL_FILES
-            });
+            })
+            .chain(
+                futures::stream::iter(summary).then(move |(file, plan)| async move {
+                    if incomplete.load(Ordering::Relaxed) {
+                        (file, FileResult::HeldBack)
+                    } else {
+                        upload((file, plan)).await
+                    }
+                }),
+            );
+        let mut uploads = Box::pin(uploads);
 
         let mut refusal = None;
         let mut last_save = Instant::now();

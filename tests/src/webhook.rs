@@ -26,16 +26,38 @@ impl WebhookProcess {
     /// lookup are denied), `extra` arguments after `serve`, logging to `log`; returns once it
     /// names its addresses.
     pub fn start(tls: &TlsFiles, extra: &[&str], log: &Path) -> WebhookProcess {
+        let mut command = Self::command(extra);
+        command
+            .env("WAVE_WEBHOOK_TLS_CERT", tls.cert_path())
+            .env("WAVE_WEBHOOK_TLS_KEY", tls.key_path())
+            .env("KUBECONFIG", "/nonexistent/kubeconfig");
+        Self::spawn(&mut command, log)
+    }
+
+    /// Starts the binary with `--tls-self-managed` against the API server of `kubeconfig`,
+    /// `extra` arguments after `serve`, logging to `log`; returns once it names its
+    /// addresses (its certificate may not be issued yet: see [`WebhookProcess::wait_ready`]).
+    pub fn start_self_managed(kubeconfig: &Path, extra: &[&str], log: &Path) -> WebhookProcess {
+        let mut command = Self::command(extra);
+        command
+            .arg("--tls-self-managed")
+            .arg("--kubeconfig")
+            .arg(kubeconfig);
+        Self::spawn(&mut command, log)
+    }
+
+    fn command(extra: &[&str]) -> Command {
         let mut command = Command::new(workspace_bin("wave-webhook"));
         command
             .arg("serve")
             .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
             .args(extra)
-            .env("WAVE_WEBHOOK_TLS_CERT", tls.cert_path())
-            .env("WAVE_WEBHOOK_TLS_KEY", tls.key_path())
-            .env("KUBECONFIG", "/nonexistent/kubeconfig")
             .env("RUST_LOG", "info");
-        let running = Running::spawn(&mut command, log.to_path_buf());
+        command
+    }
+
+    fn spawn(command: &mut Command, log: &Path) -> WebhookProcess {
+        let running = Running::spawn(command, log.to_path_buf());
         let (https, metrics) = wait_for_webhook_addresses(log, Duration::from_secs(30));
         WebhookProcess {
             running,

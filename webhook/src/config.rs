@@ -459,7 +459,7 @@ mod tests {
 
     #[test]
     fn shipped_manifest_config_reads_as_the_defaults() {
-        let shipped = include_str!("../../manifests/config.yaml");
+        let shipped = include_str!("../../manifests/base/config.yaml");
         assert_eq!(Config::from_yaml(shipped), Ok(Config::default()));
     }
 

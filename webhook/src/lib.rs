@@ -4,7 +4,7 @@
 //! The pure mutation reads the pod in [`annotations`], changes it in [`mutate`] and writes
 //! the JSON Patch in [`patch`] (with [`config`], [`catalog`] and [`resources`]);
 //! [`run`] serves it over HTTPS with the owner lookup ([`owners`]), file reloads
-//! ([`reload`], [`tls`]) and metrics ([`metrics`]) around it.
+//! ([`reload`], [`tls`]) or its own CA ([`self_managed`]) and metrics ([`metrics`]) around it.
 
 pub mod admission;
 pub mod annotations;
@@ -21,10 +21,11 @@ pub mod owners;
 pub mod patch;
 pub mod reload;
 pub mod resources;
+pub mod self_managed;
 pub mod server;
 pub mod tls;
 
 #[cfg(test)]
 mod test_pods;
 
-pub use server::{Limits, ServeError, ServeOptions, run};
+pub use server::{Limits, ServeError, ServeOptions, Tls, run};

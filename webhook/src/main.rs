@@ -12,7 +12,9 @@ use tokio::net::TcpListener;
 use wave_webhook::body::BodyLimits;
 use wave_webhook::config::{self, Config};
 use wave_webhook::owners::KubeAccess;
-use wave_webhook::{Limits, ServeOptions, inject};
+use wave_webhook::reload::TlsFiles;
+use wave_webhook::self_managed::{SelfManaged, Timing};
+use wave_webhook::{Limits, ServeOptions, Tls, inject};
 
 /// Mutating admission webhook that turns pods labelled `testId` into sized wave test machines.
 #[derive(Debug, Parser)]
@@ -25,7 +27,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve AdmissionReviews on POST /mutate over HTTPS, and metrics over plain HTTP.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Print manifests (Pod, Deployment, ReplicaSet, StatefulSet, Job) as the webhook would
     /// admit them.
     Inject(InjectArgs),
@@ -37,11 +39,19 @@ struct ServeArgs {
     #[arg(long, env = "WAVE_WEBHOOK_CONFIG")]
     config: Option<PathBuf>,
     /// Serving certificate chain (PEM), reloaded when it changes.
-    #[arg(long, env = "WAVE_WEBHOOK_TLS_CERT")]
-    tls_cert: PathBuf,
+    #[arg(
+        long,
+        env = "WAVE_WEBHOOK_TLS_CERT",
+        required_unless_present = "tls_self_managed",
+        requires = "tls_key",
+        conflicts_with = "tls_self_managed"
+    )]
+    tls_cert: Option<PathBuf>,
     /// Private key of the serving certificate (PEM), reloaded when it changes.
-    #[arg(long, env = "WAVE_WEBHOOK_TLS_KEY")]
-    tls_key: PathBuf,
+    #[arg(long, env = "WAVE_WEBHOOK_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    #[command(flatten)]
+    self_managed: SelfManagedArgs,
     /// Address of the HTTPS admission listener (port 0: the kernel picks one, and the
     /// `serving` log line names it, as it does for the metrics listener).
     #[arg(long, env = "WAVE_WEBHOOK_LISTEN", default_value = "0.0.0.0:8443")]
@@ -73,6 +83,86 @@ struct ServeArgs {
     max_connections: usize,
 }
 
+/// TLS without cert-manager: the webhook keeps a CA in a Secret and issues its own serving
+/// certificates (docs/webhook-server.md, "Self-managed TLS").
+#[derive(Debug, Args)]
+struct SelfManagedArgs {
+    /// Issue the serving certificate from a CA kept in a Secret, and keep the
+    /// MutatingWebhookConfiguration's caBundle current, instead of reading --tls-cert/--tls-key.
+    #[arg(long, env = "WAVE_WEBHOOK_TLS_SELF_MANAGED")]
+    tls_self_managed: bool,
+    /// The CA Secret, in the webhook's namespace.
+    #[arg(
+        long,
+        env = "WAVE_WEBHOOK_TLS_CA_SECRET",
+        default_value = "wave-webhook-ca"
+    )]
+    tls_ca_secret: String,
+    /// The MutatingWebhookConfiguration whose caBundle the webhook keeps current.
+    #[arg(
+        long,
+        env = "WAVE_WEBHOOK_TLS_WEBHOOK_CONFIGURATION",
+        default_value = "wave-webhook"
+    )]
+    tls_webhook_configuration: String,
+    /// The Service the API server calls; the serving certificate names
+    /// `<service>.<namespace>.svc`.
+    #[arg(long, env = "WAVE_WEBHOOK_TLS_SERVICE", default_value = "wave-webhook")]
+    tls_service: String,
+    /// The webhook's namespace; by default the service account's (in a cluster) or the
+    /// kubeconfig context's.
+    #[arg(long, env = "WAVE_WEBHOOK_NAMESPACE")]
+    namespace: Option<String>,
+    /// Validity of a CA; a rotation starts when a third of it is left.
+    #[arg(long, env = "WAVE_WEBHOOK_TLS_CA_VALIDITY", default_value = "365d", value_parser = humantime::parse_duration)]
+    tls_ca_validity: Duration,
+    /// Validity of a serving certificate; reissued when a third of it is left.
+    #[arg(long, env = "WAVE_WEBHOOK_TLS_CERT_VALIDITY", default_value = "24h", value_parser = humantime::parse_duration)]
+    tls_cert_validity: Duration,
+    /// How long old and new CA are both in the caBundle, before and after the new one signs.
+    #[arg(long, env = "WAVE_WEBHOOK_TLS_ROTATION_OVERLAP", default_value = "1h", value_parser = humantime::parse_duration)]
+    tls_rotation_overlap: Duration,
+    /// How often the Secret and the caBundle are checked (a caBundle overwritten by someone
+    /// else is put back within this).
+    #[arg(long, env = "WAVE_WEBHOOK_TLS_CHECK_INTERVAL", default_value = "1m", value_parser = humantime::parse_duration)]
+    tls_check_interval: Duration,
+}
+
+impl SelfManagedArgs {
+    fn into_tls(self, cert: Option<PathBuf>, key: Option<PathBuf>) -> anyhow::Result<Tls> {
+        if !self.tls_self_managed {
+            return match (cert, key) {
+                (Some(cert), Some(key)) => Ok(Tls::Files(TlsFiles { cert, key })),
+                _ => anyhow::bail!("--tls-cert and --tls-key are needed unless --tls-self-managed"),
+            };
+        }
+        anyhow::ensure!(
+            self.tls_rotation_overlap * 6 < self.tls_ca_validity,
+            "--tls-rotation-overlap ({}) must be under a sixth of --tls-ca-validity ({}): a rotation starts with a third of it left and takes two overlaps",
+            humantime::format_duration(self.tls_rotation_overlap),
+            humantime::format_duration(self.tls_ca_validity)
+        );
+        anyhow::ensure!(
+            self.tls_check_interval < self.tls_rotation_overlap,
+            "--tls-check-interval ({}) must be under --tls-rotation-overlap ({}): every replica must see a CA change within the overlap",
+            humantime::format_duration(self.tls_check_interval),
+            humantime::format_duration(self.tls_rotation_overlap)
+        );
+        Ok(Tls::SelfManaged(SelfManaged {
+            namespace: self.namespace,
+            secret: self.tls_ca_secret,
+            webhook_configuration: self.tls_webhook_configuration,
+            service: self.tls_service,
+            timing: Timing {
+                ca_validity: self.tls_ca_validity,
+                serving_validity: self.tls_cert_validity,
+                overlap: self.tls_rotation_overlap,
+                check_interval: self.tls_check_interval,
+            },
+        }))
+    }
+}
+
 #[derive(Debug, Args)]
 struct InjectArgs {
     /// Manifest file to read, `-` for standard input.
@@ -92,7 +182,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Inject(args) => inject(args),
     };
     match result {
@@ -126,6 +216,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    let tls = args.self_managed.into_tls(args.tls_cert, args.tls_key)?;
     runtime.block_on(async {
         let listener = TcpListener::bind(args.listen)
             .await
@@ -135,8 +226,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("cannot listen on {}", args.metrics_listen))?;
         let options = ServeOptions {
             config: args.config,
-            tls_cert: args.tls_cert,
-            tls_key: args.tls_key,
+            tls,
             kube: args
                 .kubeconfig
                 .map_or(KubeAccess::Infer, KubeAccess::Kubeconfig),

@@ -340,8 +340,8 @@ fn unreadable(kind: &str, namespace: &str, name: &str, e: &LookupError) -> Owner
     OwnerReplicas::Unavailable(format!("cannot read {kind} {namespace}/{name}: {e}"))
 }
 
-/// Builds the API client for `access`.
-async fn connect(access: &KubeAccess) -> Result<Client, String> {
+/// Builds the API client for `access`; the error says why in one line.
+pub(crate) async fn connect(access: &KubeAccess) -> Result<Client, String> {
     let config = match access {
         KubeAccess::Disabled(why) => return Err(why.clone()),
         KubeAccess::Infer => kube::Config::infer().await.map_err(ConnectError::Infer),

@@ -41,12 +41,19 @@ pub struct Live {
 /// The files to follow.
 #[derive(Debug, Clone)]
 pub struct Watched {
-    /// Serving certificate (PEM chain).
-    pub tls_cert: PathBuf,
-    /// Its private key (PEM).
-    pub tls_key: PathBuf,
+    /// Serving certificate and key, unless the webhook issues its own (`--tls-self-managed`).
+    pub tls: Option<TlsFiles>,
     /// Configuration YAML, if one was given.
     pub config: Option<PathBuf>,
+}
+
+/// A serving certificate kept in files (cert-manager or a Secret volume).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// Serving certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Its private key (PEM).
+    pub key: PathBuf,
 }
 
 /// What was last read from each file, so unchanged content is not reloaded or logged again.
@@ -60,15 +67,15 @@ pub struct Seen {
 
 /// Loads the certificate pair if its files changed since `seen`; on success it is served to
 /// every new connection. Returns whether a new pair was taken.
-pub fn check_tls(watched: &Watched, live: &Live, seen: &mut Seen) -> bool {
+pub fn check_tls(files: &TlsFiles, live: &Live, seen: &mut Seen) -> bool {
     let read = |p: &Path| std::fs::read(p);
-    let (cert, key) = match (read(&watched.tls_cert), read(&watched.tls_key)) {
+    let (cert, key) = match (read(&files.cert), read(&files.key)) {
         (Ok(c), Ok(k)) => (c, k),
         (Err(e), _) | (_, Err(e)) => {
             if live.resolver.is_loaded() {
                 warn!(error = %e, "cannot read the certificate files; keeping the previous certificate");
             } else {
-                warn!(error = %e, cert = %watched.tls_cert.display(), key = %watched.tls_key.display(), "cannot read the certificate files; not ready until they can be read");
+                warn!(error = %e, cert = %files.cert.display(), key = %files.key.display(), "cannot read the certificate files; not ready until they can be read");
             }
             return false;
         }
@@ -80,14 +87,14 @@ pub fn check_tls(watched: &Watched, live: &Live, seen: &mut Seen) -> bool {
     {
         return false;
     }
-    let loaded = tls::pair_from_pem(&watched.tls_cert, &cert, &watched.tls_key, &key);
+    let loaded = tls::pair_from_pem(&files.cert, &cert, &files.key, &key);
     seen.tls = Some((cert, key));
     match loaded {
         Ok(loaded) => {
             live.resolver.set(loaded.certified);
             live.metrics.set_cert_expiry(loaded.not_after);
             live.metrics.observe_reload(Reloaded::Tls, true);
-            info!(cert = %watched.tls_cert.display(), not_after = loaded.not_after, "serving certificate loaded");
+            info!(cert = %files.cert.display(), not_after = loaded.not_after, "serving certificate loaded");
             true
         }
         Err(e) => {
@@ -131,14 +138,8 @@ pub fn check_config(path: &Path, live: &Live, seen: &mut Seen) -> bool {
 pub async fn follow(watched: Watched, live: Arc<Live>, mut seen: Seen, stop: CancellationToken) {
     let (tx, mut rx) = mpsc::channel::<()>(1);
     let mut dirs = BTreeSet::new();
-    for file in [
-        Some(&watched.tls_cert),
-        Some(&watched.tls_key),
-        watched.config.as_ref(),
-    ]
-    .into_iter()
-    .flatten()
-    {
+    let tls_files = watched.tls.iter().flat_map(|f| [&f.cert, &f.key]);
+    for file in tls_files.chain(watched.config.as_ref()) {
         dirs.insert(
             file.parent()
                 .filter(|p| !p.as_os_str().is_empty())
@@ -181,7 +182,9 @@ pub async fn follow(watched: Watched, live: Arc<Live>, mut seen: Seen, stop: Can
         let live = live.clone();
         let mut taken = std::mem::take(&mut seen);
         let checked = tokio::task::spawn_blocking(move || {
-            check_tls(&watched, &live, &mut taken);
+            if let Some(files) = &watched.tls {
+                check_tls(files, &live, &mut taken);
+            }
             if let Some(path) = &watched.config {
                 check_config(path, &live, &mut taken);
             }

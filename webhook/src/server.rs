@@ -31,8 +31,9 @@ use crate::admission;
 use crate::body::{BodyBudget, BodyError, BodyLimits};
 use crate::config::{Config, LoadConfigError, load_config};
 use crate::metrics::{self, Metrics, Outcome};
-use crate::owners::{KubeAccess, OwnerLookup};
-use crate::reload::{self, Live, Seen, Watched};
+use crate::owners::{KubeAccess, OwnerLookup, connect};
+use crate::reload::{self, Live, Seen, TlsFiles, Watched};
+use crate::self_managed::{self, SelfManaged};
 use crate::tls::{self, CertResolver};
 
 /// A client gets this long to finish its TLS handshake.
@@ -70,16 +71,23 @@ impl Default for Limits {
 pub struct ServeOptions {
     /// Configuration YAML; `None` for the built-in defaults.
     pub config: Option<PathBuf>,
-    /// Serving certificate chain (PEM).
-    pub tls_cert: PathBuf,
-    /// Its private key (PEM).
-    pub tls_key: PathBuf,
+    /// Where the serving certificate comes from.
+    pub tls: Tls,
     /// How to reach the API server for the owner lookup.
     pub kube: KubeAccess,
     /// After `shutdown`, how long to keep serving (not ready) before the listeners close.
     pub drain: Duration,
     /// Connection and body limits.
     pub limits: Limits,
+}
+
+/// Where the serving certificate comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Tls {
+    /// Files written by cert-manager or mounted from a Secret, reloaded when they change.
+    Files(TlsFiles),
+    /// Issued in memory from a CA the webhook keeps in a Secret ([`crate::self_managed`]).
+    SelfManaged(SelfManaged),
 }
 
 /// Why the server could not start.
@@ -151,11 +159,30 @@ pub async fn run(
         draining: AtomicBool::new(false),
     });
     let watched = Watched {
-        tls_cert: options.tls_cert.clone(),
-        tls_key: options.tls_key.clone(),
+        tls: match &options.tls {
+            Tls::Files(files) => Some(files.clone()),
+            Tls::SelfManaged(_) => None,
+        },
         config: options.config.clone(),
     };
-    reload::check_tls(&watched, &live, &mut seen);
+    match &options.tls {
+        Tls::Files(files) => {
+            reload::check_tls(files, &live, &mut seen);
+        }
+        Tls::SelfManaged(self_managed) => match connect(&options.kube).await {
+            Ok(client) => {
+                tokio::spawn(self_managed::follow(
+                    client,
+                    self_managed.clone(),
+                    live.clone(),
+                    stop.clone(),
+                ));
+            }
+            Err(why) => {
+                warn!(reason = %why, "self-managed TLS needs the Kubernetes API: not ready until the webhook is restarted with access to it");
+            }
+        },
+    }
     let reloader = tokio::spawn(reload::follow(watched, live.clone(), seen, stop.clone()));
 
     // Logged so that whoever asked for port 0 learns the port the kernel chose.

@@ -28,7 +28,7 @@ use wave_tests::{wait_for, wait_for_value, workspace_bin, workspace_root};
 const TEST_ID: &str = "2e9103ae-3268-11ed-b5cf-0242ac110033";
 const NAMESPACE: &str = "wave-tests";
 const REPLICA_SET: &str = "ltystore-10k-p1-7c9d8f6b5d";
-/// The service account the webhook runs as (manifests/rbac.yaml).
+/// The service account the webhook runs as (manifests/base/rbac.yaml).
 const WEBHOOK_USER: &str = "system:serviceaccount:wave-system:wave-webhook";
 
 fn example_deployment() -> Deployment {

@@ -25,4 +25,5 @@ mod webhook_drain;
 mod webhook_https;
 mod webhook_limits;
 mod webhook_owners;
+mod webhook_self_managed;
 mod webhook_workloads;

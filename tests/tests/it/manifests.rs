@@ -81,7 +81,7 @@ fn every_file_under_manifests_is_checked_by_some_test() {
         .collect();
     // Each of these has its own test below; a new kind of file needs one too.
     let known = [
-        "config.yaml",
+        "base/config.yaml",
         "examples/iam-policy.json",
         "examples/prometheus-scrape.yml",
         "grafana/wave-test.json",
@@ -128,11 +128,29 @@ fn every_kubernetes_manifest_passes_kubernetes_validate_strict() {
     }
 }
 
+/// `kubectl kustomize` of the cert-manager flavour, `manifests/`.
 fn rendered() -> Vec<Value> {
+    rendered_at("manifests")
+}
+
+/// `kubectl kustomize` of a kustomization under the workspace root.
+fn rendered_at(dir: &str) -> Vec<Value> {
+    yaml_documents(&render_text(dir))
+}
+
+fn render_text(dir: &str) -> String {
     let root = workspace_root();
-    yaml_documents(&run(Command::new("kubectl")
+    let output = Command::new("kubectl")
         .arg("kustomize")
-        .arg(root.join("manifests"))))
+        .arg(root.join(dir))
+        .output()
+        .expect("kubectl runs");
+    assert!(
+        output.status.success(),
+        "kubectl kustomize {dir}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("UTF-8 YAML")
 }
 
 fn object<T: serde::de::DeserializeOwned>(docs: &[Value], kind: &str, name: &str) -> T {
@@ -321,7 +339,7 @@ fn shipped_webhook_config_is_accepted_by_the_webhook() {
     let output = run(Command::new(workspace_bin("wave-webhook"))
         .arg("inject")
         .arg("--config")
-        .arg(root.join("manifests/config.yaml"))
+        .arg(root.join("manifests/base/config.yaml"))
         .arg("-f")
         .arg(root.join("manifests/examples/loadtest-linux.yaml")));
     assert!(output.contains("TOTAL_PLAYERS"), "{output}");
@@ -329,7 +347,55 @@ fn shipped_webhook_config_is_accepted_by_the_webhook() {
 
 #[test]
 fn webhook_deployment_args_are_accepted_by_the_cli() {
-    let docs = rendered();
+    let help = run(Command::new(workspace_bin("wave-webhook")).args(["serve", "--help"]));
+    for flavour in ["manifests", "manifests/self-managed"] {
+        let docs = rendered_at(flavour);
+        let deployment: Deployment = object(&docs, "Deployment", "wave-webhook");
+        let pod = deployment
+            .spec
+            .expect("spec")
+            .template
+            .spec
+            .expect("pod spec");
+        let args = pod.containers[0].args.clone().expect("args");
+        assert_eq!(args[0], "serve");
+        for arg in &args[1..] {
+            let flag = arg.split('=').next().expect("a flag");
+            assert!(
+                help.contains(flag),
+                "{flavour}: wave-webhook serve does not accept {flag}:\n{help}"
+            );
+        }
+    }
+}
+
+fn deployment_service_account(docs: &[Value]) -> Option<String> {
+    let deployment: Deployment = object(docs, "Deployment", "wave-webhook");
+    deployment.spec?.template.spec?.service_account_name
+}
+
+#[test]
+fn the_self_managed_flavour_needs_no_cert_manager_and_grants_only_its_secret_and_configuration() {
+    let text = render_text("manifests/self-managed");
+    let docs = yaml_documents(&text);
+    assert!(
+        docs.iter().all(|d| !d["apiVersion"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("cert-manager.io")),
+        "no cert-manager object"
+    );
+    let config: MutatingWebhookConfiguration =
+        object(&docs, "MutatingWebhookConfiguration", "wave-webhook");
+    assert!(
+        config
+            .metadata
+            .annotations
+            .unwrap_or_default()
+            .keys()
+            .all(|k| !k.starts_with("cert-manager.io")),
+        "no CA injection annotation"
+    );
     let deployment: Deployment = object(&docs, "Deployment", "wave-webhook");
     let pod = deployment
         .spec
@@ -337,16 +403,94 @@ fn webhook_deployment_args_are_accepted_by_the_cli() {
         .template
         .spec
         .expect("pod spec");
-    let args = pod.containers[0].args.clone().expect("args");
-    assert_eq!(args[0], "serve");
-    let help = run(Command::new(workspace_bin("wave-webhook")).args(["serve", "--help"]));
-    for arg in &args[1..] {
-        let flag = arg.split('=').next().expect("a flag");
-        assert!(
-            help.contains(flag),
-            "wave-webhook serve does not accept {flag}:\n{help}"
-        );
+    let container = &pod.containers[0];
+    let args = container.args.clone().expect("args");
+    assert!(args.iter().any(|a| a == "--tls-self-managed"), "{args:?}");
+    assert!(
+        args.iter().all(|a| !a.starts_with("--tls-cert")),
+        "{args:?}"
+    );
+    let flag = |name: &str| {
+        args.iter()
+            .find_map(|a| a.strip_prefix(&format!("--{name}=")))
+            .unwrap_or_else(|| panic!("--{name} in {args:?}"))
+            .to_string()
+    };
+    let namespace = container
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == "WAVE_WEBHOOK_NAMESPACE")
+        .and_then(|e| e.value_from.as_ref())
+        .and_then(|v| v.field_ref.as_ref())
+        .map(|f| f.field_path.clone());
+    assert_eq!(namespace.as_deref(), Some("metadata.namespace"));
+    assert!(
+        pod.volumes.iter().flatten().all(|v| v.secret.is_none()),
+        "no certificate volume"
+    );
+
+    // RBAC: reading and changing by name only; create (which resourceNames cannot limit) in
+    // the webhook's namespace only.
+    let role = docs
+        .iter()
+        .find(|d| d["kind"] == "Role" && d["metadata"]["name"] == "wave-webhook-ca")
+        .expect("the CA Role");
+    assert_eq!(role["metadata"]["namespace"], "wave-system");
+    for rule in role["rules"].as_array().expect("rules") {
+        assert_eq!(rule["resources"], serde_json::json!(["secrets"]));
+        if rule["verbs"] == serde_json::json!(["create"]) {
+            assert!(rule.get("resourceNames").is_none());
+        } else {
+            assert_eq!(
+                rule["resourceNames"],
+                serde_json::json!([flag("tls-ca-secret")])
+            );
+        }
     }
+    let cluster_role = docs
+        .iter()
+        .find(|d| d["kind"] == "ClusterRole" && d["metadata"]["name"] == "wave-webhook-cabundle")
+        .expect("the caBundle ClusterRole");
+    assert_eq!(
+        cluster_role["rules"][0]["resourceNames"],
+        serde_json::json!([flag("tls-webhook-configuration")])
+    );
+    assert_eq!(
+        config.metadata.name.as_deref(),
+        Some(flag("tls-webhook-configuration").as_str())
+    );
+    let service: Service = object(&docs, "Service", &flag("tls-service"));
+    assert_eq!(service.metadata.namespace.as_deref(), Some("wave-system"));
+    // Each is bound to the webhook's service account.
+    for (binding, granted) in [("RoleBinding", role), ("ClusterRoleBinding", cluster_role)] {
+        let bound = docs
+            .iter()
+            .find(|d| d["kind"] == binding && d["roleRef"]["name"] == granted["metadata"]["name"])
+            .unwrap_or_else(|| panic!("a {binding} of {}", granted["metadata"]["name"]));
+        assert_eq!(bound["subjects"][0]["name"], "wave-webhook");
+        assert_eq!(bound["subjects"][0]["namespace"], "wave-system");
+    }
+    assert_eq!(
+        deployment_service_account(&docs).as_deref(),
+        Some("wave-webhook")
+    );
+
+    // The rendered flavour passes the same strict validation as the files.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("self-managed.yaml");
+    std::fs::write(&file, &text).expect("write render");
+    let output = run(Command::new(tool("kubernetes-validate"))
+        .args(["--strict", "--kubernetes-version", "1.33.0"])
+        .arg(&file));
+    assert!(
+        !output.contains("ERROR") && !output.contains("FAIL"),
+        "{output}"
+    );
+    assert!(
+        output.contains("passed for resource deployment/wave-webhook"),
+        "{output}"
+    );
 }
 
 /// Debian's Prometheus is built without Kubernetes service discovery, so the shipped job

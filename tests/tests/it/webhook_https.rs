@@ -28,7 +28,8 @@ use wave_tests::tls::{
 };
 use wave_tests::wait_for;
 use wave_webhook::owners::KubeAccess;
-use wave_webhook::{Limits, ServeError, ServeOptions};
+use wave_webhook::reload::TlsFiles as ServedFiles;
+use wave_webhook::{Limits, ServeError, ServeOptions, Tls};
 
 const NAMESPACE: &str = "eks-sample-app";
 const REPLICA_SET: &str = "eks-sample-linux-deployment-6d4b9c7f58";
@@ -72,8 +73,10 @@ impl Webhook {
         let metrics = metrics_listener.local_addr().expect("metrics address");
         let options = ServeOptions {
             config,
-            tls_cert: tls.cert_path(),
-            tls_key: tls.key_path(),
+            tls: Tls::Files(ServedFiles {
+                cert: tls.cert_path(),
+                key: tls.key_path(),
+            }),
             kube,
             drain: Duration::ZERO,
             limits: Limits::default(),
@@ -329,7 +332,7 @@ fn seed_owners() -> (ReplicaSet, Deployment) {
     (replica_set, deployment)
 }
 
-/// The service account the webhook runs as (manifests/rbac.yaml).
+/// The service account the webhook runs as (manifests/base/rbac.yaml).
 const WEBHOOK_USER: &str = "system:serviceaccount:wave-system:wave-webhook";
 
 /// A cluster holding the fixture's ReplicaSet and Deployment.
@@ -780,8 +783,10 @@ async fn a_secret_volume_update_through_the_data_symlink_is_picked_up() {
         metrics_listener,
         ServeOptions {
             config: None,
-            tls_cert: volume.path().join("tls.crt"),
-            tls_key: volume.path().join("tls.key"),
+            tls: Tls::Files(ServedFiles {
+                cert: volume.path().join("tls.crt"),
+                key: volume.path().join("tls.key"),
+            }),
             kube: KubeAccess::Disabled("none".into()),
             drain: Duration::ZERO,
             limits: Limits::default(),
@@ -876,8 +881,10 @@ async fn a_missing_certificate_makes_the_server_not_ready_until_it_appears() {
         metrics_listener,
         ServeOptions {
             config: None,
-            tls_cert: tls.cert_path(),
-            tls_key: tls.key_path(),
+            tls: Tls::Files(ServedFiles {
+                cert: tls.cert_path(),
+                key: tls.key_path(),
+            }),
             kube: KubeAccess::Disabled("none".into()),
             drain: Duration::ZERO,
             limits: Limits::default(),
@@ -920,8 +927,10 @@ async fn an_invalid_config_at_start_is_an_error_naming_the_file() {
         metrics_listener,
         ServeOptions {
             config: Some(config.clone()),
-            tls_cert: tls.cert_path(),
-            tls_key: tls.key_path(),
+            tls: Tls::Files(ServedFiles {
+                cert: tls.cert_path(),
+                key: tls.key_path(),
+            }),
             kube: KubeAccess::Disabled("none".into()),
             drain: Duration::ZERO,
             limits: Limits::default(),

@@ -3,14 +3,16 @@
 //! in a local s3s-fs. Measured: wall time of `wave report s3://… --json` (list, 960
 //! downloads, merge) and its peak RSS (`/usr/bin/time -v`).
 //!
-//! Every pod gets the same windows (generated once; the reader does the same work whatever
-//! the values). `WAVE_REPORT_BIN` names the `wave` binary to time (default: the one next to
+//! Every pod gets the same windows under its own name (generated once; the reader does the
+//! same work whatever the values). `WAVE_REPORT_BIN` names the `wave` binary to time (default: the one next to
 //! this bench), so a release `wave` can be timed without a release build of the tests:
 //! `cargo build --release -p wave-agent --bin wave &&
 //!  WAVE_REPORT_BIN=target/release/wave cargo bench --profile dev -p wave-tests --bench report_merge`.
 
 use std::process::Command;
 use std::time::Instant;
+
+use futures::StreamExt as _;
 
 use wave_agent::load_metrics::{Dropped, HistogramPoint, Point, SCHEMA_VERSION, Tags, Window};
 use wave_agent::sketch::{RELATIVE_ERROR, Sketch};
@@ -88,33 +90,49 @@ fn window(pod: &str, w: i64, seed: u64) -> Window {
 async fn main() {
     let s3 = S3sFs::start().await;
     let started = Instant::now();
-    let mut bytes = 0;
-    for p in 0..PODS {
-        let name = format!("wave-{p:03}");
-        let pod = SyntheticPod {
-            pod: name.clone(),
-            machine_index: Some(p as u64),
-            machines: Some(PODS as u64),
-            agents: 10,
-            failed_agents: 0,
-            ended_at: "2026-01-01T01:00:00.000Z".into(),
-            windows: (0..WINDOWS)
-                .map(|w| window(&name, w, (p as u64) << 20 | w as u64))
-                .collect(),
-        };
-        let lines = pod.load_metrics();
-        bytes += lines.len();
-        s3.put(
-            &format!("results/bench/{name}/c0/summary.json"),
-            pod.summary(),
-        )
-        .await;
-        s3.put(
-            &format!("results/bench/{name}/c0/load-metrics.jsonl"),
-            lines,
-        )
-        .await;
-    }
+    // One pod's windows, generated once; each pod stores them under its own name.
+    let template: Vec<Window> = (0..WINDOWS)
+        .map(|w| window("template", w, (w as u64) << 20 | 1))
+        .collect();
+    let pods: Vec<SyntheticPod> = (0..PODS)
+        .map(|p| {
+            let name = format!("wave-{p:03}");
+            SyntheticPod {
+                pod: name.clone(),
+                machine_index: Some(p as u64),
+                machines: Some(PODS as u64),
+                agents: 10,
+                failed_agents: 0,
+                ended_at: "2026-01-01T01:00:00.000Z".into(),
+                windows: template
+                    .iter()
+                    .map(|w| Window {
+                        pod: name.clone(),
+                        ..w.clone()
+                    })
+                    .collect(),
+            }
+        })
+        .collect();
+    // Uploads 8 at a time: the store's side of the setup, not what is measured.
+    let bytes: usize = futures::stream::iter(&pods)
+        .map(|pod| {
+            let s3 = &s3;
+            async move {
+                let lines = pod.load_metrics();
+                let size = lines.len();
+                let prefix = format!("results/bench/{}/c0", pod.pod);
+                s3.put(&format!("{prefix}/summary.json"), pod.summary())
+                    .await;
+                s3.put(&format!("{prefix}/load-metrics.jsonl"), lines).await;
+                size
+            }
+        })
+        .buffer_unordered(8)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .sum();
     println!(
         "stored {PODS} pods × {WINDOWS} windows: {:.0} MiB of load-metrics.jsonl in {:.1} s",
         bytes as f64 / 1048576.0,

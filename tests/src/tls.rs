@@ -142,6 +142,18 @@ impl Default for TlsFiles {
     }
 }
 
+/// A TLS 1.2/1.3 client configuration (ring) that trusts exactly `roots`.
+pub fn client_config(roots: RootCertStore) -> Arc<rustls::ClientConfig> {
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("ring supports TLS 1.2 and 1.3")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Arc::new(config)
+}
+
 /// Writes `contents` to a temporary sibling of `path` and renames it over `path`.
 pub fn replace_file(path: &Path, contents: &[u8]) {
     let tmp = path.with_extension("tmp");

@@ -467,7 +467,7 @@ pub async fn follow(
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
     let configurations: Api<MutatingWebhookConfiguration> = Api::all(client);
     let names = service_names(&options.service, &namespace);
-    let mut serving: Option<Serving> = None;
+    let mut replica = Replica::default();
     let mut last_error = String::new();
     loop {
         let round = Round {
@@ -477,13 +477,13 @@ pub async fn follow(
             namespace: &namespace,
             names: &names,
         };
-        let wait = match round.run(&mut serving, &live).await {
+        let wait = match round.run(&mut replica, &live).await {
             Ok(again) => {
                 last_error.clear();
                 if again {
                     Duration::ZERO
                 } else {
-                    next_wait(serving.as_ref(), &options.timing)
+                    next_wait(replica.serving.as_ref(), &options.timing)
                 }
             }
             Err(e) => {
@@ -501,6 +501,15 @@ pub async fn follow(
             () = tokio::time::sleep(wait) => {}
         }
     }
+}
+
+/// What one replica remembers between rounds.
+#[derive(Default)]
+struct Replica {
+    /// The certificate it serves.
+    serving: Option<Serving>,
+    /// Whether the missing webhook configuration was logged (once until it appears).
+    missing_logged: bool,
 }
 
 fn next_wait(serving: Option<&Serving>, timing: &Timing) -> Duration {
@@ -525,7 +534,7 @@ impl Round<'_> {
     /// One pass: read (or create) the Secret, move it on if due, make the bundle current,
     /// and renew the serving certificate. Returns whether to go again at once (a write lost
     /// a race and the newer state must be read).
-    async fn run(&self, serving: &mut Option<Serving>, live: &Live) -> Result<bool, CaError> {
+    async fn run(&self, replica: &mut Replica, live: &Live) -> Result<bool, CaError> {
         let secret_name = format!("{}/{}", self.namespace, self.options.secret);
         let configuration = self
             .configurations
@@ -561,13 +570,18 @@ impl Round<'_> {
             }
         }
         let again = match configuration {
-            Some(configuration) => self.patch_bundle(configuration, &state).await?,
+            Some(configuration) => {
+                replica.missing_logged = false;
+                self.patch_bundle(configuration, &state).await?
+            }
+            None if replica.missing_logged => false,
             None => {
+                replica.missing_logged = true;
                 warn!(configuration = %self.options.webhook_configuration, "self-managed TLS: MutatingWebhookConfiguration not found; the API server cannot call the webhook until it exists");
                 false
             }
         };
-        if serving.as_ref().is_none_or(|s| s.due(&state, now)) {
+        if replica.serving.as_ref().is_none_or(|s| s.due(&state, now)) {
             let issued = issue(
                 &state.current,
                 self.names.to_vec(),
@@ -577,7 +591,7 @@ impl Round<'_> {
             live.resolver.set(issued.certified.clone());
             live.metrics.set_cert_expiry(issued.not_after / 1000);
             info!(not_after = issued.not_after / 1000, names = ?self.names, "self-managed TLS: serving certificate issued");
-            *serving = Some(issued);
+            replica.serving = Some(issued);
         }
         Ok(again)
     }

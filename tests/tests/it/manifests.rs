@@ -7,7 +7,7 @@ use std::process::Command;
 
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{PodSpec, Service};
 use serde_json::Value;
 use wave_tests::prometheus::Prometheus;
 use wave_tests::{tool, workspace_bin, workspace_root};
@@ -350,14 +350,10 @@ fn webhook_deployment_args_are_accepted_by_the_cli() {
     let help = run(Command::new(workspace_bin("wave-webhook")).args(["serve", "--help"]));
     for flavour in ["manifests", "manifests/self-managed"] {
         let docs = rendered_at(flavour);
-        let deployment: Deployment = object(&docs, "Deployment", "wave-webhook");
-        let pod = deployment
-            .spec
-            .expect("spec")
-            .template
-            .spec
-            .expect("pod spec");
-        let args = pod.containers[0].args.clone().expect("args");
+        let args = webhook_pod(&docs).containers[0]
+            .args
+            .clone()
+            .expect("args");
         assert_eq!(args[0], "serve");
         for arg in &args[1..] {
             let flag = arg.split('=').next().expect("a flag");
@@ -369,9 +365,15 @@ fn webhook_deployment_args_are_accepted_by_the_cli() {
     }
 }
 
-fn deployment_service_account(docs: &[Value]) -> Option<String> {
+/// The pod template of the rendered webhook Deployment.
+fn webhook_pod(docs: &[Value]) -> PodSpec {
     let deployment: Deployment = object(docs, "Deployment", "wave-webhook");
-    deployment.spec?.template.spec?.service_account_name
+    deployment
+        .spec
+        .expect("spec")
+        .template
+        .spec
+        .expect("pod spec")
 }
 
 #[test]
@@ -396,13 +398,7 @@ fn the_self_managed_flavour_needs_no_cert_manager_and_grants_only_its_secret_and
             .all(|k| !k.starts_with("cert-manager.io")),
         "no CA injection annotation"
     );
-    let deployment: Deployment = object(&docs, "Deployment", "wave-webhook");
-    let pod = deployment
-        .spec
-        .expect("spec")
-        .template
-        .spec
-        .expect("pod spec");
+    let pod = webhook_pod(&docs);
     let container = &pod.containers[0];
     let args = container.args.clone().expect("args");
     assert!(args.iter().any(|a| a == "--tls-self-managed"), "{args:?}");
@@ -471,10 +467,7 @@ fn the_self_managed_flavour_needs_no_cert_manager_and_grants_only_its_secret_and
         assert_eq!(bound["subjects"][0]["name"], "wave-webhook");
         assert_eq!(bound["subjects"][0]["namespace"], "wave-system");
     }
-    assert_eq!(
-        deployment_service_account(&docs).as_deref(),
-        Some("wave-webhook")
-    );
+    assert_eq!(pod.service_account_name.as_deref(), Some("wave-webhook"));
 
     // The rendered flavour passes the same strict validation as the files.
     let dir = tempfile::tempdir().expect("tempdir");

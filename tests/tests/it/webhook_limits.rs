@@ -3,7 +3,6 @@
 //! and connections past the bound wait in the backlog.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::support::captured_review;
@@ -13,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
-use wave_tests::tls::{HttpsClient, TestCa, TlsFiles};
+use wave_tests::tls::{HttpsClient, TestCa, TlsFiles, client_config};
 use wave_tests::webhook::WebhookProcess;
 
 /// The manifest's memory limit for the webhook container.
@@ -22,14 +21,7 @@ const MEMORY_LIMIT_KIB: u64 = 128 * 1024;
 fn connector(ca: &TestCa) -> TlsConnector {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca.cert_der().clone()).expect("test CA is a root");
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("TLS versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    TlsConnector::from(Arc::new(config))
+    TlsConnector::from(client_config(roots))
 }
 
 async fn connect(connector: &TlsConnector, addr: SocketAddr) -> TlsStream<TcpStream> {

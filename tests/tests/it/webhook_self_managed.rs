@@ -5,7 +5,6 @@
 use std::collections::{BTreeSet, VecDeque};
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -13,6 +12,7 @@ use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::Value;
 use wave_tests::apiserver::{ApiRequest, ApiServer};
+use wave_tests::tls::client_config;
 use wave_tests::webhook::WebhookProcess;
 use wave_tests::{poll_blocking, workspace_root};
 
@@ -74,16 +74,10 @@ fn call(addr: SocketAddr, bundle: &[u8]) -> Result<String, String> {
     for cert in certificates(bundle) {
         roots.add(cert).map_err(|e| format!("bundle: {e}"))?;
     }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("TLS versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let config = client_config(roots);
     let name = ServerName::try_from(SERVER_NAME).expect("DNS name");
     let connection =
-        rustls::ClientConnection::new(Arc::new(config), name).map_err(|e| e.to_string())?;
+        rustls::ClientConnection::new(config, name).map_err(|e| e.to_string())?;
     let tcp =
         TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| e.to_string())?;
     tcp.set_read_timeout(Some(Duration::from_secs(5)))
@@ -333,4 +327,20 @@ fn without_permission_to_create_the_secret_the_log_says_which_and_it_is_not_read
     api.allow_all();
     a.wait_ready();
     assert!(bundle(&api).is_some());
+}
+
+#[test]
+fn a_webhook_configuration_created_later_gets_the_bundle_and_its_absence_is_logged_once() {
+    let api = ApiServer::start_blocking();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = start(&api, dir.path(), "a", &["--tls-check-interval", "100ms"]);
+    // It serves meanwhile: the configuration may be applied after the Deployment.
+    a.wait_ready();
+    std::thread::sleep(Duration::from_secs(1));
+    let missing = "MutatingWebhookConfiguration not found";
+    assert_eq!(a.output().matches(missing).count(), 1, "{}", a.output());
+    seed_configuration(&api);
+    let served = poll_blocking(Duration::from_secs(10), || bundle(&api))
+        .expect("the bundle is written once the configuration exists");
+    call(a.https, &served).expect("trusted through the written bundle");
 }

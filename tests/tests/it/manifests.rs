@@ -350,10 +350,7 @@ fn webhook_deployment_args_are_accepted_by_the_cli() {
     let help = run(Command::new(workspace_bin("wave-webhook")).args(["serve", "--help"]));
     for flavour in ["manifests", "manifests/self-managed"] {
         let docs = rendered_at(flavour);
-        let args = webhook_pod(&docs).containers[0]
-            .args
-            .clone()
-            .expect("args");
+        let args = webhook_pod(&docs).containers[0].args.clone().expect("args");
         assert_eq!(args[0], "serve");
         for arg in &args[1..] {
             let flag = arg.split('=').next().expect("a flag");

@@ -76,8 +76,7 @@ fn call(addr: SocketAddr, bundle: &[u8]) -> Result<String, String> {
     }
     let config = client_config(roots);
     let name = ServerName::try_from(SERVER_NAME).expect("DNS name");
-    let connection =
-        rustls::ClientConnection::new(config, name).map_err(|e| e.to_string())?;
+    let connection = rustls::ClientConnection::new(config, name).map_err(|e| e.to_string())?;
     let tcp =
         TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| e.to_string())?;
     tcp.set_read_timeout(Some(Duration::from_secs(5)))

@@ -52,6 +52,9 @@ const NEXT_CERT: &str = "next.crt";
 const NEXT_KEY: &str = "next.key";
 const PREVIOUS_CERT: &str = "previous.crt";
 
+/// After losing a write race, the next round reads the newer state this soon.
+const RETRY_AFTER_CONFLICT: Duration = Duration::from_millis(50);
+
 /// Certificates start this long (ms) before they are issued, for clocks slightly behind ours.
 const BACKDATE: i64 = 60_000;
 
@@ -481,7 +484,7 @@ pub async fn follow(
             Ok(again) => {
                 last_error.clear();
                 if again {
-                    Duration::ZERO
+                    RETRY_AFTER_CONFLICT
                 } else {
                     next_wait(replica.serving.as_ref(), &options.timing)
                 }

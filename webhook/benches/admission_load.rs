@@ -190,28 +190,35 @@ enum SendRequest {
     Http2(http2::SendRequest<Full<Bytes>>),
 }
 
-async fn connect(connector: &TlsConnector, addr: SocketAddr) -> Option<SendRequest> {
-    let tcp = TcpStream::connect(addr).await.ok()?;
-    tcp.set_nodelay(true).ok()?;
+async fn connect(connector: &TlsConnector, addr: SocketAddr) -> Result<SendRequest, String> {
+    let tcp = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("TCP: {e}"))?;
+    tcp.set_nodelay(true).map_err(|e| format!("TCP: {e}"))?;
     let name = ServerName::try_from("127.0.0.1").expect("IP name");
-    let tls = connector.connect(name, tcp).await.ok()?;
+    let tls = connector
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("TLS: {e}"))?;
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     if h2 {
         let (sender, connection) = http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
             .await
-            .ok()?;
+            .map_err(|e| format!("HTTP/2: {e}"))?;
         tokio::spawn(connection);
-        Some(SendRequest::Http2(sender))
+        Ok(SendRequest::Http2(sender))
     } else {
-        let (sender, connection) = http1::handshake(TokioIo::new(tls)).await.ok()?;
+        let (sender, connection) = http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| format!("HTTP/1.1: {e}"))?;
         tokio::spawn(connection);
-        Some(SendRequest::Http1(sender))
+        Ok(SendRequest::Http1(sender))
     }
 }
 
 async fn wait_ready(connector: &TlsConnector, addr: SocketAddr) {
     let deadline = Instant::now() + Duration::from_secs(20);
-    while connect(connector, addr).await.is_none() {
+    while connect(connector, addr).await.is_err() {
         assert!(Instant::now() < deadline, "wave-webhook did not start");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -252,8 +259,10 @@ async fn closed_loop(
     let start = Instant::now();
     let deadline = start + duration;
     let mut tasks = Vec::new();
-    for _ in 0..CONNECTIONS {
-        let mut sender = connect(connector, addr).await.expect("connect");
+    for i in 0..CONNECTIONS {
+        let mut sender = connect(connector, addr)
+            .await
+            .unwrap_or_else(|e| panic!("connect {i} after {:?}: {e}", start.elapsed()));
         let (count, body) = (count.clone(), body.clone());
         tasks.push(tokio::spawn(async move {
             while Instant::now() < deadline {
@@ -290,7 +299,9 @@ async fn open_loop(
     let rx = Arc::new(tokio::sync::Mutex::new(rx));
     let mut tasks = Vec::new();
     for _ in 0..CONNECTIONS {
-        let mut sender = connect(connector, addr).await.expect("connect");
+        let mut sender = connect(connector, addr)
+            .await
+            .unwrap_or_else(|e| panic!("connect: {e}"));
         let rx = rx.clone();
         let body = body.clone();
         tasks.push(tokio::spawn(async move {

@@ -173,12 +173,6 @@ struct InjectArgs {
     config: Option<PathBuf>,
 }
 
-/// An admission allocates and frees many small objects (the decoded Pod, the patch, the
-/// answer) next to a few buffers of several KiB; with glibc's allocator the mix triggers a
-/// consolidation of its free lists on nearly every request.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {

@@ -7,7 +7,7 @@
 //! only a miss sanitizes the name and sorts the tags to find or create the series.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::{BuildHasherDefault, Hash as _, Hasher};
 
 use crate::load_metrics::{Dropped, HistogramPoint, Point, Tags};
 use crate::sketch::Sketch;
@@ -106,6 +106,8 @@ pub struct Series {
     pub family: usize,
     pub tags: Tags,
     pub value: SeriesValue,
+    /// The series registered before this one under the same (family, tags) hash.
+    same_hash: Option<usize>,
 }
 
 #[derive(Debug)]
@@ -171,14 +173,22 @@ impl Hasher for FxHasher {
 
 type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
 
+/// The key of a series once its name and tags are sanitized and sorted.
+fn canonical_hash(family: usize, tags: &Tags) -> u64 {
+    let mut hasher = std::hash::DefaultHasher::new();
+    (family, tags).hash(&mut hasher);
+    hasher.finish()
+}
+
 /// Every series of a container.
 #[derive(Debug)]
 pub struct Aggregator {
     config: AggregateConfig,
     /// Raw `type|name|tags` bytes → series.
     raw: FastMap<Box<[u8]>, usize>,
-    /// (family, sorted tags) → series.
-    canonical: HashMap<(usize, Tags), usize>,
+    /// Hash of (family, sorted tags) → the newest series with that hash (the others are
+    /// chained through `Series::same_hash`); the tags are kept once, in the series.
+    canonical: FastMap<u64, usize>,
     family_index: HashMap<String, usize>,
     families: Vec<Family>,
     series: Vec<Series>,
@@ -193,7 +203,7 @@ impl Aggregator {
         Aggregator {
             config,
             raw: FastMap::default(),
-            canonical: HashMap::new(),
+            canonical: FastMap::default(),
             family_index: HashMap::new(),
             families: Vec::new(),
             series: Vec::new(),
@@ -350,9 +360,14 @@ impl Aggregator {
                 )
             })
             .collect();
-        let key = (family, tags);
-        if let Some(&index) = self.canonical.get(&key) {
-            return Ok(index);
+        let hash = canonical_hash(family, &tags);
+        let mut candidate = self.canonical.get(&hash).copied();
+        while let Some(index) = candidate {
+            let series = &self.series[index];
+            if series.family == family && series.tags == tags {
+                return Ok(index);
+            }
+            candidate = series.same_hash;
         }
         if self.series.len() >= self.config.max_series {
             return Err(DropReason::Cardinality);
@@ -375,13 +390,14 @@ impl Aggregator {
             },
         };
         let index = self.series.len();
+        let same_hash = self.canonical.insert(hash, index);
         self.series.push(Series {
             family,
-            tags: key.1.clone(),
+            tags,
             value,
+            same_hash,
         });
         self.families[family].series.push(index);
-        self.canonical.insert(key, index);
         Ok(index)
     }
 

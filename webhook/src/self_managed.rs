@@ -71,7 +71,7 @@ pub enum CaError {
     Issue(#[source] rcgen::Error),
     /// The generated pair was refused by rustls.
     #[error("the issued serving certificate cannot be served")]
-    Serve(#[source] tls::TlsError),
+    Serve(#[source] rustls::Error),
     /// An API call failed.
     #[error("{action} {object}")]
     Api {
@@ -399,21 +399,10 @@ pub fn issue(
     params.not_after = datetime(not_after);
     let cert = params.signed_by(&key, &issuer).map_err(CaError::Issue)?;
     let chain = vec![CertificateDer::from(cert.der().to_vec())];
-    let private_key =
-        PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes()).map_err(|source| {
-            CaError::Serve(tls::TlsError::Key {
-                path: "(in memory)".into(),
-                source,
-            })
-        })?;
+    // rcgen's keys are PKCS#8: handed to rustls as DER, with no PEM round trip.
+    let private_key = PrivateKeyDer::Pkcs8(key.serialize_der().into());
     let certified =
-        CertifiedKey::from_der(chain, private_key, &tls::provider()).map_err(|source| {
-            CaError::Serve(tls::TlsError::Mismatch {
-                cert: "(in memory)".into(),
-                key: "(in memory)".into(),
-                source,
-            })
-        })?;
+        CertifiedKey::from_der(chain, private_key, &tls::provider()).map_err(CaError::Serve)?;
     Ok(Serving {
         certified: Arc::new(certified),
         issuer: ca.cert.clone(),

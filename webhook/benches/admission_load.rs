@@ -10,6 +10,8 @@
 //! Run with `cargo bench -p wave-webhook --bench admission_load` (needs `taskset` and 2 CPUs);
 //! `cargo bench -p wave-webhook --bench admission_load -- h2` does the same over HTTP/2
 //! (negotiated by ALPN, one request at a time on each of the connections, as above).
+//! `WAVE_WEBHOOK_BIN` names another `wave-webhook` binary to load (an earlier build, to
+//! compare two versions in one sitting); by default it is the one built with this bench.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -141,8 +143,12 @@ fn free_addr() -> SocketAddr {
 }
 
 fn start_server(dir: &Path, https: SocketAddr, metrics: SocketAddr) -> Child {
+    let binary = std::env::var_os("WAVE_WEBHOOK_BIN")
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_wave-webhook").into());
     Command::new("taskset")
-        .args(["-c", "0", env!("CARGO_BIN_EXE_wave-webhook"), "serve"])
+        .args(["-c", "0"])
+        .arg(binary)
+        .arg("serve")
         .arg("--tls-cert")
         .arg(dir.join("tls.crt"))
         .arg("--tls-key")

@@ -63,6 +63,7 @@ pub struct Point {
 /// The values of a timer, histogram or distribution seen in the window, in the unit they
 /// were sent in (timers: milliseconds).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(from = "HistogramLine")]
 pub struct HistogramPoint {
     pub name: String,
     /// `ms`, `h` or `d`, as in the StatsD line.
@@ -72,6 +73,46 @@ pub struct HistogramPoint {
     pub tags: Tags,
     #[serde(flatten)]
     pub sketch: StoredSketch,
+}
+
+/// How a [`HistogramPoint`] is read: the same fields, spelled out. Deserializing through
+/// `#[serde(flatten)]` buffers every point into serde's generic `Content` first, which made
+/// `wave report` parse about ten times slower than serde_json reads a plain struct.
+#[derive(Deserialize)]
+struct HistogramLine {
+    name: String,
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    tags: Tags,
+    count: f64,
+    sum: f64,
+    min: f64,
+    max: f64,
+    #[serde(default)]
+    zero: f64,
+    bins: Vec<(i32, f64)>,
+    #[serde(default)]
+    negative: Vec<(i32, f64)>,
+}
+
+impl From<HistogramLine> for HistogramPoint {
+    fn from(line: HistogramLine) -> Self {
+        HistogramPoint {
+            name: line.name,
+            kind: line.kind,
+            tags: line.tags,
+            sketch: StoredSketch {
+                count: line.count,
+                sum: line.sum,
+                min: line.min,
+                max: line.max,
+                zero: line.zero,
+                bins: line.bins,
+                negative: line.negative,
+            },
+        }
+    }
 }
 
 /// A window could not be appended.
@@ -101,6 +142,30 @@ pub fn append(results_dir: &Path, window: &Window) -> Result<(), AppendError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_histogram_point_reads_back_as_written() {
+        let mut sketch = crate::sketch::Sketch::default();
+        for v in [-3.0, 0.0, 2.5, 40.0, 41.0] {
+            sketch.add(v, 1.0);
+        }
+        let point = HistogramPoint {
+            name: "latency_ms".into(),
+            kind: "ms".into(),
+            tags: Tags::from([("endpoint".into(), "login".into())]),
+            sketch: sketch.to_stored(),
+        };
+        let json = serde_json::to_string(&point).expect("serializes");
+        assert!(json.contains(r#""bins":[["#), "{json}");
+        let back: HistogramPoint = serde_json::from_str(&json).expect("parses");
+        assert_eq!(back, point);
+        let bare: HistogramPoint = serde_json::from_str(
+            r#"{"name":"n","type":"h","count":1.0,"sum":2.0,"min":2.0,"max":2.0,"bins":[[35,1.0]]}"#,
+        )
+        .expect("tags, zero and negative are optional");
+        assert!(bare.tags.is_empty() && bare.sketch.negative.is_empty());
+        assert_eq!(bare.sketch.zero, 0.0);
+    }
 
     #[test]
     fn appends_one_parsable_line_per_window() {

@@ -169,13 +169,23 @@ async fn read_container(
     if let Some(object) = &objects.windows {
         let path = dir.join(load_metrics::FILE);
         store.get(object, &path).await?;
-        let file =
-            std::fs::File::open(&path).map_err(|e| ReportError::Read(object.url.to_string(), e))?;
-        let (read, mut found) = read_windows(io::BufReader::new(file), &name)
+        // Parsed on the blocking pool: the containers' files are parsed on every core while
+        // the next ones download, instead of one after another on the task that merges.
+        let parse = {
+            let name = name.clone();
+            tokio::task::spawn_blocking(move || {
+                let parsed = std::fs::File::open(&path)
+                    .and_then(|file| read_windows(io::BufReader::new(file), &name));
+                let _ = std::fs::remove_file(&path);
+                parsed
+            })
+        };
+        let (read, mut found) = parse
+            .await
+            .map_err(|e| ReportError::Read(object.url.to_string(), io::Error::other(e)))?
             .map_err(|e| ReportError::Read(object.url.to_string(), e))?;
         windows = read;
         warnings.append(&mut found);
-        let _ = std::fs::remove_file(&path);
     }
     Ok((
         ContainerInput {

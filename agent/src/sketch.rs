@@ -25,21 +25,53 @@ struct Bins {
 
 impl Bins {
     fn add(&mut self, index: i32, weight: f64) {
+        self.cover(index, index);
+        self.counts[(index - self.offset) as usize] += weight;
+    }
+
+    /// Makes room for bins `low..=high` (with `low <= high`) in one allocation.
+    fn cover(&mut self, low: i32, high: i32) {
         if self.counts.is_empty() {
-            self.offset = index;
-            self.counts.push(weight);
+            self.offset = low;
+            self.counts.resize((high - low) as usize + 1, 0.0);
             return;
         }
-        if index < self.offset {
-            let grow = (self.offset - index) as usize;
+        if low < self.offset {
+            let grow = (self.offset - low) as usize;
             self.counts.splice(0..0, std::iter::repeat_n(0.0, grow));
-            self.offset = index;
+            self.offset = low;
         }
-        let at = (index - self.offset) as usize;
-        if at >= self.counts.len() {
-            self.counts.resize(at + 1, 0.0);
+        let end = (high - self.offset) as usize + 1;
+        if end > self.counts.len() {
+            self.counts.resize(end, 0.0);
         }
-        self.counts[at] += weight;
+    }
+
+    /// Adds every bin of `other`: one resize at most, then a sum of two dense runs.
+    fn merge(&mut self, other: &Bins) {
+        if other.counts.is_empty() {
+            return;
+        }
+        let high = other.offset + other.counts.len() as i32 - 1;
+        self.cover(other.offset, high);
+        let at = (other.offset - self.offset) as usize;
+        for (mine, theirs) in self.counts[at..].iter_mut().zip(&other.counts) {
+            *mine += theirs;
+        }
+    }
+
+    /// Bins from sparse `[index, count]` pairs, sized once.
+    fn from_pairs(pairs: &[(i32, f64)]) -> Bins {
+        let mut bins = Bins::default();
+        let low = pairs.iter().map(|&(i, _)| i).min();
+        let high = pairs.iter().map(|&(i, _)| i).max();
+        if let (Some(low), Some(high)) = (low, high) {
+            bins.cover(low, high);
+            for &(index, count) in pairs {
+                bins.counts[(index - low) as usize] += count;
+            }
+        }
+        bins
     }
 
     fn iter(&self) -> impl DoubleEndedIterator<Item = (i32, f64)> + '_ {
@@ -108,12 +140,8 @@ impl Sketch {
 
     /// Adds every value of `other`.
     pub fn merge(&mut self, other: &Sketch) {
-        for (index, count) in other.positive.iter() {
-            self.positive.add(index, count);
-        }
-        for (index, count) in other.negative.iter() {
-            self.negative.add(index, count);
-        }
+        self.positive.merge(&other.positive);
+        self.negative.merge(&other.negative);
         self.zero += other.zero;
         self.count += other.count;
         self.sum += other.sum;
@@ -185,29 +213,23 @@ impl Sketch {
     /// Reads the serialized form back; `None` if it is inconsistent (counts that do not
     /// add up, negative or non-finite numbers): a corrupt sketch must not become numbers.
     pub fn from_stored(stored: &StoredSketch) -> Option<Sketch> {
-        let mut sketch = Sketch {
-            zero: stored.zero,
-            ..Sketch::default()
-        };
         let valid = |c: f64| c.is_finite() && c >= 0.0;
         if !valid(stored.zero) {
             return None;
         }
         let mut total = stored.zero;
-        for &(index, count) in &stored.bins {
+        for &(index, count) in stored.bins.iter().chain(&stored.negative) {
             if !valid(count) || index.unsigned_abs() > 100_000 {
                 return None;
             }
-            sketch.positive.add(index, count);
             total += count;
         }
-        for &(index, count) in &stored.negative {
-            if !valid(count) || index.unsigned_abs() > 100_000 {
-                return None;
-            }
-            sketch.negative.add(index, count);
-            total += count;
-        }
+        let mut sketch = Sketch {
+            zero: stored.zero,
+            positive: Bins::from_pairs(&stored.bins),
+            negative: Bins::from_pairs(&stored.negative),
+            ..Sketch::default()
+        };
         let close = (total - stored.count).abs() <= 1e-6 * stored.count.max(1.0);
         if !close || !stored.sum.is_finite() || !stored.min.is_finite() || !stored.max.is_finite() {
             return None;
@@ -283,6 +305,26 @@ mod tests {
         }
         assert_eq!(a.count(), all.count());
         assert_eq!(a.sum(), all.sum());
+    }
+
+    #[test]
+    fn merging_ranges_below_above_and_inside_keeps_every_bin() {
+        let values = |range: std::ops::Range<i32>| range.map(|i| 1.5f64.powi(i));
+        let mut merged = Sketch::default();
+        let mut all = Sketch::default();
+        for range in [10..20, 0..5, 30..40, 12..35, -8..-2] {
+            let mut part = Sketch::default();
+            for v in values(range.clone()).chain(values(range).map(|v| -v)) {
+                part.add(v, 2.0);
+                all.add(v, 2.0);
+            }
+            let stored = Sketch::from_stored(&part.to_stored()).expect("consistent");
+            merged.merge(&stored);
+        }
+        let (merged, all) = (merged.to_stored(), all.to_stored());
+        assert_eq!(merged.bins, all.bins);
+        assert_eq!(merged.negative, all.negative);
+        assert_eq!(merged.count, all.count);
     }
 
     #[test]

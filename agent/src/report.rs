@@ -25,7 +25,7 @@ use serde::Serialize;
 use crate::load_metrics::{self, SCHEMA_VERSION, Tags, Window};
 use crate::store::{ChecksumMode, S3Options, Store, StoreError, StoreUrl, StoredObject};
 use crate::summary::{SUMMARY_FILE, Summary};
-use merge::{ContainerInput, Kind, Merged, Merger, SummaryInfo};
+use merge::{ContainerInput, Kind, Merged, Merger, Prepared, SummaryInfo};
 use thresholds::{Outcome, Threshold};
 
 /// Version of the JSON report schema.
@@ -129,9 +129,9 @@ pub async fn load(store: &Store, url: &StoreUrl) -> Result<Merged, ReportError> 
     let mut warnings = Vec::new();
     let mut results = futures::stream::iter(downloads).buffer_unordered(PARALLEL_DOWNLOADS);
     while let Some(result) = results.next().await {
-        let (input, mut found) = result?;
+        let (prepared, mut found) = result?;
         warnings.append(&mut found);
-        merger.add(input);
+        merger.absorb(prepared);
     }
     let mut merged = merger.finish();
     warnings.append(&mut merged.warnings);
@@ -145,7 +145,7 @@ async fn read_container(
     container: u32,
     objects: ContainerObjects,
     dir: PathBuf,
-) -> Result<(ContainerInput, Vec<String>), ReportError> {
+) -> Result<(Prepared, Vec<String>), ReportError> {
     std::fs::create_dir_all(&dir).map_err(ReportError::TempDir)?;
     let name = format!("{pod}/c{container}");
     let mut warnings = Vec::new();
@@ -165,37 +165,31 @@ async fn read_container(
         }
         None => None,
     };
-    let mut windows = Vec::new();
-    if let Some(object) = &objects.windows {
-        let path = dir.join(load_metrics::FILE);
-        store.get(object, &path).await?;
-        // Parsed on the blocking pool: the containers' files are parsed on every core while
-        // the next ones download, instead of one after another on the task that merges.
-        let parse = {
-            let name = name.clone();
-            tokio::task::spawn_blocking(move || {
-                let parsed = std::fs::File::open(&path)
-                    .and_then(|file| read_windows(io::BufReader::new(file), &name));
-                let _ = std::fs::remove_file(&path);
-                parsed
-            })
-        };
-        let (read, mut found) = parse
-            .await
-            .map_err(|e| ReportError::Read(object.url.to_string(), io::Error::other(e)))?
-            .map_err(|e| ReportError::Read(object.url.to_string(), e))?;
-        windows = read;
-        warnings.append(&mut found);
-    }
-    Ok((
-        ContainerInput {
-            pod,
-            container,
-            summary,
-            windows,
-        },
-        warnings,
-    ))
+    let input = ContainerInput {
+        pod,
+        container,
+        summary,
+        windows: Vec::new(),
+    };
+    let Some(object) = &objects.windows else {
+        return Ok((Prepared::new(input), warnings));
+    };
+    let path = dir.join(load_metrics::FILE);
+    store.get(object, &path).await?;
+    // Parsed and prepared on the blocking pool: the containers' files are read on every core
+    // while the next ones download and the merge adds up those already prepared.
+    let prepare = tokio::task::spawn_blocking(move || {
+        let parsed = std::fs::File::open(&path)
+            .and_then(|file| read_windows(io::BufReader::new(file), &name));
+        let _ = std::fs::remove_file(&path);
+        parsed.map(|(windows, found)| (Prepared::new(ContainerInput { windows, ..input }), found))
+    });
+    let (prepared, mut found) = prepare
+        .await
+        .map_err(|e| ReportError::Read(object.url.to_string(), io::Error::other(e)))?
+        .map_err(|e| ReportError::Read(object.url.to_string(), e))?;
+    warnings.append(&mut found);
+    Ok((prepared, warnings))
 }
 
 /// A summary with the optional fields of SPEC 3 (part, machine index and count).

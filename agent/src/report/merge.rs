@@ -2,6 +2,7 @@
 //! test-wide view, exactly (counters added, sketches merged bin by bin, gauges summed over
 //! containers), over the whole run and per time window.
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::load_metrics::{Tags, Window};
@@ -145,84 +146,180 @@ pub struct Merger {
     summaries: Vec<ContainerInput>,
 }
 
+/// One window of one container, checked and keyed.
+#[derive(Debug)]
+struct PreparedWindow {
+    /// The report's bucket it falls in.
+    bucket: i64,
+    end_ms: i64,
+    agents_running: u32,
+    counters: Vec<(SeriesKey, f64)>,
+    histograms: Vec<(SeriesKey, Sketch)>,
+    gauges: Vec<(SeriesKey, f64)>,
+}
+
+/// One container's windows, checked, keyed and totalled: everything of the merge that needs
+/// no other container, so `wave report` does it on every core while [`Merger::absorb`] adds
+/// the containers up one at a time.
+#[derive(Debug)]
+pub struct Prepared {
+    /// The container's summary; its windows reduced to the first (only whether there were
+    /// any matters from here on).
+    input: ContainerInput,
+    windows: Vec<PreparedWindow>,
+    counters: BTreeMap<SeriesKey, f64>,
+    histograms: BTreeMap<SeriesKey, Sketch>,
+    span: Option<(i64, i64)>,
+    lines: u64,
+    dropped: u64,
+    warnings: Vec<String>,
+}
+
+impl Prepared {
+    pub fn new(mut input: ContainerInput) -> Prepared {
+        let windows = std::mem::take(&mut input.windows);
+        input.windows = windows.first().cloned().into_iter().collect();
+        let mut prepared = Prepared {
+            input,
+            windows: Vec::with_capacity(windows.len()),
+            counters: BTreeMap::new(),
+            histograms: BTreeMap::new(),
+            span: None,
+            lines: 0,
+            dropped: 0,
+            warnings: Vec::new(),
+        };
+        let mut seen_windows = BTreeSet::new();
+        for window in windows {
+            prepared.window(window, &mut seen_windows);
+        }
+        prepared
+    }
+
+    fn window(&mut self, window: Window, seen: &mut BTreeSet<(i64, i64)>) {
+        if !seen.insert((window.start_ms, window.end_ms)) {
+            self.warnings.push(format!(
+                "{}/c{}: the window starting at {} appears twice; counted once",
+                self.input.pod, self.input.container, window.start_ms
+            ));
+            return;
+        }
+        self.span = Some(
+            self.span
+                .map_or((window.start_ms, window.end_ms), |(s, e)| {
+                    (s.min(window.start_ms), e.max(window.end_ms))
+                }),
+        );
+        self.lines += window.lines;
+        self.dropped += window.dropped.parse + window.dropped.cardinality + window.dropped.overflow;
+        let mut prepared = PreparedWindow {
+            bucket: window.start_ms.div_euclid(BUCKET_MS) * BUCKET_MS,
+            end_ms: window.end_ms,
+            agents_running: window.agents_running,
+            counters: Vec::with_capacity(window.counters.len()),
+            histograms: Vec::with_capacity(window.histograms.len()),
+            gauges: Vec::with_capacity(window.gauges.len()),
+        };
+        for point in window.counters {
+            let key = SeriesKey {
+                name: format!("{}_total", point.name),
+                kind: Kind::Counter,
+                tags: point.tags,
+            };
+            *self.counters.entry(key.clone()).or_default() += point.value;
+            prepared.counters.push((key, point.value));
+        }
+        for point in window.histograms {
+            let Some(sketch) = Sketch::from_stored(&point.sketch) else {
+                self.warnings.push(format!(
+                    "{}/c{}: histogram {} of the window starting at {} is inconsistent; skipped",
+                    self.input.pod, self.input.container, point.name, window.start_ms
+                ));
+                continue;
+            };
+            let key = SeriesKey {
+                name: point.name,
+                kind: Kind::Histogram,
+                tags: point.tags,
+            };
+            self.histograms
+                .entry(key.clone())
+                .or_default()
+                .merge(&sketch);
+            prepared.histograms.push((key, sketch));
+        }
+        for point in window.gauges {
+            let key = SeriesKey {
+                name: point.name,
+                kind: Kind::Gauge,
+                tags: point.tags,
+            };
+            prepared.gauges.push((key, point.value));
+        }
+        self.windows.push(prepared);
+    }
+}
+
 impl Merger {
     /// Adds one container's windows (and keeps its summary for [`Merger::finish`]).
     pub fn add(&mut self, input: ContainerInput) {
+        self.absorb(Prepared::new(input));
+    }
+
+    /// Adds one container prepared by [`Prepared::new`].
+    pub fn absorb(&mut self, prepared: Prepared) {
         let container_no = self.summaries.len();
         let merged = &mut self.merged;
-        let mut seen_windows = BTreeSet::new();
-        for window in &input.windows {
-            if !seen_windows.insert((window.start_ms, window.end_ms)) {
-                merged.warnings.push(format!(
-                    "{}/c{}: the window starting at {} appears twice; counted once",
-                    input.pod, input.container, window.start_ms
-                ));
-                continue;
+        merged.warnings.extend(prepared.warnings);
+        if let Some((start, end)) = prepared.span {
+            merged.start_ms = Some(merged.start_ms.map_or(start, |s| s.min(start)));
+            merged.end_ms = Some(merged.end_ms.map_or(end, |e| e.max(end)));
+        }
+        merged.statsd_lines += prepared.lines;
+        merged.statsd_dropped += prepared.dropped;
+        for (key, total) in prepared.counters {
+            *merged.counters.entry(key).or_default() += total;
+        }
+        for (key, sketch) in prepared.histograms {
+            match merged.histograms.entry(key) {
+                Entry::Vacant(slot) => {
+                    slot.insert(sketch);
+                }
+                Entry::Occupied(mut slot) => {
+                    slot.get_mut().merge(&sketch);
+                }
             }
-            let start = window.start_ms.div_euclid(BUCKET_MS) * BUCKET_MS;
-            let bucket = self.buckets.entry(start).or_insert_with(|| Bucket {
-                start_ms: start,
+        }
+        for window in prepared.windows {
+            let bucket = self.buckets.entry(window.bucket).or_insert_with(|| Bucket {
+                start_ms: window.bucket,
                 end_ms: window.end_ms,
                 ..Bucket::default()
             });
             bucket.end_ms = bucket.end_ms.max(window.end_ms);
-            merged.start_ms = Some(
-                merged
-                    .start_ms
-                    .map_or(window.start_ms, |s| s.min(window.start_ms)),
-            );
-            merged.end_ms = Some(
-                merged
-                    .end_ms
-                    .map_or(window.end_ms, |e| e.max(window.end_ms)),
-            );
-            merged.statsd_lines += window.lines;
-            merged.statsd_dropped +=
-                window.dropped.parse + window.dropped.cardinality + window.dropped.overflow;
-            for point in &window.counters {
-                let key = SeriesKey {
-                    name: format!("{}_total", point.name),
-                    kind: Kind::Counter,
-                    tags: point.tags.clone(),
-                };
-                *bucket.counters.entry(key.clone()).or_default() += point.value;
-                *merged.counters.entry(key).or_default() += point.value;
+            for (key, value) in window.counters {
+                *bucket.counters.entry(key).or_default() += value;
             }
-            for point in &window.histograms {
-                let Some(sketch) = Sketch::from_stored(&point.sketch) else {
-                    merged.warnings.push(format!(
-                        "{}/c{}: histogram {} of the window starting at {} is inconsistent; skipped",
-                        input.pod, input.container, point.name, window.start_ms
-                    ));
-                    continue;
-                };
-                let key = SeriesKey {
-                    name: point.name.clone(),
-                    kind: Kind::Histogram,
-                    tags: point.tags.clone(),
-                };
-                bucket
-                    .histograms
-                    .entry(key.clone())
-                    .or_default()
-                    .merge(&sketch);
-                merged.histograms.entry(key).or_default().merge(&sketch);
+            for (key, sketch) in window.histograms {
+                match bucket.histograms.entry(key) {
+                    Entry::Vacant(slot) => {
+                        slot.insert(sketch);
+                    }
+                    Entry::Occupied(mut slot) => {
+                        slot.get_mut().merge(&sketch);
+                    }
+                }
             }
-            let latest = self.gauges.entry(start).or_default();
-            for point in &window.gauges {
-                let key = SeriesKey {
-                    name: point.name.clone(),
-                    kind: Kind::Gauge,
-                    tags: point.tags.clone(),
-                };
+            let latest = self.gauges.entry(window.bucket).or_default();
+            for (key, value) in window.gauges {
                 let slot = latest.entry((container_no, key)).or_insert((i64::MIN, 0.0));
                 if window.end_ms >= slot.0 {
-                    *slot = (window.end_ms, point.value);
+                    *slot = (window.end_ms, value);
                 }
             }
             let slot = self
                 .running
-                .entry(start)
+                .entry(window.bucket)
                 .or_default()
                 .entry(container_no)
                 .or_insert((i64::MIN, 0));
@@ -230,15 +327,7 @@ impl Merger {
                 *slot = (window.end_ms, window.agents_running);
             }
         }
-        self.summaries.push(ContainerInput {
-            windows: if input.windows.is_empty() {
-                Vec::new()
-            } else {
-                // Only whether there were windows matters from here on.
-                vec![input.windows[0].clone()]
-            },
-            ..input
-        });
+        self.summaries.push(prepared.input);
     }
 
     /// The merged test.

@@ -6,8 +6,9 @@
 //! Every pod gets the same windows under its own name (generated once; the reader does the
 //! same work whatever the values). `WAVE_REPORT_BIN` names the `wave` binary to time (default: the one next to
 //! this bench), so a release `wave` can be timed without a release build of the tests:
+//! (an absolute path: cargo runs benches in the package folder)
 //! `cargo build --release -p wave-agent --bin wave &&
-//!  WAVE_REPORT_BIN=target/release/wave cargo bench --profile dev -p wave-tests --bench report_merge`.
+//!  WAVE_REPORT_BIN=$PWD/target/release/wave cargo bench --profile dev -p wave-tests --bench report_merge`.
 
 use std::process::Command;
 use std::time::Instant;

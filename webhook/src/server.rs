@@ -349,24 +349,27 @@ struct Builders {
 
 impl Builders {
     fn new() -> Self {
-        let configure = |mut builder: auto::Builder<TokioExecutor>| {
-            builder
-                .http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .max_buf_size(READ_BUFFER);
-            builder
-                .http2()
-                .timer(TokioTimer::new())
-                .keep_alive_interval(Some(HEADER_TIMEOUT))
-                .max_concurrent_streams(H2_STREAMS);
-            builder
-        };
         Builders {
-            h2: configure(auto::Builder::new(TokioExecutor::new())).http2_only(),
-            any: configure(auto::Builder::new(TokioExecutor::new())),
+            h2: configured().http2_only(),
+            any: configured(),
         }
     }
+}
+
+/// A connection builder with the webhook's timeouts and limits for both versions.
+fn configured() -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_buf_size(READ_BUFFER);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(HEADER_TIMEOUT))
+        .max_concurrent_streams(H2_STREAMS);
+    builder
 }
 
 /// The most an HTTP/1.1 connection buffers from the socket (hyper's default is about 400 KiB):

@@ -176,6 +176,7 @@ pub struct Prepared {
 }
 
 impl Prepared {
+    /// Pure and per container: `wave report` runs it on the blocking pool.
     pub fn new(mut input: ContainerInput) -> Prepared {
         let windows = std::mem::take(&mut input.windows);
         input.windows = windows.first().cloned().into_iter().collect();
@@ -260,6 +261,16 @@ impl Prepared {
     }
 }
 
+/// Merges `sketch` into the series `key` of `into`; the first sketch of a series is moved in.
+fn add_sketch(into: &mut BTreeMap<SeriesKey, Sketch>, key: SeriesKey, sketch: Sketch) {
+    match into.entry(key) {
+        Entry::Vacant(slot) => {
+            slot.insert(sketch);
+        }
+        Entry::Occupied(mut slot) => slot.get_mut().merge(&sketch),
+    }
+}
+
 impl Merger {
     /// Adds one container's windows (and keeps its summary for [`Merger::finish`]).
     pub fn add(&mut self, input: ContainerInput) {
@@ -281,14 +292,7 @@ impl Merger {
             *merged.counters.entry(key).or_default() += total;
         }
         for (key, sketch) in prepared.histograms {
-            match merged.histograms.entry(key) {
-                Entry::Vacant(slot) => {
-                    slot.insert(sketch);
-                }
-                Entry::Occupied(mut slot) => {
-                    slot.get_mut().merge(&sketch);
-                }
-            }
+            add_sketch(&mut merged.histograms, key, sketch);
         }
         for window in prepared.windows {
             let bucket = self.buckets.entry(window.bucket).or_insert_with(|| Bucket {
@@ -301,14 +305,7 @@ impl Merger {
                 *bucket.counters.entry(key).or_default() += value;
             }
             for (key, sketch) in window.histograms {
-                match bucket.histograms.entry(key) {
-                    Entry::Vacant(slot) => {
-                        slot.insert(sketch);
-                    }
-                    Entry::Occupied(mut slot) => {
-                        slot.get_mut().merge(&sketch);
-                    }
-                }
+                add_sketch(&mut bucket.histograms, key, sketch);
             }
             let latest = self.gauges.entry(window.bucket).or_default();
             for (key, value) in window.gauges {

@@ -978,9 +978,12 @@ async fn once_the_caches_are_filled_an_admission_makes_no_api_request() {
     let (replica_set, deployment) = seed_owners();
     let api = seeded_api(&replica_set, &deployment).await;
     let webhook = Webhook::start(None, KubeAccess::Kubeconfig(api.kubeconfig(WEBHOOK_USER))).await;
-    // Both reflectors have listed and started watching.
-    wait_for("both watches", Duration::from_secs(20), || async {
-        api.watching("replicasets") && api.watching("deployments")
+    // Every owner reflector (ReplicaSets, Deployments, StatefulSets, Jobs) has listed and
+    // started watching; a watch that opens during the admission is not the admission's.
+    wait_for("every owner watch", Duration::from_secs(20), || async {
+        ["replicasets", "deployments", "statefulsets", "jobs"]
+            .iter()
+            .all(|resource| api.watching(resource))
     })
     .await;
     let before = api.request_count();

@@ -8,13 +8,17 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::sketch::StoredSketch;
+use crate::sketch::{Bins, StoredSketch};
 
 /// File name inside the results directory (and so in the store, SPEC 3).
 pub const FILE: &str = "load-metrics.jsonl";
 
-/// Version of the line schema; a reader refuses lines of a version it does not know.
-pub const SCHEMA_VERSION: u32 = 1;
+/// Version of the line schema written; a reader refuses lines of a version it does not know.
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// The oldest version still read: v1 differs from v2 only in how a sketch's bins are written
+/// (sparse pairs, where v2 writes dense runs), and both forms are read.
+pub const OLDEST_READ_VERSION: u32 = 1;
 
 /// Tags of a series, sorted by key.
 pub type Tags = BTreeMap<String, String>;
@@ -91,9 +95,9 @@ struct HistogramLine {
     max: f64,
     #[serde(default)]
     zero: f64,
-    bins: Vec<(i32, f64)>,
+    bins: Bins,
     #[serde(default)]
-    negative: Vec<(i32, f64)>,
+    negative: Bins,
 }
 
 impl From<HistogramLine> for HistogramPoint {
@@ -156,11 +160,14 @@ mod tests {
             sketch: sketch.to_stored(),
         };
         let json = serde_json::to_string(&point).expect("serializes");
-        assert!(json.contains(r#""bins":[["#), "{json}");
+        assert!(
+            json.contains(r#""bins":[46,1,0,0,"#) && json.contains(r#",0,1,1],"negative":[55,1]}"#),
+            "bins are an offset and whole counts: {json}"
+        );
         let back: HistogramPoint = serde_json::from_str(&json).expect("parses");
         assert_eq!(back, point);
         let bare: HistogramPoint = serde_json::from_str(
-            r#"{"name":"n","type":"h","count":1.0,"sum":2.0,"min":2.0,"max":2.0,"bins":[[35,1.0]]}"#,
+            r#"{"name":"n","type":"h","count":1.0,"sum":2.0,"min":2.0,"max":2.0,"bins":[35,1]}"#,
         )
         .expect("tags, zero and negative are optional");
         assert!(bare.tags.is_empty() && bare.sketch.negative.is_empty());
@@ -198,6 +205,6 @@ mod tests {
             .collect();
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[1], window);
-        assert!(text.starts_with("{\"v\":1,"), "{text}");
+        assert!(text.starts_with("{\"v\":2,"), "{text}");
     }
 }

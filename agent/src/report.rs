@@ -22,7 +22,7 @@ use clap::Args;
 use futures::StreamExt;
 use serde::Serialize;
 
-use crate::load_metrics::{self, SCHEMA_VERSION, Tags, Window};
+use crate::load_metrics::{self, OLDEST_READ_VERSION, SCHEMA_VERSION, Tags, Window};
 use crate::store::{ChecksumMode, S3Options, Store, StoreError, StoreUrl, StoredObject};
 use crate::summary::{SUMMARY_FILE, Summary};
 use merge::{ContainerInput, Kind, Merged, Merger, Prepared, SummaryInfo};
@@ -218,7 +218,9 @@ pub fn read_windows(reader: impl BufRead, name: &str) -> io::Result<(Vec<Window>
             continue;
         }
         match serde_json::from_slice::<Window>(&line) {
-            Ok(window) if window.v == SCHEMA_VERSION => windows.push(window),
+            Ok(window) if (OLDEST_READ_VERSION..=SCHEMA_VERSION).contains(&window.v) => {
+                windows.push(window)
+            }
             Ok(_) => newer += 1,
             Err(_) => bad.push(number + 1),
         }
@@ -236,7 +238,7 @@ pub fn read_windows(reader: impl BufRead, name: &str) -> io::Result<(Vec<Window>
     }
     if newer > 0 {
         warnings.push(format!(
-            "{name}/{}: {newer} line(s) of another schema version skipped (this wave reads v{SCHEMA_VERSION})",
+            "{name}/{}: {newer} line(s) of another schema version skipped (this wave reads v{OLDEST_READ_VERSION} to v{SCHEMA_VERSION})",
             load_metrics::FILE
         ));
     }
@@ -737,14 +739,18 @@ mod tests {
 
     #[test]
     fn corrupt_and_foreign_lines_are_skipped_and_counted() {
-        let good = r#"{"v":1,"pod":"p","container":0,"start_ms":0,"end_ms":10000,"agents_running":1,"relative_error":0.01,"lines":1,"dropped":{"parse":0,"cardinality":0,"overflow":0},"counters":[{"name":"r","value":1.0}],"gauges":[],"histograms":[]}"#;
-        let newer = good.replace("{\"v\":1,", "{\"v\":2,");
-        let text = format!("{good}\n{{broken\n\n{newer}\n{}", &good[..40]);
+        let v1 = r#"{"v":1,"pod":"p","container":0,"start_ms":0,"end_ms":10000,"agents_running":1,"relative_error":0.01,"lines":1,"dropped":{"parse":0,"cardinality":0,"overflow":0},"counters":[{"name":"r","value":1.0}],"gauges":[],"histograms":[{"name":"h","type":"ms","count":3.0,"sum":9.0,"min":2.0,"max":4.0,"bins":[[50,1.0],[52,2.0]]}]}"#;
+        let v2 = v1
+            .replace("{\"v\":1,", "{\"v\":2,")
+            .replace("[[50,1.0],[52,2.0]]", "[50,1,0,2]");
+        let newer = v1.replace("{\"v\":1,", "{\"v\":3,");
+        let text = format!("{v1}\n{{broken\n\n{newer}\n{v2}\n{}", &v1[..40]);
         let (windows, warnings) = read_windows(text.as_bytes(), "p/c0").expect("reads");
-        assert_eq!(windows.len(), 1);
+        assert_eq!(windows.len(), 2, "v1 and v2 are read");
+        assert_eq!(windows[0].histograms, windows[1].histograms);
         assert_eq!(warnings.len(), 2, "{warnings:?}");
         assert!(
-            warnings[0].contains("2 corrupt line(s) skipped (line 2, 5)"),
+            warnings[0].contains("2 corrupt line(s) skipped (line 2, 6)"),
             "{warnings:?}"
         );
         assert!(

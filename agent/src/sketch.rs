@@ -4,6 +4,10 @@
 //! adding bins, exactly: a test-wide percentile comes from the merged sketch of every pod,
 //! never from averaging the pods' percentiles.
 
+use std::fmt;
+
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde::ser::{SerializeSeq, Serializer};
 use serde::{Deserialize, Serialize};
 
 /// The relative error of every quantile.
@@ -16,9 +20,15 @@ fn gamma_ln() -> f64 {
     ((1.0 + RELATIVE_ERROR) / (1.0 - RELATIVE_ERROR)).ln()
 }
 
-/// Counts of one sign's bins, dense from `offset`.
+/// Bin indexes a stored sketch may use: far beyond any value a load test sends (γ^100000
+/// overflows f64), and small enough that a corrupt index cannot make a reader allocate
+/// gigabytes.
+const MAX_INDEX: i32 = 100_000;
+
+/// Counts of one sign's bins, dense from `offset`. Stored (schema v2) as
+/// `[offset, c0, c1, …]`; the v1 form, sparse `[index, count]` pairs, is read too.
 #[derive(Debug, Clone, Default, PartialEq)]
-struct Bins {
+pub struct Bins {
     offset: i32,
     counts: Vec<f64>,
 }
@@ -60,7 +70,7 @@ impl Bins {
         }
     }
 
-    /// Bins from sparse `[index, count]` pairs, sized once.
+    /// Bins from sparse `[index, count]` pairs (indexes within ±[`MAX_INDEX`]), sized once.
     fn from_pairs(pairs: &[(i32, f64)]) -> Bins {
         let mut bins = Bins::default();
         let low = pairs.iter().map(|&(i, _)| i).min();
@@ -74,7 +84,24 @@ impl Bins {
         bins
     }
 
-    fn iter(&self) -> impl DoubleEndedIterator<Item = (i32, f64)> + '_ {
+    pub fn is_empty(&self) -> bool {
+        self.counts.iter().all(|&c| c == 0.0)
+    }
+
+    /// The same bins without the empty ones at either end.
+    fn trimmed(&self) -> Bins {
+        let Some(first) = self.counts.iter().position(|&c| c != 0.0) else {
+            return Bins::default();
+        };
+        let last = self.counts.iter().rposition(|&c| c != 0.0).unwrap_or(first);
+        Bins {
+            offset: self.offset + first as i32,
+            counts: self.counts[first..=last].to_vec(),
+        }
+    }
+
+    /// Non-empty bins as `(index, count)`, lowest first.
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = (i32, f64)> + '_ {
         self.counts
             .iter()
             .enumerate()
@@ -205,37 +232,35 @@ impl Sketch {
             min: self.min().unwrap_or(0.0),
             max: self.max().unwrap_or(0.0),
             zero: self.zero,
-            bins: self.positive.iter().collect(),
-            negative: self.negative.iter().collect(),
+            bins: self.positive.trimmed(),
+            negative: self.negative.trimmed(),
         }
     }
 
     /// Reads the serialized form back; `None` if it is inconsistent (counts that do not
     /// add up, negative or non-finite numbers): a corrupt sketch must not become numbers.
-    pub fn from_stored(stored: &StoredSketch) -> Option<Sketch> {
-        let valid = |c: f64| c.is_finite() && c >= 0.0;
-        if !valid(stored.zero) {
+    pub fn from_stored(stored: StoredSketch) -> Option<Sketch> {
+        let counts = || {
+            std::iter::once(&stored.zero)
+                .chain(&stored.bins.counts)
+                .chain(&stored.negative.counts)
+        };
+        if !counts().all(|&c| c.is_finite() && c >= 0.0) {
             return None;
         }
-        let mut total = stored.zero;
-        for &(index, count) in stored.bins.iter().chain(&stored.negative) {
-            if !valid(count) || index.unsigned_abs() > 100_000 {
-                return None;
-            }
-            total += count;
-        }
-        let mut sketch = Sketch {
-            zero: stored.zero,
-            positive: Bins::from_pairs(&stored.bins),
-            negative: Bins::from_pairs(&stored.negative),
-            ..Sketch::default()
-        };
+        let total: f64 = counts().sum();
         let close = (total - stored.count).abs() <= 1e-6 * stored.count.max(1.0);
         if !close || !stored.sum.is_finite() || !stored.min.is_finite() || !stored.max.is_finite() {
             return None;
         }
-        sketch.count = stored.count;
-        sketch.sum = stored.sum;
+        let mut sketch = Sketch {
+            zero: stored.zero,
+            positive: stored.bins,
+            negative: stored.negative,
+            count: stored.count,
+            sum: stored.sum,
+            ..Sketch::default()
+        };
         if stored.count > 0.0 {
             if stored.min > stored.max {
                 return None;
@@ -247,7 +272,7 @@ impl Sketch {
     }
 }
 
-/// A sketch as stored in `load-metrics.jsonl`: sparse `[bin, count]` pairs.
+/// A sketch as stored in `load-metrics.jsonl`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StoredSketch {
     pub count: f64,
@@ -256,9 +281,118 @@ pub struct StoredSketch {
     pub max: f64,
     #[serde(default)]
     pub zero: f64,
-    pub bins: Vec<(i32, f64)>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub negative: Vec<(i32, f64)>,
+    pub bins: Bins,
+    #[serde(default, skip_serializing_if = "Bins::is_empty")]
+    pub negative: Bins,
+}
+
+impl Serialize for Bins {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if self.counts.is_empty() {
+            return serializer.serialize_seq(Some(0))?.end();
+        }
+        let mut seq = serializer.serialize_seq(Some(self.counts.len() + 1))?;
+        seq.serialize_element(&self.offset)?;
+        for &count in &self.counts {
+            // Whole counts (every unsampled value is one) as integers: `3`, not `3.0`,
+            // shorter to store and quicker to read.
+            if count.fract() == 0.0 && count.abs() < 9.0e15 {
+                seq.serialize_element(&(count as i64))?;
+            } else {
+                seq.serialize_element(&count)?;
+            }
+        }
+        seq.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Bins {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Bins, D::Error> {
+        deserializer.deserialize_seq(BinsVisitor)
+    }
+}
+
+/// A bin index read from a line, refused beyond ±[`MAX_INDEX`].
+fn checked_index<E: de::Error>(index: i64) -> Result<i32, E> {
+    i32::try_from(index)
+        .ok()
+        .filter(|i| i.unsigned_abs() <= MAX_INDEX.unsigned_abs())
+        .ok_or_else(|| E::custom(format_args!("bin index {index} is out of range")))
+}
+
+struct BinsVisitor;
+
+impl<'de> Visitor<'de> for BinsVisitor {
+    type Value = Bins;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("bins as [offset, count, …] or [[index, count], …]")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Bins, A::Error> {
+        match seq.next_element::<FirstBin>()? {
+            None => Ok(Bins::default()),
+            Some(FirstBin::Offset(offset)) => {
+                let mut counts = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+                while let Some(count) = seq.next_element::<f64>()? {
+                    counts.push(count);
+                }
+                checked_index(i64::from(offset) + counts.len() as i64 - 1)?;
+                Ok(Bins { offset, counts })
+            }
+            Some(FirstBin::Pair(index, count)) => {
+                let mut pairs = vec![(index, count)];
+                while let Some((index, count)) = seq.next_element::<(i64, f64)>()? {
+                    pairs.push((checked_index(index)?, count));
+                }
+                Ok(Bins::from_pairs(&pairs))
+            }
+        }
+    }
+}
+
+/// The first element of `bins` says its form: a number is v2's offset, a pair is v1's
+/// first `[index, count]`.
+enum FirstBin {
+    Offset(i32),
+    Pair(i32, f64),
+}
+
+impl<'de> Deserialize<'de> for FirstBin {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<FirstBin, D::Error> {
+        deserializer.deserialize_any(FirstBinVisitor)
+    }
+}
+
+struct FirstBinVisitor;
+
+impl<'de> Visitor<'de> for FirstBinVisitor {
+    type Value = FirstBin;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a bin offset or an [index, count] pair")
+    }
+
+    fn visit_i64<E: de::Error>(self, offset: i64) -> Result<FirstBin, E> {
+        checked_index(offset).map(FirstBin::Offset)
+    }
+
+    fn visit_u64<E: de::Error>(self, offset: u64) -> Result<FirstBin, E> {
+        checked_index(i64::try_from(offset).unwrap_or(i64::MAX)).map(FirstBin::Offset)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<FirstBin, A::Error> {
+        let index: i64 = seq
+            .next_element()?
+            .ok_or_else(|| de::Error::invalid_length(0, &self))?;
+        let count: f64 = seq
+            .next_element()?
+            .ok_or_else(|| de::Error::invalid_length(1, &self))?;
+        if seq.next_element::<de::IgnoredAny>()?.is_some() {
+            return Err(de::Error::invalid_length(3, &self));
+        }
+        Ok(FirstBin::Pair(checked_index(index)?, count))
+    }
 }
 
 #[cfg(test)]
@@ -318,7 +452,7 @@ mod tests {
                 part.add(v, 2.0);
                 all.add(v, 2.0);
             }
-            let stored = Sketch::from_stored(&part.to_stored()).expect("consistent");
+            let stored = Sketch::from_stored(part.to_stored()).expect("consistent");
             merged.merge(&stored);
         }
         let (merged, all) = (merged.to_stored(), all.to_stored());
@@ -348,12 +482,65 @@ mod tests {
         let stored = sketch.to_stored();
         let json = serde_json::to_string(&stored).expect("serializes");
         let back: StoredSketch = serde_json::from_str(&json).expect("parses");
-        assert_eq!(Sketch::from_stored(&back), Some(sketch));
+        assert_eq!(Sketch::from_stored(back), Some(sketch));
         let mut bad = stored.clone();
         bad.count += 5.0;
-        assert_eq!(Sketch::from_stored(&bad), None);
-        let mut bad = stored;
-        bad.bins[0].1 = -1.0;
-        assert_eq!(Sketch::from_stored(&bad), None);
+        assert_eq!(Sketch::from_stored(bad), None);
+        let negative = r#"{"count":0.0,"sum":0.0,"min":0.0,"max":0.0,"bins":[3,1,-1]}"#;
+        let bad: StoredSketch = serde_json::from_str(negative).expect("parses");
+        assert_eq!(Sketch::from_stored(bad), None);
+    }
+
+    fn stored(json: &str) -> Result<StoredSketch, serde_json::Error> {
+        serde_json::from_str(&format!(
+            r#"{{"count":4.5,"sum":20.0,"min":1.0,"max":9.0,"bins":{json}}}"#
+        ))
+    }
+
+    #[test]
+    fn stores_dense_bins_with_whole_counts_as_integers() {
+        let mut sketch = Sketch::default();
+        sketch.add(value_of(20), 1.0);
+        sketch.add(value_of(20), 2.0);
+        sketch.add(value_of(23), 2.5);
+        sketch.add(-value_of(7), 1.0);
+        let json = serde_json::to_string(&sketch.to_stored()).expect("serializes");
+        assert!(
+            json.contains(r#""bins":[20,3,0,0,2.5],"negative":[7,1]"#),
+            "{json}"
+        );
+    }
+
+    #[test]
+    fn reads_schema_v1_pairs_and_v2_runs_to_the_same_sketch() {
+        let v1 = stored("[[10,1.0],[13,3.5]]").expect("v1 pairs");
+        let v2 = stored("[10,1,0,0,3.5]").expect("v2 run");
+        assert_eq!(v1, v2);
+        let sketch = Sketch::from_stored(v2).expect("consistent");
+        assert_eq!(
+            sketch.to_stored().bins.iter().collect::<Vec<_>>(),
+            [(10, 1.0), (13, 3.5)]
+        );
+        assert_eq!(stored("[]").expect("empty").bins, Bins::default());
+    }
+
+    #[test]
+    fn refuses_bin_indexes_out_of_range_before_allocating() {
+        for json in [
+            "[[2000000000,1.0]]",
+            "[[1,1.0],[-4000000000,1.0]]",
+            "[99999999999,1]",
+            "[100000,1,1]",
+            "[1.5,1]",
+            "[[1,1.0,7]]",
+            "[[1]]",
+        ] {
+            let err = stored(json).expect_err(json).to_string();
+            assert!(
+                err.contains("out of range") || err.contains("invalid"),
+                "{json}: {err}"
+            );
+        }
+        assert!(stored("[100000,1]").is_ok());
     }
 }

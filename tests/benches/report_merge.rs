@@ -1,7 +1,8 @@
 //! `wave report` of a seed-sized test: 480 pods × 1 hour of 10 s windows (360 each:
 //! requests and errors by 5 endpoints, a players gauge, latency_ms timers by 5 endpoints)
 //! in a local s3s-fs. Measured: wall time of `wave report s3://… --json` (list, 960
-//! downloads, merge) and its peak RSS (`/usr/bin/time -v`).
+//! downloads, merge) and its peak RSS (`/usr/bin/time -v`), then the same from a `file://`
+//! copy of the pods.
 //!
 //! Every pod gets the same windows under its own name (generated once; the reader does the
 //! same work whatever the values). `WAVE_REPORT_BIN` names the `wave` binary to time (default: the one next to
@@ -143,40 +144,73 @@ async fn main() {
         .map_or_else(|| workspace_bin("wave"), std::path::PathBuf::from);
     let dir = tempfile::tempdir().expect("tempdir");
     let json = dir.path().join("report.json");
+    let url = format!("s3://{}/results/bench/", s3.bucket());
     for run in 1..=3 {
-        let started = Instant::now();
-        let output = Command::new("/usr/bin/time")
-            .arg("-v")
-            .arg(&wave)
-            .args([
-                "report",
-                &format!("s3://{}/results/bench/", s3.bucket()),
-                "--json",
-            ])
-            .arg(&json)
-            .envs(s3.agent_env())
-            .output()
-            .expect("wave report runs");
-        let seconds = started.elapsed().as_secs_f64();
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(output.status.success(), "{stderr}");
-        let peak_kib: f64 = stderr
-            .lines()
-            .find_map(|l| {
-                l.trim()
-                    .strip_prefix("Maximum resident set size (kbytes): ")
-            })
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(f64::NAN);
-        let table = String::from_utf8_lossy(&output.stdout);
-        let latency = table
-            .lines()
-            .find(|l| l.trim_start().starts_with("latency_ms "))
-            .unwrap_or("");
-        println!(
-            "run {run}: wave report in {seconds:.2} s, peak RSS {:.0} MiB\n  {}",
-            peak_kib / 1024.0,
-            latency.trim()
+        time_report(
+            &wave,
+            &url,
+            s3.agent_env(),
+            &json,
+            &format!("s3s-fs run {run}"),
         );
     }
+    // The same pods as files, for the reader's cost without a server sharing the cores.
+    // `REPORT_MERGE_FILE_DIR` keeps that copy (e.g. for `perf record`).
+    let copy = match std::env::var_os("REPORT_MERGE_FILE_DIR") {
+        Some(path) => std::path::PathBuf::from(path),
+        None => dir.path().join("files"),
+    };
+    for pod in &pods {
+        pod.write(&copy);
+    }
+    let url = format!("file://{}/", copy.display());
+    for run in 1..=3 {
+        let no_env: [(&str, &str); 0] = [];
+        time_report(&wave, &url, no_env, &json, &format!("file:// run {run}"));
+    }
+}
+
+/// Runs `wave report URL --json JSON` under `/usr/bin/time -v` and prints its wall time, peak
+/// RSS and the latency row of its table.
+fn time_report<K, V>(
+    wave: &std::path::Path,
+    url: &str,
+    envs: impl IntoIterator<Item = (K, V)>,
+    json: &std::path::Path,
+    label: &str,
+) where
+    K: AsRef<std::ffi::OsStr>,
+    V: AsRef<std::ffi::OsStr>,
+{
+    let started = Instant::now();
+    let output = Command::new("/usr/bin/time")
+        .arg("-v")
+        .arg(wave)
+        .args(["report", url, "--json"])
+        .arg(json)
+        .envs(envs)
+        .output()
+        .expect("wave report runs");
+    let seconds = started.elapsed().as_secs_f64();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let time_field = |name: &str| -> f64 {
+        stderr
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches('%').parse().ok())
+            .unwrap_or(f64::NAN)
+    };
+    let peak_kib = time_field("Maximum resident set size (kbytes):");
+    let cpu = time_field("Percent of CPU this job got:");
+    let table = String::from_utf8_lossy(&output.stdout);
+    let latency = table
+        .lines()
+        .find(|l| l.trim_start().starts_with("latency_ms "))
+        .unwrap_or("");
+    println!(
+        "{label}: wave report in {seconds:.2} s at {cpu:.0} % CPU, peak RSS {:.0} MiB\n  {}",
+        peak_kib / 1024.0,
+        latency.trim()
+    );
 }

@@ -231,7 +231,7 @@ impl Prepared {
             prepared.counters.push((key, point.value));
         }
         for point in window.histograms {
-            let Some(sketch) = Sketch::from_stored(&point.sketch) else {
+            let Some(sketch) = Sketch::from_stored(point.sketch) else {
                 self.warnings.push(format!(
                     "{}/c{}: histogram {} of the window starting at {} is inconsistent; skipped",
                     self.input.pod, self.input.container, point.name, window.start_ms

@@ -172,7 +172,7 @@ fn prometheus_sees_exactly_the_lines_sent_over_udp_and_the_unix_socket() {
     let (mut latencies, mut lines) = (0.0, 0.0);
     for line in text.lines() {
         let window: Value = serde_json::from_str(line).expect("each line is JSON");
-        assert_eq!(window["v"], 1);
+        assert_eq!(window["v"], wave_agent::load_metrics::SCHEMA_VERSION);
         assert_eq!(window["pod"], "statsd-pod");
         lines += window["lines"].as_f64().expect("lines");
         for c in window["counters"].as_array().expect("counters") {

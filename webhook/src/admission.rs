@@ -79,12 +79,10 @@ pub async fn review(body: &[u8], config: &Config, owners: &OwnerLookup) -> Answe
             if !warnings.is_empty() {
                 response.warnings = Some(warnings);
             }
-            if patch.0.is_empty() {
+            if patch.is_empty() {
                 Outcome::Skipped
             } else {
-                let mut bytes = Vec::with_capacity(2048);
-                serde_json::to_writer(&mut bytes, &patch).expect("a JSON patch always serializes");
-                response.patch = Some(bytes);
+                response.patch = Some(patch.into_json());
                 Outcome::Mutated
             }
         }

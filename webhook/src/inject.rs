@@ -181,10 +181,11 @@ fn inject_document(
         }
         Verdict::Patch { patch, .. } => patch,
     };
-    if patch.0.is_empty() {
+    if patch.is_empty() {
         return Ok(None);
     }
-    json_patch::patch(&mut pod_json, &patch).map_err(|e| shape(format!("patch failed: {e}")))?;
+    json_patch::patch(&mut pod_json, &patch.operations())
+        .map_err(|e| shape(format!("patch failed: {e}")))?;
     match owner {
         None => doc = pod_json,
         Some(_) => {

@@ -60,7 +60,7 @@ pub enum Verdict {
     /// Allowed with this patch (empty when the pod is already mutated) and these warnings.
     Patch {
         /// JSON Patch to apply to the pod.
-        patch: json_patch::Patch,
+        patch: patch::Patch,
         /// Admission warnings for the user (values of theirs that wave kept).
         warnings: Vec<String>,
     },
@@ -88,7 +88,7 @@ pub fn decide(
     };
     match mutated_copy(pod, &settings, &replicas, config) {
         Ok((out, warnings)) => Verdict::Patch {
-            patch: patch::build(pod, out),
+            patch: patch::build(pod, &out),
             warnings,
         },
         Err(denial) => Verdict::Deny(denial),
@@ -671,7 +671,7 @@ mod tests {
             json_patch::patch(&mut via_diff, &json_patch::diff(&before, &after))
                 .expect("the diff applies");
             let mut via_ops = before;
-            json_patch::patch(&mut via_ops, patch).expect("the patch applies");
+            json_patch::patch(&mut via_ops, &patch.operations()).expect("the patch applies");
             assert_eq!(via_ops, via_diff, "hand-built patch and diff disagree");
         }
         verdict
@@ -1460,7 +1460,7 @@ mod tests {
         let (once, first) = admit(&pod, OwnerReplicas::Known(480), &config);
         match verdict(&once, OwnerReplicas::Known(480), &config) {
             Verdict::Patch { patch, warnings } => {
-                assert!(patch.0.is_empty(), "second pass patched: {patch:?}");
+                assert!(patch.is_empty(), "second pass patched: {patch:?}");
                 for w in &warnings {
                     assert!(first.contains(w), "new warning on the second pass: {w}");
                 }
@@ -1502,7 +1502,7 @@ mod tests {
         let defaulted: Pod = serde_json::from_value(value).expect("pod");
         match verdict(&defaulted, OwnerReplicas::Known(480), &config) {
             Verdict::Patch { patch, warnings } => {
-                assert!(patch.0.is_empty(), "{patch:?}");
+                assert!(patch.is_empty(), "{patch:?}");
                 assert!(warnings.is_empty(), "{warnings:?}");
             }
             other => panic!("expected an empty patch, got {other:?}"),
@@ -1521,7 +1521,7 @@ mod tests {
         else {
             panic!("expected a patch")
         };
-        json_patch::patch(&mut raw, &patch).expect("patch applies to the raw pod");
+        json_patch::patch(&mut raw, &patch.operations()).expect("patch applies to the raw pod");
         assert_eq!(raw["spec"]["someFutureField"], json!({"keep": true}));
         assert_eq!(
             raw["spec"]["containers"][1]["futureContainerField"],
@@ -1607,7 +1607,7 @@ mod tests {
         let (once, _) = admit(&mk_pod(2), OwnerReplicas::Known(480), &config);
         let later = with_container(once, "log-shipper", "50m", "64Mi");
         match verdict(&later, OwnerReplicas::Known(480), &config) {
-            Verdict::Patch { patch, .. } => assert!(patch.0.is_empty(), "{patch:?}"),
+            Verdict::Patch { patch, .. } => assert!(patch.is_empty(), "{patch:?}"),
             other => panic!("expected an empty patch, got {other:?}"),
         }
     }

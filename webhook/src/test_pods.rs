@@ -55,9 +55,9 @@ pub(crate) fn wave(pod: Pod, name: &str, value: &str) -> Pod {
     annotate(pod, &format!("waveloadtest.io/{name}"), value)
 }
 
-pub(crate) fn apply_patch(pod: &Pod, patch: &json_patch::Patch) -> Pod {
+pub(crate) fn apply_patch(pod: &Pod, patch: &crate::patch::Patch) -> Pod {
     let mut value = serde_json::to_value(pod).expect("pod to json");
-    json_patch::patch(&mut value, patch).expect("patch applies to the pod");
+    json_patch::patch(&mut value, &patch.operations()).expect("patch applies to the pod");
     serde_json::from_value(value).expect("patched pod is still a Pod")
 }
 

@@ -125,7 +125,7 @@ fn admitted_total_players(pod: &Pod, replicas: OwnerReplicas) -> String {
         panic!("expected a patch")
     };
     let mut value = serde_json::to_value(pod).expect("pod json");
-    json_patch::patch(&mut value, &patch).expect("patch applies");
+    json_patch::patch(&mut value, &patch.operations()).expect("patch applies");
     value["spec"]["containers"][0]["env"]
         .as_array()
         .expect("env")

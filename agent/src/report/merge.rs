@@ -2,7 +2,6 @@
 //! test-wide view, exactly (counters added, sketches merged bin by bin, gauges summed over
 //! containers), over the whole run and per time window.
 
-use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::load_metrics::{Tags, Window};
@@ -132,43 +131,106 @@ pub struct Merged {
 /// Length of the report's time windows: the agents' default window (SPEC 6).
 pub const BUCKET_MS: i64 = 10_000;
 
-/// The last gauge values of each container in each bucket: (end of window, value).
-type Latest = HashMap<(usize, SeriesKey), (i64, f64)>;
+/// Values by series number (see [`Merger`]); `None` for a series not seen.
+type BySeries<T> = Vec<Option<T>>;
+
+/// The value of series `id`, made `T::default()` when first asked for.
+fn entry<T: Default>(values: &mut BySeries<T>, id: usize) -> &mut T {
+    if values.len() <= id {
+        values.resize_with(id + 1, || None);
+    }
+    values[id].get_or_insert_with(T::default)
+}
+
+/// Merges `sketch` into series `id` of `into`; the first sketch of a series is moved in.
+fn add_sketch(into: &mut BySeries<Sketch>, id: usize, sketch: Sketch) {
+    if into.len() <= id {
+        into.resize_with(id + 1, || None);
+    }
+    match &mut into[id] {
+        Some(have) => have.merge(&sketch),
+        slot @ None => *slot = Some(sketch),
+    }
+}
+
+/// Numbers for series keys, given in the order first seen: a key is compared (and its
+/// strings freed) once per container, not once per point of every window.
+#[derive(Debug, Default)]
+struct SeriesTable {
+    ids: HashMap<SeriesKey, usize>,
+    keys: Vec<SeriesKey>,
+}
+
+impl SeriesTable {
+    fn id(&mut self, key: SeriesKey) -> usize {
+        if let Some(&id) = self.ids.get(&key) {
+            return id;
+        }
+        let id = self.keys.len();
+        self.keys.push(key.clone());
+        self.ids.insert(key, id);
+        id
+    }
+
+    /// `values` keyed by series again, without the series not seen.
+    fn keyed<T>(&self, values: BySeries<T>) -> BTreeMap<SeriesKey, T> {
+        values
+            .into_iter()
+            .enumerate()
+            .filter_map(|(id, value)| Some((self.keys[id].clone(), value?)))
+            .collect()
+    }
+}
+
+/// One time window of the whole test, by series number.
+#[derive(Debug, Default)]
+struct OpenBucket {
+    end_ms: i64,
+    counters: BySeries<f64>,
+    histograms: BySeries<Sketch>,
+    /// Per container and gauge series: the end of the last window that set it, and its value.
+    gauges: HashMap<(usize, usize), (i64, f64)>,
+    /// Per container: the end of its last window here, and its agents running then.
+    running: HashMap<usize, (i64, u32)>,
+}
 
 /// Merges containers one at a time, so a test of 480 pods × hours of windows never has
 /// more than one container's windows in memory.
 #[derive(Debug, Default)]
 pub struct Merger {
     merged: Merged,
-    buckets: BTreeMap<i64, Bucket>,
-    gauges: BTreeMap<i64, Latest>,
-    running: BTreeMap<i64, HashMap<usize, (i64, u32)>>,
+    series: SeriesTable,
+    counters: BySeries<f64>,
+    histograms: BySeries<Sketch>,
+    buckets: BTreeMap<i64, OpenBucket>,
     summaries: Vec<ContainerInput>,
 }
 
-/// One window of one container, checked and keyed.
+/// One window of one container, checked, with its series numbered as in its container's
+/// [`Prepared`].
 #[derive(Debug)]
 struct PreparedWindow {
     /// The report's bucket it falls in.
     bucket: i64,
     end_ms: i64,
     agents_running: u32,
-    counters: Vec<(SeriesKey, f64)>,
-    histograms: Vec<(SeriesKey, Sketch)>,
-    gauges: Vec<(SeriesKey, f64)>,
+    counters: Vec<(usize, f64)>,
+    histograms: Vec<(usize, Sketch)>,
+    gauges: Vec<(usize, f64)>,
 }
 
-/// One container's windows, checked, keyed and totalled: everything of the merge that needs
-/// no other container, so `wave report` does it on every core while [`Merger::absorb`] adds
-/// the containers up one at a time.
+/// One container's windows, checked, numbered and totalled: everything of the merge that
+/// needs no other container, so `wave report` does it on every core while
+/// [`Merger::absorb`] adds the containers up one at a time.
 #[derive(Debug)]
 pub struct Prepared {
     /// The container's summary; its windows reduced to the first (only whether there were
     /// any matters from here on).
     input: ContainerInput,
+    series: SeriesTable,
     windows: Vec<PreparedWindow>,
-    counters: BTreeMap<SeriesKey, f64>,
-    histograms: BTreeMap<SeriesKey, Sketch>,
+    counters: BySeries<f64>,
+    histograms: BySeries<Sketch>,
     span: Option<(i64, i64)>,
     lines: u64,
     dropped: u64,
@@ -182,9 +244,10 @@ impl Prepared {
         input.windows = windows.first().cloned().into_iter().collect();
         let mut prepared = Prepared {
             input,
+            series: SeriesTable::default(),
             windows: Vec::with_capacity(windows.len()),
-            counters: BTreeMap::new(),
-            histograms: BTreeMap::new(),
+            counters: Vec::new(),
+            histograms: Vec::new(),
             span: None,
             lines: 0,
             dropped: 0,
@@ -222,13 +285,13 @@ impl Prepared {
             gauges: Vec::with_capacity(window.gauges.len()),
         };
         for point in window.counters {
-            let key = SeriesKey {
+            let id = self.series.id(SeriesKey {
                 name: format!("{}_total", point.name),
                 kind: Kind::Counter,
                 tags: point.tags,
-            };
-            *self.counters.entry(key.clone()).or_default() += point.value;
-            prepared.counters.push((key, point.value));
+            });
+            *entry(&mut self.counters, id) += point.value;
+            prepared.counters.push((id, point.value));
         }
         for point in window.histograms {
             let Some(sketch) = Sketch::from_stored(point.sketch) else {
@@ -238,36 +301,23 @@ impl Prepared {
                 ));
                 continue;
             };
-            let key = SeriesKey {
+            let id = self.series.id(SeriesKey {
                 name: point.name,
                 kind: Kind::Histogram,
                 tags: point.tags,
-            };
-            self.histograms
-                .entry(key.clone())
-                .or_default()
-                .merge(&sketch);
-            prepared.histograms.push((key, sketch));
+            });
+            entry(&mut self.histograms, id).merge(&sketch);
+            prepared.histograms.push((id, sketch));
         }
         for point in window.gauges {
-            let key = SeriesKey {
+            let id = self.series.id(SeriesKey {
                 name: point.name,
                 kind: Kind::Gauge,
                 tags: point.tags,
-            };
-            prepared.gauges.push((key, point.value));
+            });
+            prepared.gauges.push((id, point.value));
         }
         self.windows.push(prepared);
-    }
-}
-
-/// Merges `sketch` into the series `key` of `into`; the first sketch of a series is moved in.
-fn add_sketch(into: &mut BTreeMap<SeriesKey, Sketch>, key: SeriesKey, sketch: Sketch) {
-    match into.entry(key) {
-        Entry::Vacant(slot) => {
-            slot.insert(sketch);
-        }
-        Entry::Occupied(mut slot) => slot.get_mut().merge(&sketch),
     }
 }
 
@@ -288,38 +338,48 @@ impl Merger {
         }
         merged.statsd_lines += prepared.lines;
         merged.statsd_dropped += prepared.dropped;
-        for (key, total) in prepared.counters {
-            *merged.counters.entry(key).or_default() += total;
+        // The container's series numbers → the test's.
+        let ids: Vec<usize> = prepared
+            .series
+            .keys
+            .into_iter()
+            .map(|key| self.series.id(key))
+            .collect();
+        for (local, total) in prepared.counters.into_iter().enumerate() {
+            if let Some(total) = total {
+                *entry(&mut self.counters, ids[local]) += total;
+            }
         }
-        for (key, sketch) in prepared.histograms {
-            add_sketch(&mut merged.histograms, key, sketch);
+        for (local, sketch) in prepared.histograms.into_iter().enumerate() {
+            if let Some(sketch) = sketch {
+                add_sketch(&mut self.histograms, ids[local], sketch);
+            }
         }
         for window in prepared.windows {
-            let bucket = self.buckets.entry(window.bucket).or_insert_with(|| Bucket {
-                start_ms: window.bucket,
-                end_ms: window.end_ms,
-                ..Bucket::default()
-            });
+            let bucket = self
+                .buckets
+                .entry(window.bucket)
+                .or_insert_with(|| OpenBucket {
+                    end_ms: window.end_ms,
+                    ..OpenBucket::default()
+                });
             bucket.end_ms = bucket.end_ms.max(window.end_ms);
-            for (key, value) in window.counters {
-                *bucket.counters.entry(key).or_default() += value;
+            for (local, value) in window.counters {
+                *entry(&mut bucket.counters, ids[local]) += value;
             }
-            for (key, sketch) in window.histograms {
-                add_sketch(&mut bucket.histograms, key, sketch);
+            for (local, sketch) in window.histograms {
+                add_sketch(&mut bucket.histograms, ids[local], sketch);
             }
-            let latest = self.gauges.entry(window.bucket).or_default();
-            for (key, value) in window.gauges {
-                let slot = latest.entry((container_no, key)).or_insert((i64::MIN, 0.0));
+            for (local, value) in window.gauges {
+                let slot = bucket
+                    .gauges
+                    .entry((container_no, ids[local]))
+                    .or_insert((i64::MIN, 0.0));
                 if window.end_ms >= slot.0 {
                     *slot = (window.end_ms, value);
                 }
             }
-            let slot = self
-                .running
-                .entry(window.bucket)
-                .or_default()
-                .entry(container_no)
-                .or_insert((i64::MIN, 0));
+            let slot = bucket.running.entry(container_no).or_insert((i64::MIN, 0));
             if window.end_ms >= slot.0 {
                 *slot = (window.end_ms, window.agents_running);
             }
@@ -329,24 +389,28 @@ impl Merger {
 
     /// The merged test.
     pub fn finish(mut self) -> Merged {
-        for (start, latest) in self.gauges {
-            let bucket = self
-                .buckets
-                .get_mut(&start)
-                .expect("a bucket for every window");
-            for ((_, key), (_, value)) in latest {
-                *bucket.gauges.entry(key).or_default() += value;
-            }
-        }
-        for (start, latest) in self.running {
-            let bucket = self
-                .buckets
-                .get_mut(&start)
-                .expect("a bucket for every window");
-            bucket.containers = latest.len();
-            bucket.agents_running = latest.values().map(|&(_, n)| u64::from(n)).sum();
-        }
-        self.merged.timeline = self.buckets.into_values().collect();
+        let series = &self.series;
+        self.merged.counters = series.keyed(self.counters);
+        self.merged.histograms = series.keyed(self.histograms);
+        self.merged.timeline = self
+            .buckets
+            .into_iter()
+            .map(|(start_ms, open)| {
+                let mut gauges = BTreeMap::new();
+                for ((_, id), (_, value)) in open.gauges {
+                    *gauges.entry(series.keys[id].clone()).or_default() += value;
+                }
+                Bucket {
+                    start_ms,
+                    end_ms: open.end_ms,
+                    counters: series.keyed(open.counters),
+                    histograms: series.keyed(open.histograms),
+                    gauges,
+                    agents_running: open.running.values().map(|&(_, n)| u64::from(n)).sum(),
+                    containers: open.running.len(),
+                }
+            })
+            .collect();
         merge_summaries(&self.summaries, &mut self.merged);
         self.merged
     }

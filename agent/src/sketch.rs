@@ -356,9 +356,9 @@ fn whole_counts(text: &str) -> Option<Bins> {
         }
     }
     let high = offset + counts.len() as i64 - 1;
-    let within = |i: i64| i.unsigned_abs() <= u64::from(MAX_INDEX.unsigned_abs());
-    (within(offset) && within(high)).then(|| Bins {
-        offset: i32::try_from(offset).expect("within ±MAX_INDEX"),
+    checked_index::<serde_json::Error>(high).ok()?;
+    Some(Bins {
+        offset: checked_index::<serde_json::Error>(offset).ok()?,
         counts,
     })
 }

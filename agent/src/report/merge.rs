@@ -134,20 +134,22 @@ pub const BUCKET_MS: i64 = 10_000;
 /// Values by series number (see [`Merger`]); `None` for a series not seen.
 type BySeries<T> = Vec<Option<T>>;
 
-/// The value of series `id`, made `T::default()` when first asked for.
-fn entry<T: Default>(values: &mut BySeries<T>, id: usize) -> &mut T {
+/// The place of series `id` in `values`, grown to hold it.
+fn slot<T>(values: &mut BySeries<T>, id: usize) -> &mut Option<T> {
     if values.len() <= id {
         values.resize_with(id + 1, || None);
     }
-    values[id].get_or_insert_with(T::default)
+    &mut values[id]
+}
+
+/// The value of series `id`, made `T::default()` when first asked for.
+fn entry<T: Default>(values: &mut BySeries<T>, id: usize) -> &mut T {
+    slot(values, id).get_or_insert_with(T::default)
 }
 
 /// Merges `sketch` into series `id` of `into`; the first sketch of a series is moved in.
 fn add_sketch(into: &mut BySeries<Sketch>, id: usize, sketch: Sketch) {
-    if into.len() <= id {
-        into.resize_with(id + 1, || None);
-    }
-    match &mut into[id] {
+    match slot(into, id) {
         Some(have) => have.merge(&sketch),
         slot @ None => *slot = Some(sketch),
     }

@@ -40,15 +40,9 @@ pub struct Answer {
 
 /// Answers one AdmissionReview body.
 pub async fn review(body: &[u8], config: &Config, owners: &OwnerLookup) -> Answer {
-    // Pods are parsed into the typed k8s-openapi Pod directly; anything else (another kind, a
-    // pod that does not parse) is looked at as a DynamicObject to tell "not ours" from "broken".
-    let request: AdmissionRequest<Pod> = match serde_json::from_slice::<AdmissionReview<Pod>>(body)
-    {
-        Ok(review) => match into_request(review) {
-            Ok(request) => request,
-            Err(why) => return invalid(why),
-        },
-        Err(pod_error) => return review_not_pod(body, &pod_error),
+    let request = match decode(body) {
+        Ok(request) => request,
+        Err(answer) => return answer,
     };
     if !is_pod_create(&request) {
         return skipped(&request, "not a pod CREATE");
@@ -100,6 +94,17 @@ pub async fn review(body: &[u8], config: &Config, owners: &OwnerLookup) -> Answe
         status: StatusCode::OK,
         body: encode(&response),
         outcome,
+    }
+}
+
+/// Reads a review of a pod, or answers the body at once.
+///
+/// Pods are parsed into the typed k8s-openapi Pod directly; anything else (another kind, a
+/// pod that does not parse) is looked at as a DynamicObject to tell "not ours" from "broken".
+pub fn decode(body: &[u8]) -> Result<AdmissionRequest<Pod>, Answer> {
+    match serde_json::from_slice::<AdmissionReview<Pod>>(body) {
+        Ok(review) => into_request(review).map_err(invalid),
+        Err(pod_error) => Err(review_not_pod(body, &pod_error)),
     }
 }
 
@@ -192,19 +197,16 @@ struct WireResponse<'a> {
     allowed: bool,
     status: &'a Status,
     #[serde(skip_serializing_if = "Option::is_none")]
-    patch: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     patch_type: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     warnings: Option<&'a [String]>,
 }
 
 /// Serializes `response` in an AdmissionReview of the version the request used.
+///
+/// The patch goes in last, base64-encoded straight into the body: base64 text never needs
+/// JSON escaping, and it is most of an answer's bytes.
 pub fn encode(response: &AdmissionResponse) -> Vec<u8> {
-    let patch = response
-        .patch
-        .as_ref()
-        .map(|p| base64::engine::general_purpose::STANDARD.encode(p));
     let wire = WireReview {
         api_version: if response.types.api_version.is_empty() {
             API_VERSION
@@ -216,14 +218,28 @@ pub fn encode(response: &AdmissionResponse) -> Vec<u8> {
             uid: &response.uid,
             allowed: response.allowed,
             status: &response.result,
-            patch_type: patch.as_ref().map(|_| "JSONPatch"),
-            patch,
+            patch_type: response.patch.as_ref().map(|_| "JSONPatch"),
             warnings: response.warnings.as_deref(),
         },
     };
-    let patch_len = wire.response.patch.as_ref().map_or(0, String::len);
+    let patch_len = response
+        .patch
+        .as_ref()
+        .map_or(0, |p| base64::encoded_len(p.len(), true).unwrap_or(0));
     let mut body = Vec::with_capacity(patch_len + 512);
     serde_json::to_writer(&mut body, &wire).expect("an admission response always serializes");
+    if let Some(patch) = &response.patch {
+        // Compact JSON: the response and the review both close on the last two bytes.
+        body.truncate(body.len() - 2);
+        body.extend_from_slice(br#","patch":""#);
+        let start = body.len();
+        body.resize(start + patch_len, 0);
+        let written = base64::engine::general_purpose::STANDARD
+            .encode_slice(patch, &mut body[start..])
+            .expect("the room was sized by base64::encoded_len");
+        body.truncate(start + written);
+        body.extend_from_slice(br#""}}"#);
+    }
     body
 }
 
@@ -240,4 +256,78 @@ pub fn status_body(code: StatusCode, reason: &str, message: &str) -> Vec<u8> {
         "code": code.as_u16(),
     }))
     .expect("a JSON value always serializes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn response(patch: Option<&[u8]>, warnings: Option<Vec<String>>) -> AdmissionResponse {
+        let review: AdmissionReview<DynamicObject> = serde_json::from_value(serde_json::json!({
+            "apiVersion": API_VERSION,
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
+                "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                "resource": {"group": "", "version": "v1", "resource": "pods"},
+                "operation": "CREATE",
+                "userInfo": {},
+                "object": {"apiVersion": "v1", "kind": "Pod", "metadata": {}},
+            }
+        }))
+        .expect("a valid review");
+        let request: AdmissionRequest<DynamicObject> =
+            review.try_into().expect("the review has a request");
+        let mut response = AdmissionResponse::from(&request);
+        response.patch = patch.map(<[u8]>::to_vec);
+        response.warnings = warnings;
+        response
+    }
+
+    fn decoded(body: &[u8]) -> serde_json::Value {
+        serde_json::from_slice(body).expect("the answer is JSON")
+    }
+
+    #[test]
+    fn encodes_the_patch_as_base64_text_beside_its_type() {
+        let patch = br#"[{"op":"add","path":"/metadata/labels/a\u00e9","value":"\"x\""}]"#;
+        let answer = decoded(&encode(&response(Some(patch), Some(vec!["w".into()]))));
+        let text = answer["response"]["patch"]
+            .as_str()
+            .expect("patch is a string");
+        assert_eq!(
+            base64::engine::general_purpose::STANDARD
+                .decode(text)
+                .expect("base64"),
+            patch
+        );
+        assert_eq!(answer["response"]["patchType"], "JSONPatch");
+        assert_eq!(answer["response"]["warnings"], serde_json::json!(["w"]));
+        assert_eq!(
+            answer["response"]["uid"],
+            "705ab4f5-6393-11e8-b7cc-42010a800002"
+        );
+        assert_eq!(answer["response"]["allowed"], true);
+        assert_eq!(answer["apiVersion"], API_VERSION);
+        assert_eq!(answer["kind"], "AdmissionReview");
+    }
+
+    #[test]
+    fn encodes_no_patch_fields_without_a_patch() {
+        let answer = decoded(&encode(&response(None, None)));
+        let fields = answer["response"]
+            .as_object()
+            .expect("response is an object");
+        assert!(!fields.contains_key("patch"), "{answer}");
+        assert!(!fields.contains_key("patchType"), "{answer}");
+        assert!(!fields.contains_key("warnings"), "{answer}");
+        assert_eq!(answer["response"]["allowed"], true);
+    }
+
+    #[test]
+    fn encodes_an_empty_patch_as_empty_text() {
+        let answer = decoded(&encode(&response(Some(b""), None)));
+        assert_eq!(answer["response"]["patch"], "");
+        assert_eq!(answer["response"]["patchType"], "JSONPatch");
+    }
 }

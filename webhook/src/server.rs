@@ -327,7 +327,7 @@ where
                         Ok::<_, Infallible>(response)
                     }
                 });
-                let builder = if h2 { &builders.h2 } else { &builders.any };
+                let builder = if h2 { &builders.h2 } else { &builders.h1 };
                 let conn = builder.serve_connection(TokioIo::new(stream), service);
                 if let Err(e) = watcher.watch(conn).await {
                     debug!(error = %e, "connection ended with an error");
@@ -340,18 +340,23 @@ where
 /// Connections open at once on the metrics port (Prometheus and the kubelet's probes).
 const METRICS_CONNECTIONS: usize = 64;
 
-/// The connection builders: HTTP/2 when ALPN chose it, else HTTP/1.1 (or HTTP/2 with prior
-/// knowledge, which the auto builder recognises by the preface).
+/// The connection builders: HTTP/2 when ALPN chose it, else HTTP/1.1 only.
+///
+/// HTTP/2 over TLS is chosen by ALPN (RFC 9113 section 3.2), and kube-apiserver offers it.
+/// HTTP/1.1 is served without hyper-util's version detection: detection waits for the first
+/// bytes with no deadline (hyper issue #3756), so a client that connected and sent nothing
+/// held a connection slot for good; served as HTTP/1.1 from the start, the header timeout
+/// runs from the first moment.
 struct Builders {
     h2: auto::Builder<TokioExecutor>,
-    any: auto::Builder<TokioExecutor>,
+    h1: auto::Builder<TokioExecutor>,
 }
 
 impl Builders {
     fn new() -> Self {
         Builders {
             h2: configured().http2_only(),
-            any: configured(),
+            h1: configured().http1_only(),
         }
     }
 }

@@ -203,3 +203,55 @@ async fn connections_past_the_bound_wait_until_one_closes() {
         .expect("task");
     drop(third);
 }
+
+/// The webhook's deadline for a request's headers, which also bounds an idle connection.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Reads until the server closes the connection, or `within` passes; true if it closed.
+async fn closed_within(mut tls: TlsStream<TcpStream>, within: Duration) -> bool {
+    let mut buffer = [0u8; 1024];
+    let read_to_end = async {
+        loop {
+            match tls.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(within, read_to_end).await.is_ok()
+}
+
+#[tokio::test]
+async fn a_connection_that_never_sends_a_request_is_closed_after_the_header_timeout() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let tls = TlsFiles::new();
+    let server = WebhookProcess::start(&tls, &[], &dir.path().join("webhook.log"));
+    server.wait_ready();
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(tls.ca.cert_der().clone())
+        .expect("test CA is a root");
+    let mut offers_http1 = (*client_config(roots)).clone();
+    offers_http1.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // One connection offers no ALPN protocol, the other offers http/1.1; neither sends a byte
+    // after the handshake, as a stalled or hostile client would not.
+    let silent_without_alpn = connect(&connector(&tls.ca), server.https).await;
+    let silent_http1 = connect(
+        &TlsConnector::from(std::sync::Arc::new(offers_http1)),
+        server.https,
+    )
+    .await;
+    let within = HEADER_TIMEOUT + Duration::from_secs(15);
+    let (without_alpn, http1) = tokio::join!(
+        closed_within(silent_without_alpn, within),
+        closed_within(silent_http1, within)
+    );
+    assert!(
+        without_alpn,
+        "a connection without ALPN that sent nothing was still open after {within:?}"
+    );
+    assert!(
+        http1,
+        "an http/1.1 connection that sent nothing was still open after {within:?}"
+    );
+}

@@ -31,7 +31,10 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-const FIXTURE: &str = include_str!("../tests/fixtures/admission-review-pod-create.json");
+mod support;
+
+use support::review_body;
+
 const CONNECTIONS: usize = 16;
 const WARMUP: Duration = Duration::from_secs(2);
 const CLOSED_LOOP: Duration = Duration::from_secs(10);
@@ -162,13 +165,6 @@ fn start_server(dir: &Path, https: SocketAddr, metrics: SocketAddr) -> Child {
         .stdout(Stdio::null())
         .spawn()
         .expect("start wave-webhook")
-}
-
-fn review_body() -> Vec<u8> {
-    let mut review: serde_json::Value = serde_json::from_str(FIXTURE).expect("fixture");
-    review["request"]["object"]["metadata"]["annotations"] =
-        serde_json::json!({"waveloadtest.io/total-players": "480000"});
-    serde_json::to_vec(&review).expect("serializes")
 }
 
 /// A TLS client offering `h2` or `http/1.1` by ALPN.

@@ -15,14 +15,9 @@ use wave_webhook::metrics::Outcome;
 use wave_webhook::mutate::{self, OwnerReplicas, Verdict};
 use wave_webhook::owners::OwnerLookup;
 
-const FIXTURE: &str = include_str!("../tests/fixtures/admission-review-pod-create.json");
+mod support;
 
-fn review_body() -> Vec<u8> {
-    let mut review: serde_json::Value = serde_json::from_str(FIXTURE).expect("fixture");
-    review["request"]["object"]["metadata"]["annotations"] =
-        serde_json::json!({"waveloadtest.io/total-players": "480000"});
-    serde_json::to_vec(&review).expect("serializes")
-}
+use support::review_body;
 
 fn decode(body: &[u8]) -> AdmissionRequest<Pod> {
     admission::decode(body).expect("the fixture is a pod review")

@@ -19,9 +19,16 @@ use wave_tests::webhook::WebhookProcess;
 const MEMORY_LIMIT_KIB: u64 = 128 * 1024;
 
 fn connector(ca: &TestCa) -> TlsConnector {
+    connector_offering(ca, &[])
+}
+
+/// A client trusting `ca` that offers these ALPN protocols.
+fn connector_offering(ca: &TestCa, protocols: &[&[u8]]) -> TlsConnector {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca.cert_der().clone()).expect("test CA is a root");
-    TlsConnector::from(client_config(roots))
+    let mut config = (*client_config(roots)).clone();
+    config.alpn_protocols = protocols.iter().map(|p| p.to_vec()).collect();
+    TlsConnector::from(std::sync::Arc::new(config))
 }
 
 async fn connect(connector: &TlsConnector, addr: SocketAddr) -> TlsStream<TcpStream> {
@@ -227,20 +234,10 @@ async fn a_connection_that_never_sends_a_request_is_closed_after_the_header_time
     let tls = TlsFiles::new();
     let server = WebhookProcess::start(&tls, &[], &dir.path().join("webhook.log"));
     server.wait_ready();
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(tls.ca.cert_der().clone())
-        .expect("test CA is a root");
-    let mut offers_http1 = (*client_config(roots)).clone();
-    offers_http1.alpn_protocols = vec![b"http/1.1".to_vec()];
     // One connection offers no ALPN protocol, the other offers http/1.1; neither sends a byte
     // after the handshake, as a stalled or hostile client would not.
     let silent_without_alpn = connect(&connector(&tls.ca), server.https).await;
-    let silent_http1 = connect(
-        &TlsConnector::from(std::sync::Arc::new(offers_http1)),
-        server.https,
-    )
-    .await;
+    let silent_http1 = connect(&connector_offering(&tls.ca, &[b"http/1.1"]), server.https).await;
     let within = HEADER_TIMEOUT + Duration::from_secs(15);
     let (without_alpn, http1) = tokio::join!(
         closed_within(silent_without_alpn, within),

@@ -94,6 +94,17 @@ impl WebhookProcess {
         self.running.output()
     }
 
+    /// Bytes the process has read through system calls so far, from files and sockets alike
+    /// (`rchar` of `/proc/<pid>/io`).
+    pub fn bytes_read(&self) -> u64 {
+        let io = std::fs::read_to_string(format!("/proc/{}/io", self.running.pid()))
+            .expect("the webhook's /proc io is readable");
+        io.lines()
+            .find_map(|l| l.strip_prefix("rchar:"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("rchar in /proc io")
+    }
+
     /// Peak resident memory so far (`VmHWM`), in KiB.
     pub fn peak_rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.running.pid()))

@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use notify::{RecursiveMode, Watcher as _};
+use notify::event::{AccessKind, AccessMode};
+use notify::{EventKind, RecursiveMode, Watcher as _};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -134,6 +135,18 @@ pub fn check_config(path: &Path, live: &Live, seen: &mut Seen) -> bool {
     }
 }
 
+/// Whether a file event may have changed what the files hold. Opening and reading them does
+/// not: inotify reports the reload's own reads, and taking those for changes made every check
+/// schedule the next one, re-reading the files ten times a second for good. A writer closing
+/// its file (inotify's CLOSE_WRITE, reported as an access) does.
+fn may_change_content(kind: &notify::EventKind) -> bool {
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
+    }
+}
+
 /// Follows the files until `stop` is cancelled.
 pub async fn follow(watched: Watched, live: Arc<Live>, mut seen: Seen, stop: CancellationToken) {
     let (tx, mut rx) = mpsc::channel::<()>(1);
@@ -148,7 +161,7 @@ pub async fn follow(watched: Watched, live: Arc<Live>, mut seen: Seen, stop: Can
         );
     }
     let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok() {
+        if event.is_ok_and(|e| may_change_content(&e.kind)) {
             // A full channel already holds a pending change: nothing is lost.
             let _ = tx.try_send(());
         }
@@ -194,6 +207,38 @@ pub async fn follow(watched: Watched, live: Arc<Live>, mut seen: Seen, stop: Can
         match checked {
             Ok(s) => seen = s,
             Err(e) => warn!(error = %e, "file reload check failed"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use notify::event::{CreateKind, ModifyKind, RemoveKind, RenameMode};
+
+    use super::*;
+
+    #[test]
+    fn the_reloads_own_reads_are_not_taken_for_changes() {
+        for kind in [
+            EventKind::Access(AccessKind::Open(AccessMode::Any)),
+            EventKind::Access(AccessKind::Close(AccessMode::Read)),
+            EventKind::Access(AccessKind::Read),
+        ] {
+            assert!(!may_change_content(&kind), "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn writes_renames_and_the_secret_volumes_symlink_swap_are_changes() {
+        for kind in [
+            EventKind::Access(AccessKind::Close(AccessMode::Write)),
+            EventKind::Create(CreateKind::File),
+            EventKind::Modify(ModifyKind::Any),
+            EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+            EventKind::Remove(RemoveKind::File),
+            EventKind::Any,
+        ] {
+            assert!(may_change_content(&kind), "{kind:?}");
         }
     }
 }

@@ -5,9 +5,12 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::io;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -20,7 +23,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use prometheus_client::registry::Registry;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
@@ -40,7 +43,8 @@ use crate::tls::{self, CertResolver};
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A client gets this long to send a request's headers. hyper counts the wait on an idle
-/// keep-alive connection too, so this is also how long an idle connection stays open.
+/// keep-alive connection too, so this is also how long an idle connection stays open; an
+/// admission connection must also send its first bytes within it ([`FirstBytesBy`]).
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Once the listeners close, in-flight requests get this long to finish (Kubernetes' default
@@ -203,7 +207,7 @@ pub async fn run(
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                         Ok(Ok(stream)) => {
                             let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                            Some((stream, shared, h2))
+                            Some((FirstBytesBy::new(stream, HEADER_TIMEOUT), shared, h2))
                         }
                         Ok(Err(e)) => {
                             debug!(error = %e, "TLS handshake failed");
@@ -335,6 +339,84 @@ where
             });
         }
     })
+}
+
+/// A connection's stream that must yield its first bytes within a deadline, else its reads
+/// fail and hyper closes the connection.
+///
+/// hyper's HTTP/2 server waits for the client's preface with no deadline of its own (its
+/// keep-alive pings start only after it), so a client that finished the TLS handshake and
+/// then sent nothing would hold one of `--max-connections` for good. Wrapping the decrypted
+/// stream, not the socket, counts plaintext that rustls read during the handshake: a client
+/// whose preface came with its last handshake flight is served at once.
+struct FirstBytesBy<S> {
+    stream: S,
+    /// Until the first bytes arrive.
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> FirstBytesBy<S> {
+    fn new(stream: S, within: Duration) -> Self {
+        FirstBytesBy {
+            stream,
+            deadline: Some(Box::pin(tokio::time::sleep(within))),
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for FirstBytesBy<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        let before = buf.filled().len();
+        let read = Pin::new(&mut this.stream).poll_read(cx, buf);
+        if let Some(deadline) = &mut this.deadline {
+            match read {
+                Poll::Ready(Ok(())) if buf.filled().len() > before => this.deadline = None,
+                Poll::Pending if deadline.as_mut().poll(cx).is_ready() => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the client sent nothing after the TLS handshake",
+                    )));
+                }
+                _ => {}
+            }
+        }
+        read
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for FirstBytesBy<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
 }
 
 /// Connections open at once on the metrics port (Prometheus and the kubelet's probes).
@@ -525,4 +607,55 @@ fn not_found(path: &str) -> Response<Full<Bytes>> {
             &format!("no such path: {path} (admission reviews go to POST /mutate)"),
         ),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_sends_nothing_has_its_read_fail_at_the_deadline() {
+        let (_client, server) = duplex(1024);
+        let mut stream = FirstBytesBy::new(server, HEADER_TIMEOUT);
+        let started = tokio::time::Instant::now();
+        let mut buffer = [0u8; 16];
+        let error = stream
+            .read(&mut buffer)
+            .await
+            .expect_err("nothing was sent");
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(started.elapsed(), HEADER_TIMEOUT);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn once_bytes_arrived_a_silent_client_is_left_to_the_http_timeouts() {
+        let (mut client, server) = duplex(1024);
+        let mut stream = FirstBytesBy::new(server, HEADER_TIMEOUT);
+        client.write_all(b"PRI * HTTP/2.0").await.expect("write");
+        let mut buffer = [0u8; 64];
+        let n = stream.read(&mut buffer).await.expect("the preface is read");
+        assert_eq!(&buffer[..n], b"PRI * HTTP/2.0");
+        let later = tokio::spawn(async move {
+            tokio::time::sleep(HEADER_TIMEOUT * 3).await;
+            client.write_all(b"SM").await.expect("write");
+            client
+        });
+        let n = stream
+            .read(&mut buffer)
+            .await
+            .expect("no deadline once bytes came");
+        assert_eq!(&buffer[..n], b"SM");
+        drop(later.await.expect("writer"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_hangs_up_at_once_reads_as_the_end_not_a_timeout() {
+        let (client, server) = duplex(1024);
+        let mut stream = FirstBytesBy::new(server, HEADER_TIMEOUT);
+        drop(client);
+        let mut buffer = [0u8; 16];
+        assert_eq!(stream.read(&mut buffer).await.expect("end of stream"), 0);
+    }
 }

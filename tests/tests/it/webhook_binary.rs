@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use wave_tests::process::wait_for_webhook_addresses;
 use wave_tests::tls::{HttpsClient, TlsFiles};
+use wave_tests::webhook::WebhookProcess;
 use wave_tests::{workspace_bin, workspace_root};
 
 /// The binary, stopped with SIGKILL on drop if a test failed before stopping it.
@@ -180,6 +181,28 @@ async fn sigterm_lets_the_admission_in_flight_finish_then_exits_with_json_logs()
     assert!(
         lines.iter().any(|l| l["fields"]["message"] == "stopped"),
         "{lines:?}"
+    );
+}
+
+#[tokio::test]
+async fn after_a_change_in_the_certificate_folder_an_idle_webhook_reads_its_files_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let tls = TlsFiles::new();
+    let server = WebhookProcess::start(&tls, &[], &dir.path().join("webhook.log"));
+    server.wait_ready();
+    // Something else changes in the watched folder: the webhook checks its files once (reading
+    // them is not a change of theirs), then stays idle.
+    std::fs::write(tls.dir().join("unrelated"), b"x").expect("write beside the certificate");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let files = std::fs::metadata(tls.cert_path()).expect("cert").len()
+        + std::fs::metadata(tls.key_path()).expect("key").len();
+    let before = server.bytes_read();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let read = server.bytes_read() - before;
+    assert!(
+        read < files,
+        "an idle webhook read {read} bytes in 3 s: it keeps re-reading its {files} bytes of \
+         certificate files"
     );
 }
 

@@ -234,14 +234,21 @@ async fn a_connection_that_never_sends_a_request_is_closed_after_the_header_time
     let tls = TlsFiles::new();
     let server = WebhookProcess::start(&tls, &[], &dir.path().join("webhook.log"));
     server.wait_ready();
-    // One connection offers no ALPN protocol, the other offers http/1.1; neither sends a byte
-    // after the handshake, as a stalled or hostile client would not.
+    // One connection offers no ALPN protocol, one http/1.1 and one h2; none sends a byte after
+    // the handshake (no request, no HTTP/2 preface), as a stalled or hostile client would not.
     let silent_without_alpn = connect(&connector(&tls.ca), server.https).await;
     let silent_http1 = connect(&connector_offering(&tls.ca, &[b"http/1.1"]), server.https).await;
+    let silent_h2 = connect(&connector_offering(&tls.ca, &[b"h2"]), server.https).await;
+    assert_eq!(
+        silent_h2.get_ref().1.alpn_protocol(),
+        Some(&b"h2"[..]),
+        "the webhook chose HTTP/2 for the client offering h2"
+    );
     let within = HEADER_TIMEOUT + Duration::from_secs(15);
-    let (without_alpn, http1) = tokio::join!(
+    let (without_alpn, http1, h2) = tokio::join!(
         closed_within(silent_without_alpn, within),
-        closed_within(silent_http1, within)
+        closed_within(silent_http1, within),
+        closed_within(silent_h2, within)
     );
     assert!(
         without_alpn,
@@ -250,5 +257,9 @@ async fn a_connection_that_never_sends_a_request_is_closed_after_the_header_time
     assert!(
         http1,
         "an http/1.1 connection that sent nothing was still open after {within:?}"
+    );
+    assert!(
+        h2,
+        "an h2 connection that never sent its preface was still open after {within:?}"
     );
 }

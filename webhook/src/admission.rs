@@ -40,12 +40,17 @@ pub struct Answer {
 
 /// Answers one AdmissionReview body.
 pub async fn review(body: &[u8], config: &Config, owners: &OwnerLookup) -> Answer {
-    let request = match decode(body) {
+    let mut request = match decode(body) {
         Ok(request) => request,
         Err(answer) => return answer,
     };
     if !is_pod_create(&request) {
         return skipped(&request, "not a pod CREATE");
+    }
+    // Nothing reads or patches managedFields, and their field-set trees are most of what
+    // the mutated copy would otherwise clone.
+    if let Some(pod) = request.object.as_mut() {
+        pod.metadata.managed_fields = None;
     }
     let Some(pod) = request.object.as_ref() else {
         return invalid("the review of a pod CREATE carries no object".to_string());

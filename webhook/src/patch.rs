@@ -7,9 +7,8 @@
 //! exactly as the API server sent it, fields unknown to the typed pod included.
 
 use std::collections::BTreeMap;
-use std::fmt;
+use std::fmt::{self, Write as _};
 
-use json_patch::jsonptr::PointerBuf;
 use k8s_openapi::api::core::v1::{Container, Pod};
 use serde::Serialize;
 
@@ -51,20 +50,20 @@ pub fn build(before: &Pod, after: &Pod) -> Patch {
         json: Vec::with_capacity(1024 + 1024 * containers),
         count: 0,
     };
-    let mut path = PointerBuf::from_tokens(["metadata", "annotations"]);
+    let mut path = Pointer::from_tokens(&["metadata", "annotations"]);
     ops.map(
         &mut path,
         before.metadata.annotations.as_ref(),
         after.metadata.annotations.as_ref(),
     );
     if let (Some(b), Some(a)) = (&before.spec, &after.spec) {
-        let mut path = PointerBuf::from_tokens(["spec", "containers"]);
+        let mut path = Pointer::from_tokens(&["spec", "containers"]);
         for (i, (bc, ac)) in b.containers.iter().zip(&a.containers).enumerate() {
-            path.push_back(i);
+            path.push_index(i);
             ops.container(&mut path, bc, ac);
-            path.pop_back();
+            path.pop();
         }
-        let mut path = PointerBuf::from_tokens(["spec"]);
+        let mut path = Pointer::from_tokens(&["spec"]);
         ops.field(&mut path, "initContainers", |ops, path| {
             ops.list(path, b.init_containers.as_ref(), a.init_containers.as_ref())
         });
@@ -86,6 +85,61 @@ pub fn build(before: &Pod, after: &Pod) -> Patch {
     ops.finish()
 }
 
+/// A JSON Pointer (RFC 6901) grown and shrunk a token at a time as the builder walks the pod:
+/// the text is kept whole, so writing an operation's path copies it once.
+struct Pointer {
+    text: String,
+    /// Where each token's `/` starts, to remove the last token.
+    starts: Vec<usize>,
+}
+
+impl Pointer {
+    fn from_tokens(tokens: &[&str]) -> Self {
+        let mut pointer = Pointer {
+            text: String::with_capacity(128),
+            starts: Vec::with_capacity(8),
+        };
+        for token in tokens {
+            pointer.push(token);
+        }
+        pointer
+    }
+
+    /// Appends a key, escaped as RFC 6901 says (`~` as `~0`, `/` as `~1`).
+    fn push(&mut self, token: &str) {
+        self.starts.push(self.text.len());
+        self.text.push('/');
+        let mut rest = token;
+        while let Some(at) = rest.find(['~', '/']) {
+            self.text.push_str(&rest[..at]);
+            self.text.push_str(if rest.as_bytes()[at] == b'~' {
+                "~0"
+            } else {
+                "~1"
+            });
+            rest = &rest[at + 1..];
+        }
+        self.text.push_str(rest);
+    }
+
+    /// Appends an array index.
+    fn push_index(&mut self, index: usize) {
+        self.starts.push(self.text.len());
+        write!(self.text, "/{index}").expect("writing to a String cannot fail");
+    }
+
+    /// Removes the last token.
+    fn pop(&mut self) {
+        if let Some(start) = self.starts.pop() {
+            self.text.truncate(start);
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
 /// The operations written so far.
 struct Ops {
     json: Vec<u8>,
@@ -94,7 +148,7 @@ struct Ops {
 
 impl Ops {
     /// Opens the object of one operation, up to its path.
-    fn begin(&mut self, op: &str, path: &PointerBuf) {
+    fn begin(&mut self, op: &str, path: &Pointer) {
         self.json.push(if self.count == 0 { b'[' } else { b',' });
         self.count += 1;
         self.json.extend_from_slice(b"{\"op\":\"");
@@ -103,7 +157,7 @@ impl Ops {
         serde_json::to_writer(&mut self.json, path.as_str()).expect("a string always encodes");
     }
 
-    fn add<T: Serialize>(&mut self, path: &PointerBuf, value: &T) {
+    fn add<T: Serialize>(&mut self, path: &Pointer, value: &T) {
         self.begin("add", path);
         self.json.extend_from_slice(b",\"value\":");
         serde_json::to_writer(&mut self.json, value)
@@ -111,7 +165,7 @@ impl Ops {
         self.json.push(b'}');
     }
 
-    fn remove(&mut self, path: &PointerBuf) {
+    fn remove(&mut self, path: &Pointer) {
         self.begin("remove", path);
         self.json.push(b'}');
     }
@@ -125,21 +179,16 @@ impl Ops {
     }
 
     /// Runs `f` on `path/name`.
-    fn field(
-        &mut self,
-        path: &mut PointerBuf,
-        name: &str,
-        f: impl FnOnce(&mut Self, &mut PointerBuf),
-    ) {
-        path.push_back(name);
+    fn field(&mut self, path: &mut Pointer, name: &str, f: impl FnOnce(&mut Self, &mut Pointer)) {
+        path.push(name);
         f(self, path);
-        path.pop_back();
+        path.pop();
     }
 
     /// A list that is new, or that got elements appended.
     fn list<T: Serialize>(
         &mut self,
-        path: &mut PointerBuf,
+        path: &mut Pointer,
         before: Option<&Vec<T>>,
         after: Option<&Vec<T>>,
     ) {
@@ -147,9 +196,9 @@ impl Ops {
             (None, Some(after)) => self.add(path, after),
             (Some(before), Some(after)) => {
                 for (i, item) in after.iter().enumerate().skip(before.len()) {
-                    path.push_back(i);
+                    path.push_index(i);
                     self.add(path, item);
-                    path.pop_back();
+                    path.pop();
                 }
             }
             (_, None) => {}
@@ -159,7 +208,7 @@ impl Ops {
     /// A map that is new, or that got keys added.
     fn map<V: Serialize>(
         &mut self,
-        path: &mut PointerBuf,
+        path: &mut Pointer,
         before: Option<&BTreeMap<String, V>>,
         after: Option<&BTreeMap<String, V>>,
     ) {
@@ -168,9 +217,9 @@ impl Ops {
             (Some(before), Some(after)) => {
                 for (key, value) in after {
                     if !before.contains_key(key) {
-                        path.push_back(key);
+                        path.push(key);
                         self.add(path, value);
-                        path.pop_back();
+                        path.pop();
                     }
                 }
             }
@@ -179,7 +228,7 @@ impl Ops {
     }
 
     /// What wave changes in one container.
-    fn container(&mut self, path: &mut PointerBuf, before: &Container, after: &Container) {
+    fn container(&mut self, path: &mut Pointer, before: &Container, after: &Container) {
         self.field(path, "env", |ops, path| {
             ops.list(path, before.env.as_ref(), after.env.as_ref())
         });
@@ -226,6 +275,27 @@ mod tests {
         let mut doc = serde_json::to_value(before).expect("pod to json");
         json_patch::patch(&mut doc, &build(before, after).operations()).expect("the patch applies");
         doc
+    }
+
+    #[test]
+    fn pointers_escape_tilde_and_slash_and_shrink_back() {
+        let mut path = Pointer::from_tokens(&["metadata", "annotations"]);
+        path.push("example.com/a~b/c");
+        assert_eq!(path.as_str(), "/metadata/annotations/example.com~1a~0b~1c");
+        path.pop();
+        path.push_index(12);
+        assert_eq!(path.as_str(), "/metadata/annotations/12");
+        path.pop();
+        path.pop();
+        assert_eq!(path.as_str(), "/metadata");
+        let pointer: json_patch::jsonptr::PointerBuf = "/metadata/annotations/example.com~1a~0b~1c"
+            .parse()
+            .expect("a valid pointer");
+        assert_eq!(
+            pointer.last().map(|t| t.decoded().into_owned()),
+            Some("example.com/a~b/c".to_string()),
+            "json-patch reads the token back"
+        );
     }
 
     #[test]

@@ -80,6 +80,11 @@ async fn captured_review_with_total_players_is_answered_with_a_patch_that_makes_
     // The fields the API server defaulted before calling us are untouched.
     assert_eq!(spec.service_account_name.as_deref(), Some("default"));
     assert_eq!(spec.tolerations.map(|t| t.len()), Some(2));
+    // The webhook does not keep managedFields while it mutates; the patch leaves them as sent.
+    let sent: Pod =
+        serde_json::from_value(review["request"]["object"].clone()).expect("the sent pod");
+    assert!(sent.metadata.managed_fields.is_some());
+    assert_eq!(pod.metadata.managed_fields, sent.metadata.managed_fields);
 }
 
 #[tokio::test]

@@ -13,6 +13,9 @@
 //! `WAVE_WEBHOOK_BIN` names another `wave-webhook` binary to load (an earlier build, to
 //! compare two versions in one sitting); by default it is the one built with this bench.
 //!
+//! The server gets the environment `Dockerfile.webhook` sets (`ENV` lines: glibc's allocator
+//! tunables), so the figures are those of the binary as the image runs it.
+//!
 //! Instructions instead of seconds, which this machine's noise does not move: `closed-only`
 //! skips the open loop (a server under valgrind cannot keep 5,000/s), and `WAVE_WEBHOOK_WRAP`
 //! is put before the server's command, e.g.
@@ -88,6 +91,9 @@ fn main() {
         "admission_load over {}: server pinned to CPU 0 (taskset -c 0), client on CPU 1",
         if h2 { "HTTP/2" } else { "HTTP/1.1" }
     );
+    for (name, value) in image_environment() {
+        println!("  server environment from Dockerfile.webhook: {name}={value}");
+    }
     println!(
         "  body: the captured pod CREATE review with waveloadtest.io/total-players (answered with a patch)"
     );
@@ -179,6 +185,7 @@ fn start_server(dir: &Path, https: SocketAddr, metrics: SocketAddr) -> Child {
         .args(["-c", "0"])
         .args(wrap.split_whitespace())
         .arg(binary)
+        .envs(image_environment())
         .arg("serve")
         .arg("--tls-cert")
         .arg(dir.join("tls.crt"))
@@ -193,6 +200,17 @@ fn start_server(dir: &Path, https: SocketAddr, metrics: SocketAddr) -> Child {
         .stdout(Stdio::null())
         .spawn()
         .expect("start wave-webhook")
+}
+
+/// The `ENV NAME=value` lines of `Dockerfile.webhook`.
+fn image_environment() -> Vec<(String, String)> {
+    let dockerfile = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Dockerfile.webhook");
+    let text = std::fs::read_to_string(&dockerfile).expect("Dockerfile.webhook is readable");
+    text.lines()
+        .filter_map(|line| line.strip_prefix("ENV "))
+        .filter_map(|assignment| assignment.trim().split_once('='))
+        .map(|(name, value)| (name.to_string(), value.to_string()))
+        .collect()
 }
 
 /// A TLS client offering `h2` or `http/1.1` by ALPN.

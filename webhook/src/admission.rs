@@ -6,7 +6,6 @@
 //! response built from the request (`AdmissionResponse::from`), so uid and apiVersion always
 //! match what the API server sent.
 
-use base64::Engine as _;
 use http::StatusCode;
 use k8s_openapi::api::core::v1::Pod;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
@@ -230,19 +229,14 @@ pub fn encode(response: &AdmissionResponse) -> Vec<u8> {
     let patch_len = response
         .patch
         .as_ref()
-        .map_or(0, |p| base64::encoded_len(p.len(), true).unwrap_or(0));
+        .map_or(0, |p| base64_simd::STANDARD.encoded_length(p.len()));
     let mut body = Vec::with_capacity(patch_len + 512);
     serde_json::to_writer(&mut body, &wire).expect("an admission response always serializes");
     if let Some(patch) = &response.patch {
         // Compact JSON: the response and the review both close on the last two bytes.
         body.truncate(body.len() - 2);
         body.extend_from_slice(br#","patch":""#);
-        let start = body.len();
-        body.resize(start + patch_len, 0);
-        let written = base64::engine::general_purpose::STANDARD
-            .encode_slice(patch, &mut body[start..])
-            .expect("the room was sized by base64::encoded_len");
-        body.truncate(start + written);
+        base64_simd::STANDARD.encode_append(patch, &mut body);
         body.extend_from_slice(br#""}}"#);
     }
     body
@@ -301,9 +295,7 @@ mod tests {
             .as_str()
             .expect("patch is a string");
         assert_eq!(
-            base64::engine::general_purpose::STANDARD
-                .decode(text)
-                .expect("base64"),
+            base64_simd::STANDARD.decode_to_vec(text).expect("base64"),
             patch
         );
         assert_eq!(answer["response"]["patchType"], "JSONPatch");

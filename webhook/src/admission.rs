@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 use kube::core::response::StatusSummary;
 use kube::core::{DynamicObject, Status};
-use serde::Serialize;
+use serde::{Deserialize as _, Serialize};
 use tracing::{debug, info};
 
 use crate::annotations::{Reading, Settings};
@@ -19,6 +19,7 @@ use crate::config::Config;
 use crate::metrics::Outcome;
 use crate::mutate::{self, OwnerReplicas, Verdict};
 use crate::owners::OwnerLookup;
+use crate::prune::Pruned;
 
 /// The largest request body read (SPEC 1.6); kube-apiserver's own limit for objects is 3 MiB.
 pub const MAX_BODY: usize = 3 * 1024 * 1024;
@@ -39,17 +40,12 @@ pub struct Answer {
 
 /// Answers one AdmissionReview body.
 pub async fn review(body: &[u8], config: &Config, owners: &OwnerLookup) -> Answer {
-    let mut request = match decode(body) {
+    let request = match decode(body) {
         Ok(request) => request,
         Err(answer) => return answer,
     };
     if !is_pod_create(&request) {
         return skipped(&request, "not a pod CREATE");
-    }
-    // Nothing reads or patches managedFields, and their field-set trees are most of what
-    // the mutated copy would otherwise clone.
-    if let Some(pod) = request.object.as_mut() {
-        pod.metadata.managed_fields = None;
     }
     let Some(pod) = request.object.as_ref() else {
         return invalid("the review of a pod CREATE carries no object".to_string());
@@ -103,13 +99,26 @@ pub async fn review(body: &[u8], config: &Config, owners: &OwnerLookup) -> Answe
 
 /// Reads a review of a pod, or answers the body at once.
 ///
-/// Pods are parsed into the typed k8s-openapi Pod directly; anything else (another kind, a
-/// pod that does not parse) is looked at as a DynamicObject to tell "not ours" from "broken".
+/// Pods are parsed into the typed k8s-openapi Pod directly, without their `managedFields`
+/// ([`MANAGED_FIELDS`]); anything else (another kind, a pod that does not parse) is looked at
+/// as a DynamicObject to tell "not ours" from "broken".
 pub fn decode(body: &[u8]) -> Result<AdmissionRequest<Pod>, Answer> {
-    match serde_json::from_slice::<AdmissionReview<Pod>>(body) {
+    match pod_review(body) {
         Ok(review) => into_request(review).map_err(invalid),
         Err(pod_error) => Err(review_not_pod(body, &pod_error)),
     }
+}
+
+/// Where a review keeps the pod's managedFields: nothing reads or patches them, and building
+/// their field-set trees was a quarter of decoding a review, so they are skipped as they are
+/// read. The patch leaves them as the API server sent them.
+const MANAGED_FIELDS: &[&str] = &["request", "object", "metadata", "managedFields"];
+
+fn pod_review(body: &[u8]) -> serde_json::Result<AdmissionReview<Pod>> {
+    let mut json = serde_json::Deserializer::from_slice(body);
+    let review = AdmissionReview::<Pod>::deserialize(Pruned::new(&mut json, MANAGED_FIELDS))?;
+    json.end()?;
+    Ok(review)
 }
 
 /// Copies the review's apiVersion into the request (so the answer carries it) after checking
@@ -285,6 +294,23 @@ mod tests {
 
     fn decoded(body: &[u8]) -> serde_json::Value {
         serde_json::from_slice(body).expect("the answer is JSON")
+    }
+
+    #[test]
+    fn a_decoded_review_is_the_review_serde_json_reads_without_the_managed_fields() {
+        let body = include_bytes!("../tests/fixtures/admission-review-pod-create.json");
+        let plain: AdmissionReview<Pod> = serde_json::from_slice(body).expect("the fixture");
+        let plain: AdmissionRequest<Pod> = plain.try_into().expect("a request");
+        let mut expected = plain.object.clone().expect("a pod");
+        assert!(expected.metadata.managed_fields.is_some());
+        expected.metadata.managed_fields = None;
+        let decoded = decode(body).expect("a pod review");
+        assert_eq!(decoded.object, Some(expected));
+        assert_eq!(decoded.uid, plain.uid);
+        assert_eq!(decoded.operation, plain.operation);
+        assert_eq!(decoded.user_info, plain.user_info);
+        assert_eq!(decoded.namespace, plain.namespace);
+        assert_eq!(decoded.types, plain.types);
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod mutate;
 pub mod owners;
 pub mod patch;
+mod prune;
 pub mod reload;
 pub mod resources;
 pub mod self_managed;

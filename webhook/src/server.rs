@@ -510,7 +510,9 @@ async fn mutate(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>
     match shared.bodies.read(req.into_body()).await {
         Ok(body) => {
             let config = shared.live.config.load();
-            let answer = admission::review(&body.bytes, &config, &shared.owners).await;
+            // The review's future holds the decoded pod (about 7 KiB): boxed, it stays put
+            // while the request's future moves (into the task of each HTTP/2 stream, say).
+            let answer = Box::pin(admission::review(&body.bytes, &config, &shared.owners)).await;
             drop(body);
             shared
                 .live

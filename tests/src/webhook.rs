@@ -97,22 +97,23 @@ impl WebhookProcess {
     /// Bytes the process has read through system calls so far, from files and sockets alike
     /// (`rchar` of `/proc/<pid>/io`).
     pub fn bytes_read(&self) -> u64 {
-        let io = std::fs::read_to_string(format!("/proc/{}/io", self.running.pid()))
-            .expect("the webhook's /proc io is readable");
-        io.lines()
-            .find_map(|l| l.strip_prefix("rchar:"))
-            .and_then(|v| v.trim().parse().ok())
-            .expect("rchar in /proc io")
+        self.proc_number("io", "rchar")
     }
 
     /// Peak resident memory so far (`VmHWM`), in KiB.
     pub fn peak_rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.running.pid()))
-            .expect("the webhook's /proc status is readable");
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmHWM in /proc status")
+        self.proc_number("status", "VmHWM")
+    }
+
+    /// The number after `field:` in `/proc/<pid>/<file>` (a unit after it, such as `kB`, is
+    /// left off).
+    fn proc_number(&self, file: &str, field: &str) -> u64 {
+        let path = format!("/proc/{}/{file}", self.running.pid());
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("the webhook's {path} is readable: {e}"));
+        text.lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or_else(|| panic!("a number after {field}: in {path}"))
     }
 }

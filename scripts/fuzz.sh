@@ -14,6 +14,9 @@ cp ../tests/fixtures/*.json corpus/review/
 cp seeds/annotations/* corpus/annotations/
 export RUSTC_BOOTSTRAP=1
 mkdir -p target
+# The instrumented release build is the long part the first time (minutes); cargo shows it.
+echo "==> cargo fuzz build --release (the fuzz targets with libFuzzer; minutes the first time)"
+cargo fuzz build --release
 for target in "${targets[@]}"; do
   echo "==> cargo fuzz run $target (${per_target}s)"
   log="target/fuzz-$target.log"

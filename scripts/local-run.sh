@@ -5,5 +5,6 @@
 # Extra arguments go to wave-local (see `target/debug/wave-local --help`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --locked --quiet --bin wave-webhook --bin wave-agent --bin wave --bin wave-local
+echo "==> cargo build (wave-webhook, wave-agent, wave, wave-local; about 6 minutes the first time, seconds after)" >&2
+cargo build --locked --bin wave-webhook --bin wave-agent --bin wave --bin wave-local
 exec target/debug/wave-local "$@"

@@ -6,6 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+echo "==> scripts/install-test-deps.sh (the test servers and tools; seconds when installed, about 35 minutes on a fresh machine)"
 eval "$(scripts/install-test-deps.sh --print-env)"
 
 echo "==> cargo build (the workspace binaries the tests run)"

@@ -2,7 +2,8 @@
 //! 1. parse + aggregate on one core: datagrams of 20 lines over 10,000 series (counters,
 //!    timers and gauges with tags), lines per second of one thread;
 //! 2. the supervisor's resident memory once it holds 10,000 series sent over UDP;
-//! 3. loss side by side with Etsy's StatsD (`~/.cache/wave-tools/statsd`, installed by
+//! 3. loss side by side with Etsy's StatsD (`$WAVE_TOOLS_DIR/statsd`, default
+//!    `~/.cache/wave-tools/statsd`, installed by
 //!    scripts/install-test-deps.sh): one Python sender pinned to core 1, the daemon to
 //!    core 0, 20 lines per datagram, 100k / 200k / 500k / 800k lines/s for 10 s each; lines
 //!    received (wave: `wave_statsd_lines_total`; Etsy's: its `statsd.metrics_received`
@@ -161,10 +162,16 @@ fn main() {
     }
     drop(supervisor);
 
-    let Some(home) = std::env::var_os("HOME") else {
+    // The tools folder of scripts/install-test-deps.sh: WAVE_TOOLS_DIR, else its default.
+    let tools = std::env::var_os("WAVE_TOOLS_DIR")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".cache/wave-tools"))
+        });
+    let Some(tools) = tools else {
         return;
     };
-    let etsy = std::path::Path::new(&home).join(".cache/wave-tools/statsd/node_modules/statsd");
+    let etsy = tools.join("statsd/node_modules/statsd");
     if !etsy.join("stats.js").is_file() {
         println!("Etsy's statsd is not installed (scripts/install-test-deps.sh): skipped");
         return;

@@ -1,5 +1,5 @@
 //! Command line of `wave-agent`: every option is a flag and an environment variable, the
-//! variables being the ones the webhook injects (SPEC 2.1), so a pod needs no arguments and a
+//! variables being the ones the webhook injects (`wave_contract::env`, docs/agent-supervisor.md), so a pod needs no arguments and a
 //! local run needs only flags.
 
 use std::ffi::OsString;
@@ -9,9 +9,13 @@ use std::time::Duration;
 use clap::builder::BoolishValueParser;
 use clap::{Args, Parser, Subcommand};
 
+use wave_contract::names::{METRICS_PORT_BASE, STATSD_PORT_BASE, WORK_DIR};
+use wave_contract::part::{DEFAULT_START_TIMEOUT, Quorum};
+use wave_contract::{env, value};
+
 use crate::coordination::{Mode, SlotConfig};
 use crate::slots::Part;
-use crate::start::{Quorum, StartMode};
+use crate::start::StartMode;
 use crate::store::{ChecksumMode, S3Options, StoreUrl};
 use crate::supervise::RestartPolicy;
 
@@ -35,18 +39,18 @@ pub enum Command {
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
     /// Test id; labels every metric and names the results.
-    #[arg(long, value_name = "TEST_ID", env = "TEST_ID", default_value = "local")]
+    #[arg(long, value_name = env::TEST_ID, env = env::TEST_ID, default_value = "local")]
     pub test_id: String,
 
     /// Players in the whole test (all pods); recorded in summary.json.
-    #[arg(long, value_name = "TOTAL_PLAYERS", env = "TOTAL_PLAYERS")]
+    #[arg(long, value_name = env::TOTAL_PLAYERS, env = env::TOTAL_PLAYERS)]
     pub total_players: Option<u64>,
 
     /// Players each agent simulates; passed to every agent.
     #[arg(
         long,
-        value_name = "PLAYERS_PER_AGENT",
-        env = "PLAYERS_PER_AGENT",
+        value_name = env::PLAYERS_PER_AGENT,
+        env = env::PLAYERS_PER_AGENT,
         default_value_t = 100
     )]
     pub players_per_agent: u64,
@@ -54,8 +58,8 @@ pub struct RunArgs {
     /// Agent processes to run in this container.
     #[arg(
         long,
-        value_name = "WAVE_AGENTS",
-        env = "WAVE_AGENTS",
+        value_name = env::AGENTS,
+        env = env::AGENTS,
         default_value_t = 1
     )]
     pub agents: u32,
@@ -63,84 +67,84 @@ pub struct RunArgs {
     /// Index of this container in the pod (the `c<i>` in agent ids and result paths).
     #[arg(
         long,
-        value_name = "WAVE_CONTAINER_INDEX",
-        env = "WAVE_CONTAINER_INDEX",
+        value_name = env::CONTAINER_INDEX,
+        env = env::CONTAINER_INDEX,
         default_value_t = 0
     )]
     pub container_index: u32,
 
     /// Where the script comes from: `s3://bucket/prefix/`, a single `.tar.gz`/`.tgz`/`.zip`
     /// object, or `file:///path/`. Without it `<work>/script/` is used as it is.
-    #[arg(long, value_name = "WAVE_SCRIPT_URL", env = "WAVE_SCRIPT_URL")]
+    #[arg(long, value_name = env::SCRIPT_URL, env = env::SCRIPT_URL)]
     pub script_url: Option<StoreUrl>,
 
     /// Where results go: `s3://bucket/prefix/` or `file:///path/`; files land under
     /// `<url><pod>/c<container>/`. Without it results stay in `<work>/results/`.
-    #[arg(long, value_name = "WAVE_RESULTS_URL", env = "WAVE_RESULTS_URL")]
+    #[arg(long, value_name = env::RESULTS_URL, env = env::RESULTS_URL)]
     pub results_url: Option<StoreUrl>,
 
     /// Port of the metrics and probe server (`/metrics`, `/healthz`, `/readyz`); 0 binds a
     /// free port, which the log line `serving metrics on <address>` names.
     #[arg(
         long,
-        value_name = "WAVE_METRICS_PORT",
-        env = "WAVE_METRICS_PORT",
-        default_value_t = 9102
+        value_name = env::METRICS_PORT,
+        env = env::METRICS_PORT,
+        default_value_t = METRICS_PORT_BASE
     )]
     pub metrics_port: u16,
 
     /// Address the metrics server binds to.
     #[arg(
         long,
-        value_name = "WAVE_METRICS_ADDRESS",
-        env = "WAVE_METRICS_ADDRESS",
+        value_name = env::METRICS_ADDRESS,
+        env = env::METRICS_ADDRESS,
         default_value = "0.0.0.0"
     )]
     pub metrics_address: std::net::IpAddr,
 
     /// Pod name, part of agent ids and result paths; defaults to the host name.
-    #[arg(long, value_name = "POD_NAME", env = "POD_NAME")]
+    #[arg(long, value_name = env::POD_NAME, env = env::POD_NAME)]
     pub pod_name: Option<String>,
 
     /// Work directory: `script/` and `results/` live here (an emptyDir in a pod, so it
     /// survives container restarts).
     #[arg(
         long,
-        value_name = "WAVE_WORK_DIR",
-        env = "WAVE_WORK_DIR",
-        default_value = "/wave/work"
+        value_name = env::WORK_DIR,
+        env = env::WORK_DIR,
+        default_value = WORK_DIR
     )]
     pub work_dir: PathBuf,
 
     /// When an ended agent is started again.
-    #[arg(long, value_name = "WAVE_RESTART", env = "WAVE_RESTART", value_enum, default_value_t = RestartPolicy::OnFailure)]
+    #[arg(long, value_name = env::RESTART, env = env::RESTART, value_enum, default_value_t = RestartPolicy::OnFailure)]
     pub restart: RestartPolicy,
 
     /// Restarts per agent before it is marked failed.
     #[arg(
         long,
-        value_name = "WAVE_MAX_RESTARTS",
-        env = "WAVE_MAX_RESTARTS",
+        value_name = env::MAX_RESTARTS,
+        env = env::MAX_RESTARTS,
         default_value_t = 5
     )]
     pub max_restarts: u32,
 
     /// How often new or changed result files are uploaded.
-    #[arg(long, value_name = "WAVE_UPLOAD_INTERVAL", env = "WAVE_UPLOAD_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, value_name = env::UPLOAD_INTERVAL, env = env::UPLOAD_INTERVAL, default_value = "30s", value_parser = parse_duration)]
     pub upload_interval: Duration,
 
     /// Grace period between SIGTERM and SIGKILL for agents on shutdown; the final upload
     /// then gets as long again.
-    #[arg(long, value_name = "WAVE_STOP_TIMEOUT", env = "WAVE_STOP_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    #[arg(long, value_name = env::STOP_TIMEOUT, env = env::STOP_TIMEOUT, default_value = "20s", value_parser = positive_duration)]
     pub stop_timeout: Duration,
 
     /// Exit once every agent has ended (0 if all succeeded, else 1) instead of staying up.
-    #[arg(long, value_name = "WAVE_EXIT_ON_COMPLETE", env = "WAVE_EXIT_ON_COMPLETE", default_value_t = false,
+    #[arg(long, value_name = env::EXIT_ON_COMPLETE, env = env::EXIT_ON_COMPLETE, default_value_t = false,
           value_parser = BoolishValueParser::new(), num_args = 0..=1, default_missing_value = "true")]
     pub exit_on_complete: bool,
 
     /// Use path-style S3 addressing (most S3-compatible servers need it).
-    #[arg(long, value_name = "WAVE_S3_PATH_STYLE", env = "WAVE_S3_PATH_STYLE", default_value_t = false,
+    #[arg(long, value_name = env::S3_PATH_STYLE, env = env::S3_PATH_STYLE, default_value_t = false,
           value_parser = BoolishValueParser::new(), num_args = 0..=1, default_missing_value = "true")]
     pub s3_path_style: bool,
 
@@ -148,8 +152,8 @@ pub struct RunArgs {
     /// uploads that Garage and other S3-compatible stores reject.
     #[arg(
         long,
-        value_name = "WAVE_S3_CHECKSUM",
-        env = "WAVE_S3_CHECKSUM",
+        value_name = env::S3_CHECKSUM,
+        env = env::S3_CHECKSUM,
         default_value = "when-supported"
     )]
     pub s3_checksum: ChecksumMode,
@@ -157,21 +161,21 @@ pub struct RunArgs {
     /// Test part: the `testId` label's text after `--` (slots are counted per part).
     #[arg(
         long,
-        value_name = "WAVE_TEST_PART",
-        env = "WAVE_TEST_PART",
+        value_name = env::TEST_PART,
+        env = env::TEST_PART,
         default_value = ""
     )]
     pub test_part: String,
 
-    /// M, the test part's machine count (SPEC 5.1).
-    #[arg(long, value_name = "WAVE_MACHINES", env = "WAVE_MACHINES")]
+    /// M, the test part's machine count (docs/coordination.md).
+    #[arg(long, value_name = env::MACHINES, env = env::MACHINES)]
     pub machines: Option<u32>,
 
     /// How the pod claims its slot: `kubernetes` (Leases), `off`, or `file:///dir/`.
     #[arg(
         long,
-        value_name = "WAVE_COORDINATION",
-        env = "WAVE_COORDINATION",
+        value_name = env::COORDINATION,
+        env = env::COORDINATION,
         default_value = "off"
     )]
     pub coordination: Mode,
@@ -179,8 +183,8 @@ pub struct RunArgs {
     /// When agents start: `immediately`, `together`, or an RFC 3339 time.
     #[arg(
         long,
-        value_name = "WAVE_START",
-        env = "WAVE_START",
+        value_name = env::START,
+        env = env::START,
         default_value = "immediately"
     )]
     pub start: StartMode,
@@ -188,70 +192,70 @@ pub struct RunArgs {
     /// Share of the machines that must be ready before a `together` start.
     #[arg(
         long,
-        value_name = "WAVE_START_QUORUM",
-        env = "WAVE_START_QUORUM",
+        value_name = env::START_QUORUM,
+        env = env::START_QUORUM,
         default_value = "100%"
     )]
     pub start_quorum: Quorum,
 
     /// How long a `together` start waits for the quorum before starting without the rest.
-    #[arg(long, value_name = "WAVE_START_TIMEOUT", env = "WAVE_START_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
+    #[arg(long, value_name = env::START_TIMEOUT, env = env::START_TIMEOUT, default_value = DEFAULT_START_TIMEOUT, value_parser = positive_duration)]
     pub start_timeout: Duration,
 
     /// First player number of this test part.
     #[arg(
         long,
-        value_name = "WAVE_PART_PLAYER_OFFSET",
-        env = "WAVE_PART_PLAYER_OFFSET",
+        value_name = env::PART_PLAYER_OFFSET,
+        env = env::PART_PLAYER_OFFSET,
         default_value_t = 0
     )]
     pub part_player_offset: u64,
 
     /// Agents of the whole pod (all containers); defaults to this container's.
-    #[arg(long, value_name = "WAVE_POD_AGENTS", env = "WAVE_POD_AGENTS")]
+    #[arg(long, value_name = env::POD_AGENTS, env = env::POD_AGENTS)]
     pub pod_agents: Option<u32>,
 
     /// The pod's UID: owner of its slot Lease.
-    #[arg(long, value_name = "POD_UID", env = "POD_UID")]
+    #[arg(long, value_name = env::POD_UID, env = env::POD_UID)]
     pub pod_uid: Option<String>,
 
     /// The pod's namespace: where its slot Leases live.
-    #[arg(long, value_name = "POD_NAMESPACE", env = "POD_NAMESPACE")]
+    #[arg(long, value_name = env::POD_NAMESPACE, env = env::POD_NAMESPACE)]
     pub pod_namespace: Option<String>,
 
     /// An Indexed Job pod's index, set by the Job controller: its slot.
     #[arg(
         long,
-        value_name = "JOB_COMPLETION_INDEX",
-        env = "JOB_COMPLETION_INDEX"
+        value_name = env::JOB_COMPLETION_INDEX,
+        env = env::JOB_COMPLETION_INDEX
     )]
     pub job_completion_index: Option<u32>,
 
     /// UDP port of the agents' StatsD server on 127.0.0.1; defaults to 8125 + the container
     /// index (containers share the pod's network). 0 binds a free port.
-    #[arg(long, value_name = "WAVE_STATSD_PORT", env = "WAVE_STATSD_PORT")]
+    #[arg(long, value_name = env::STATSD_PORT, env = env::STATSD_PORT)]
     pub statsd_port: Option<u16>,
 
     /// Unix datagram socket of the StatsD server; defaults to `<work>/statsd.sock`.
-    #[arg(long, value_name = "WAVE_STATSD_SOCKET", env = "WAVE_STATSD_SOCKET")]
+    #[arg(long, value_name = env::STATSD_SOCKET, env = env::STATSD_SOCKET)]
     pub statsd_socket: Option<PathBuf>,
 
     /// Most StatsD series kept; lines that would make more are dropped and counted.
     #[arg(
         long,
-        value_name = "WAVE_STATSD_MAX_SERIES",
-        env = "WAVE_STATSD_MAX_SERIES",
+        value_name = env::STATSD_MAX_SERIES,
+        env = env::STATSD_MAX_SERIES,
         default_value_t = 10_000
     )]
     pub statsd_max_series: usize,
 
     /// Upper bounds of the Prometheus buckets of StatsD timers (seconds) and histograms,
     /// comma-separated; defaults to Prometheus's own (0.005 … 10).
-    #[arg(long, value_name = "WAVE_STATSD_BUCKETS", env = "WAVE_STATSD_BUCKETS", value_parser = parse_buckets)]
+    #[arg(long, value_name = env::STATSD_BUCKETS, env = env::STATSD_BUCKETS, value_parser = parse_buckets)]
     pub statsd_buckets: Option<Buckets>,
 
     /// Length of the windows written to `load-metrics.jsonl`.
-    #[arg(long, value_name = "WAVE_LOAD_WINDOW", env = "WAVE_LOAD_WINDOW", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, value_name = env::LOAD_WINDOW, env = env::LOAD_WINDOW, default_value = "10s", value_parser = parse_duration)]
     pub load_window: Duration,
 
     /// Agent command and its arguments; defaults to `<work>/script/run`.
@@ -285,6 +289,11 @@ fn parse_buckets(text: &str) -> Result<Buckets, String> {
         return Err("bucket bounds must be in increasing order".into());
     }
     Ok(Buckets(bounds))
+}
+
+/// The stop and start timeouts: what the webhook accepts in their annotations, no more.
+fn positive_duration(text: &str) -> Result<Duration, value::Invalid> {
+    value::positive_duration(text)
 }
 
 fn parse_duration(text: &str) -> Result<Duration, humantime::DurationError> {
@@ -323,13 +332,13 @@ impl RunArgs {
         }
     }
 
-    /// The StatsD server's sockets and limits (SPEC 6).
+    /// The StatsD server's sockets and limits (docs/load-metrics.md).
     pub fn statsd_config(&self) -> crate::statsd::StatsdConfig {
         let index = u16::try_from(self.container_index).unwrap_or(u16::MAX);
         crate::statsd::StatsdConfig {
             port: self
                 .statsd_port
-                .unwrap_or_else(|| 8125u16.saturating_add(index)),
+                .unwrap_or_else(|| STATSD_PORT_BASE.saturating_add(index)),
             port_required: self.statsd_port.is_some(),
             socket: self
                 .statsd_socket
@@ -456,6 +465,16 @@ mod tests {
         let defaults = parse(&[]).expect("valid");
         assert_eq!(defaults.coordination, Mode::Off);
         assert_eq!(defaults.start, StartMode::Immediately);
+        assert_eq!(defaults.start_quorum, wave_contract::part::DEFAULT_QUORUM);
+        assert_eq!(
+            defaults.start_timeout,
+            wave_contract::part::DEFAULT_START_TIMEOUT_DURATION
+        );
+        assert_eq!(
+            defaults.stop_timeout,
+            wave_contract::names::DEFAULT_STOP_TIMEOUT
+        );
+        assert!(parse(&["--stop-timeout", "0s"]).is_err());
         let err = parse(&["--start", "tomorow"]).expect_err("invalid");
         assert!(err.to_string().contains("is not a start"), "{err}");
         assert!(parse(&["--coordination", "file://relative/"]).is_err());

@@ -1,4 +1,4 @@
-//! One test across many pods, the supervisor's side (SPEC 5): claim the pod's slot before
+//! One test across many pods, the supervisor's side (docs/coordination.md): claim the pod's slot before
 //! anything else, agree on the start, and watch for the part being stopped. Claims retry
 //! with backoff and never give up on their own: agents never start without a slot (players
 //! would collide silently). What the supervisor waits for is in its log, in `/readyz` and in
@@ -16,13 +16,14 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::{Registry, Unit};
 use tokio::time::Instant;
 use tracing::{info, warn};
+use wave_contract::part::{Coordination, Quorum};
 
 use crate::error_chain::ErrorChain;
 use crate::shutdown::Shutdown;
 use crate::slots::file::{FileSlot, FileSlots};
 use crate::slots::kube::{FixedSlot, KubeError, KubeSlots, Round};
 use crate::slots::{Part, Placement};
-use crate::start::{self, Next, Quorum, StartMode};
+use crate::start::{self, Next, StartMode};
 
 /// First retry delay after a failed API call; it doubles up to [`BACKOFF_MAX`].
 const BACKOFF_START: Duration = Duration::from_secs(1);
@@ -41,19 +42,16 @@ pub enum Mode {
 }
 
 impl FromStr for Mode {
-    type Err = String;
+    type Err = wave_contract::Invalid;
 
-    fn from_str(value: &str) -> Result<Self, String> {
-        match value {
-            "off" => Ok(Mode::Off),
-            "kubernetes" => Ok(Mode::Kubernetes),
-            url => match url.strip_prefix("file://") {
-                Some(path) if path.starts_with('/') => Ok(Mode::File(PathBuf::from(path))),
-                _ => Err(format!(
-                    "{url:?} is not a coordination (expected kubernetes, off or file:///dir/)"
-                )),
-            },
-        }
+    /// The webhook's parser (`wave_contract::part::Coordination`), so the supervisor accepts
+    /// exactly what admission let through.
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        Ok(match value.parse::<Coordination>()? {
+            Coordination::Off => Mode::Off,
+            Coordination::Kubernetes => Mode::Kubernetes,
+            Coordination::File(url) => Mode::File(PathBuf::from(url.trim_start_matches("file://"))),
+        })
     }
 }
 
@@ -272,7 +270,7 @@ where
     }
 }
 
-/// Claims the pod's slot (SPEC 5.1), waiting for as long as it takes.
+/// Claims the pod's slot (docs/coordination.md), waiting for as long as it takes.
 pub async fn claim(
     config: &SlotConfig,
     metrics: &CoordinationMetrics,
@@ -479,7 +477,7 @@ async fn sleep_until(at: SystemTime, shutdown: &Shutdown) -> Option<String> {
 }
 
 impl Coordinator {
-    /// Waits for the start (SPEC 5.2) and returns `WAVE_START_AT`; `None` when a shutdown
+    /// Waits for the start (docs/coordination.md) and returns `WAVE_START_AT`; `None` when a shutdown
     /// request came first.
     pub async fn start(
         &mut self,
@@ -610,7 +608,7 @@ impl Coordinator {
         }
     }
 
-    /// Resolves with the reason once the test part is stopped (SPEC 5.3).
+    /// Resolves with the reason once the test part is stopped (docs/coordination.md).
     pub async fn stopped(&self) -> String {
         match &self.backend {
             Backend::File { slots, .. } => loop {

@@ -1,4 +1,4 @@
-//! What the store has confirmed of each result file (SPEC 2.2 step 6), kept in the work
+//! What the store has confirmed of each result file (docs/agent-storage.md, kept in the work
 //! directory so that a restarted supervisor sends only what changed.
 //!
 //! An entry records the size the store holds, the file's modification time and inode at

@@ -1,4 +1,4 @@
-//! The supervisor's metrics (SPEC 2.3) and the HTTP server that exposes them with the probes.
+//! The supervisor's metrics (docs/agent-supervisor.md) and the HTTP server that exposes them with the probes.
 //!
 //! Everything is registered on one [`Registry`] created by [`new_registry`], which puts the
 //! `test_id` label on every series. Per-agent CPU and memory are read from `/proc` when

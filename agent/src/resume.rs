@@ -1,4 +1,4 @@
-//! Resuming a test after a restart of the supervisor (SPEC 2.2 step 7).
+//! Resuming a test after a restart of the supervisor (docs/agent-supervisor.md).
 //!
 //! A container that crashes mid-test is restarted by the kubelet with its emptyDir work
 //! directory intact. The [`Journal`] kept there (every agent's runs, after each start and

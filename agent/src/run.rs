@@ -1,4 +1,4 @@
-//! `wave-agent run`: the whole life of a load container (SPEC 2.2).
+//! `wave-agent run`: the whole life of a load container (docs/agent-supervisor.md).
 //!
 //! metrics server up → script fetched → agents started and supervised, results synced every
 //! upload interval → summary.json written and final upload → stay up serving metrics (or exit
@@ -255,7 +255,7 @@ impl Test<'_> {
         shutdown: Shutdown,
     ) -> Result<RunOutcome, RunError> {
         let args = self.args;
-        // The slot comes first: agents never start without one (SPEC 5.1).
+        // The slot comes first: agents never start without one (docs/coordination.md).
         let slot_config = args.slot_config();
         let mut coordinator = match coordination::claim(
             &slot_config,
@@ -416,7 +416,7 @@ impl Test<'_> {
 }
 
 /// The shutdown the supervision obeys: the process's own requests, and a stop of the whole
-/// test part (SPEC 5.3), whose reason lands in `stopped_by`.
+/// test part (docs/coordination.md), whose reason lands in `stopped_by`.
 fn watch_part_stop(
     shutdown: &Shutdown,
     coordinator: Option<Arc<Coordinator>>,

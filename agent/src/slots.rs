@@ -1,4 +1,4 @@
-//! Machine slots (SPEC 5.1), the pure part: which names a test part's slots and start object
+//! Machine slots (docs/coordination.md), the pure part: which names a test part's slots and start object
 //! have, in which order a pod probes the slots, and what each agent of a pod that holds slot
 //! m gets (its agent number and player range). The claims themselves are in [`file`]
 //! (a shared folder) and [`kube`] (Kubernetes Leases).
@@ -18,7 +18,7 @@ pub const SLOT_LABEL: &str = "waveloadtest.io/slot";
 pub const MACHINES_ANNOTATION: &str = "waveloadtest.io/machines";
 /// Annotation of the start object: the agreed start time (RFC 3339, UTC, milliseconds).
 pub const START_AT_ANNOTATION: &str = "waveloadtest.io/start-at";
-/// Annotation of the start object that stops the test part (SPEC 5.3); its value is the reason.
+/// Annotation of the start object that stops the test part (docs/coordination.md); its value is the reason.
 pub const STOP_ANNOTATION: &str = "waveloadtest.io/stop";
 
 /// Longest object name wave makes (a DNS label, so it also fits where a label is needed).
@@ -208,7 +208,7 @@ impl Placement {
             .saturating_add(self.agent_number(k).saturating_mul(self.players_per_agent))
     }
 
-    /// The variables agent `k` gets (SPEC 5.1).
+    /// The variables agent `k` gets (docs/coordination.md).
     pub fn agent_env(&self, k: u32) -> [(&'static str, String); 5] {
         [
             ("WAVE_MACHINE_INDEX", self.machine_index.to_string()),

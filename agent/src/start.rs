@@ -1,4 +1,4 @@
-//! When agents start (SPEC 5.2), the pure part: the start modes as `WAVE_START` gives them,
+//! When agents start (docs/coordination.md), the pure part: the start modes as `WAVE_START` gives them,
 //! the quorum arithmetic, the start-at a `together` start agrees on, and how long to wait
 //! for it. Wall-clock times are passed in, so every decision is testable without a clock.
 
@@ -6,6 +6,7 @@ use std::str::FromStr;
 use std::time::{Duration, SystemTime};
 
 use k8s_openapi::jiff::Timestamp;
+use wave_contract::part::{Quorum, Start};
 
 /// Time between agreeing on a `together` start and the start itself: every supervisor
 /// sees the start object well before it is due.
@@ -23,46 +24,15 @@ pub enum StartMode {
 }
 
 impl FromStr for StartMode {
-    type Err = String;
+    type Err = wave_contract::Invalid;
 
-    fn from_str(value: &str) -> Result<Self, String> {
-        match value {
-            "immediately" => Ok(Self::Immediately),
-            "together" => Ok(Self::Together),
-            other => parse_time(other).map(Self::At).ok_or_else(|| {
-                format!(
-                    "{other:?} is not a start (expected immediately, together or an RFC 3339 time such as 2026-12-02T18:00:00Z)"
-                )
-            }),
-        }
-    }
-}
-
-/// `WAVE_START_QUORUM`: a percentage of the machines, `1%` to `100%`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Quorum(pub u32);
-
-impl FromStr for Quorum {
-    type Err = String;
-
-    fn from_str(value: &str) -> Result<Self, String> {
-        match value.strip_suffix('%').and_then(|n| n.parse::<u32>().ok()) {
-            Some(p) if (1..=100).contains(&p) => Ok(Quorum(p)),
-            _ => Err(format!(
-                "{value:?} is not a quorum (expected a percentage from 1% to 100%, e.g. 90%)"
-            )),
-        }
-    }
-}
-
-impl Quorum {
-    /// Ready machines needed out of `machines`: the percentage rounded up, at least one.
-    pub fn of(self, machines: u32) -> u32 {
-        (u64::from(machines) * u64::from(self.0))
-            .div_ceil(100)
-            .max(1)
-            .try_into()
-            .unwrap_or(u32::MAX)
+    /// The webhook's parser (`wave_contract::part::Start`).
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        Ok(match value.parse::<Start>()? {
+            Start::Immediately => Self::Immediately,
+            Start::Together => Self::Together,
+            Start::At(at) => Self::At(SystemTime::from(at)),
+        })
     }
 }
 
@@ -125,20 +95,7 @@ mod tests {
         };
         assert_eq!(format_time(time), "2026-12-02T18:00:00.250Z");
         let err = "tomorow".parse::<StartMode>().expect_err("not a start");
-        assert!(err.starts_with("\"tomorow\" is not a start"), "{err}");
-    }
-
-    #[test]
-    fn quorum_rounds_up_and_is_at_least_one() {
-        let q = |s: &str| s.parse::<Quorum>().expect("a quorum");
-        assert_eq!(q("100%").of(480), 480);
-        assert_eq!(q("90%").of(50), 45);
-        assert_eq!(q("95%").of(3), 3);
-        assert_eq!(q("1%").of(3), 1);
-        assert_eq!(q("50%").of(0), 1);
-        assert!("0%".parse::<Quorum>().is_err());
-        assert!("90".parse::<Quorum>().is_err());
-        assert!("101%".parse::<Quorum>().is_err());
+        assert!(err.0.starts_with("\"tomorow\" is not a start"), "{err}");
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! `wave status` and `wave stop` (SPEC 5.3, 7): a test's parts as the Kubernetes API shows
+//! `wave status` and `wave stop` (docs/coordination.md): a test's parts as the Kubernetes API shows
 //! them, from the Leases the supervisors create (slots, `-ready` and `-done` marks, the
 //! start object) and the pods; and the stop of a part, an annotation on its start object.
 //! No Prometheus needed.
@@ -191,7 +191,7 @@ pub async fn status(
     Ok(parts.into_values().collect())
 }
 
-/// Stops a test part (SPEC 5.3): annotates its start object `waveloadtest.io/stop: reason`,
+/// Stops a test part (docs/coordination.md): annotates its start object `waveloadtest.io/stop: reason`,
 /// creating the object when the part never started together. Returns the start object's name.
 pub async fn stop(
     client: Client,

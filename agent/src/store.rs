@@ -228,7 +228,7 @@ impl CutOffSetter {
 }
 
 /// A refusal that trying again does not fix until someone changes the bucket, the policy
-/// or the credentials (SPEC 2.2 step 6): what `wave_results_upload_failures_total{reason}`
+/// or the credentials (docs/agent-storage.md: what `wave_results_upload_failures_total{reason}`
 /// counts besides transient failures.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Refusal {

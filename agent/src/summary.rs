@@ -1,6 +1,6 @@
 //! `summary.json`: what happened to each agent of a container, written into
 //! `<work>/results/` so the ordinary result upload puts it next to the agents' files
-//! (SPEC 3). A supervisor restarted in the same pod reads it back: a completed summary means
+//! (docs/agent-storage.md). A supervisor restarted in the same pod reads it back: a completed summary means
 //! the test already ran here and must not run again.
 
 use std::io;
@@ -32,7 +32,7 @@ pub struct Summary {
     pub started_at: String,
     /// RFC 3339 time the summary was written.
     pub ended_at: String,
-    /// The test part (SPEC 5); empty for a test of one part.
+    /// The test part (docs/coordination.md); empty for a test of one part.
     #[serde(default)]
     pub part: String,
     /// m, the pod's slot; `null` without coordination.
@@ -44,7 +44,7 @@ pub struct Summary {
     /// `WAVE_START_AT`, the start the agents were given.
     #[serde(default)]
     pub start_at: Option<String>,
-    /// The reason the test part was stopped (SPEC 5.3), if it was.
+    /// The reason the test part was stopped (docs/coordination.md), if it was.
     #[serde(default)]
     pub stopped: Option<String>,
     /// RFC 3339 start of each start of the supervisor on this work directory (more than one
@@ -61,7 +61,7 @@ pub struct AgentSummary {
     pub id: String,
     pub state: AgentState,
     pub players: u64,
-    /// g, the agent's number in the test part (SPEC 5.1).
+    /// g, the agent's number in the test part (docs/coordination.md).
     #[serde(default)]
     pub agent_number: Option<u64>,
     /// The first of its players: it plays `[player_offset, player_offset + players)`.

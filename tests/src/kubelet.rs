@@ -256,3 +256,59 @@ mod tests {
         assert_eq!(expand("cost: 5$", &env), "cost: 5$");
     }
 }
+
+/// How a container ended when the kubelet stopped it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// It exited by itself within the grace period, with this status.
+    Exited(std::process::ExitStatus),
+    /// The grace period ran out: it and every process it started were SIGKILLed.
+    Killed,
+}
+
+/// Stops a container the way the kubelet does when its pod is deleted: SIGTERM to its main
+/// process, then, if it is still running when `grace` (the pod's
+/// `terminationGracePeriodSeconds`) ends, SIGKILL to it and to every process it started
+/// (the container's cgroup: agents in process groups of their own included).
+pub async fn stop_container(
+    container: &mut crate::process::Running,
+    grace: std::time::Duration,
+) -> Stopped {
+    use nix::sys::signal::{Signal, kill};
+    let main = container.pid();
+    let deadline = std::time::Instant::now() + grace;
+    let _ = kill(main, Signal::SIGTERM);
+    loop {
+        if let Some(status) = container.try_wait() {
+            return Stopped::Exited(status);
+        }
+        if std::time::Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    for pid in descendants(main.as_raw())
+        .into_iter()
+        .chain([main.as_raw()])
+    {
+        let _ = kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+    }
+    container.wait(std::time::Duration::from_secs(10)).await;
+    Stopped::Killed
+}
+
+/// Every process below `root` in the process tree.
+fn descendants(root: i32) -> Vec<i32> {
+    let parents: Vec<(i32, i32)> = wave_agent::procfs::all_processes()
+        .map(|(pid, stat)| (pid, stat.ppid))
+        .collect();
+    let mut found = Vec::new();
+    let mut frontier = vec![root];
+    while let Some(parent) = frontier.pop() {
+        for (pid, _) in parents.iter().filter(|(_, ppid)| *ppid == parent) {
+            found.push(*pid);
+            frontier.push(*pid);
+        }
+    }
+    found
+}

@@ -7,7 +7,8 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Container, Pod};
 use wave_webhook::config::Config;
-use wave_webhook::mutate::{OwnerReplicas, Verdict, mutate};
+use wave_webhook::mutate::{Verdict, admit};
+use wave_webhook::part::OwnerReplicas;
 
 const SEED: &str = include_str!("../tests/fixtures/seed-deployment.yaml");
 
@@ -44,14 +45,14 @@ fn bench(c: &mut Criterion) {
     ] {
         assert!(
             matches!(
-                mutate(&pod, OwnerReplicas::Known(480), &config),
+                admit(&pod, OwnerReplicas::Known(480), &config),
                 Verdict::Patch { .. }
             ),
             "{name} is mutated"
         );
         c.bench_function(name, |b| {
             b.iter(|| {
-                mutate(
+                admit(
                     black_box(&pod),
                     OwnerReplicas::Known(480),
                     black_box(&config),

@@ -12,8 +12,9 @@ use wave_webhook::admission::{self, Answer};
 use wave_webhook::annotations::Settings;
 use wave_webhook::config::Config;
 use wave_webhook::metrics::Outcome;
-use wave_webhook::mutate::{self, OwnerReplicas, Verdict};
+use wave_webhook::mutate::{self, Verdict};
 use wave_webhook::owners::OwnerLookup;
+use wave_webhook::part::OwnerReplicas;
 
 mod support;
 

@@ -1,5 +1,5 @@
 //! From a `POST /mutate` body to the AdmissionReview answer: decoding, choosing which requests
-//! are ours, the owner lookup, and encoding the verdict of [`crate::mutate::mutate`].
+//! are ours, the owner lookup, and encoding the verdict of [`crate::mutate::admit`].
 //!
 //! Every body gets an answer. A review that cannot be read is answered 400 with an
 //! AdmissionReview whose response says why; every readable one is answered 200 with a
@@ -17,12 +17,10 @@ use tracing::{debug, info};
 use crate::annotations::{Reading, Settings};
 use crate::config::Config;
 use crate::metrics::Outcome;
-use crate::mutate::{self, OwnerReplicas, Verdict};
+use crate::mutate::{self, Verdict};
 use crate::owners::OwnerLookup;
+use crate::part::OwnerReplicas;
 use crate::prune::Pruned;
-
-/// The largest request body read (SPEC 1.6); kube-apiserver's own limit for objects is 3 MiB.
-pub const MAX_BODY: usize = 3 * 1024 * 1024;
 
 /// The API version of AdmissionReview this webhook speaks.
 const API_VERSION: &str = "admission.k8s.io/v1";

@@ -1,61 +1,20 @@
 //! Reading and checking what a pod asks for: the `testId` label and the `waveloadtest.io/*`
-//! annotations (SPEC 1.1, 1.2), against the webhook config. Every problem becomes a
-//! [`Denial`] that names the annotation or label at fault (SPEC 1.6).
+//! annotations (docs/webhook-reference.md), against the webhook config. Every problem becomes
+//! a [`Denial`] that names the annotation or label at fault.
+
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
+use wave_contract::Annotation;
+use wave_contract::names::{OS_SELECTOR, TEST_ID_LABEL};
+use wave_contract::part::{Coordination, TestLabel};
+use wave_contract::value::{closest, positive, positive_duration};
 
-use crate::catalog::{MachineType, closest};
+use crate::catalog::MachineType;
 use crate::config::{Config, Os, SupervisorMode, check_bucket};
-use crate::coordination::{Coordination, PartSettings, RawPart};
+use crate::denial::{Denial, deny, deny_label, deny_unknown};
+use crate::part::{PartSettings, RawPart};
 use crate::resources::ResourcePolicy;
-
-/// The label that marks a pod as a test machine: `<test-id>` or `<test-id>--<part>`.
-pub const TEST_ID_LABEL: &str = "testId";
-/// Prefix of every annotation wave reads.
-pub const ANNOTATION_PREFIX: &str = "waveloadtest.io/";
-/// The opt-out annotation, read before any other.
-const INJECT_ANNOTATION: &str = "waveloadtest.io/inject";
-/// Every annotation wave reads, without the prefix.
-pub const ANNOTATIONS: [&str; 15] = [
-    "inject",
-    "total-players",
-    "players-per-agent",
-    "agents",
-    "machine-type",
-    "os",
-    "resources",
-    "script",
-    "results",
-    "supervisor",
-    "coordination",
-    "start",
-    "start-quorum",
-    "start-timeout",
-    "player-offset",
-];
-
-/// Node label of the OS; also the default of `waveloadtest.io/os`.
-pub(crate) const OS_SELECTOR: &str = "kubernetes.io/os";
-/// Node label of the EC2 instance type.
-pub(crate) const INSTANCE_TYPE_SELECTOR: &str = "node.kubernetes.io/instance-type";
-
-/// Why a pod is refused: the annotation (or label) at fault and the problem with it.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{subject}: {problem}")]
-pub struct Denial {
-    /// The annotation, label or field the user has to change, e.g. `waveloadtest.io/agents`.
-    pub subject: String,
-    /// What is wrong, written for the person reading kubectl output.
-    pub problem: String,
-}
-
-/// A denial about `waveloadtest.io/<name>`.
-pub(crate) fn deny_annotation(name: &str, problem: impl Into<String>) -> Denial {
-    Denial {
-        subject: format!("{ANNOTATION_PREFIX}{name}"),
-        problem: problem.into(),
-    }
-}
 
 fn test_id_label(pod: &Pod) -> Option<&str> {
     pod.metadata
@@ -88,7 +47,10 @@ pub struct Settings<'a> {
     pub(crate) script: String,
     pub(crate) results: String,
     pub(crate) supervisor: SupervisorMode,
-    /// Slots, start and player offset of the test part (SPEC 5).
+    /// The supervisor's stop timeout unless a container sets its own `WAVE_STOP_TIMEOUT`:
+    /// the annotation, else the config.
+    pub(crate) stop_timeout: Duration,
+    /// Slots, start and player offset of the test part (docs/coordination.md).
     pub(crate) part_settings: Box<PartSettings>,
 }
 
@@ -105,6 +67,7 @@ struct Raw<'a> {
     script: Option<&'a str>,
     results: Option<&'a str>,
     supervisor: Option<&'a str>,
+    stop_timeout: Option<&'a str>,
     part: RawPart<'a>,
 }
 
@@ -115,36 +78,29 @@ impl<'a> Raw<'a> {
             return Ok(raw);
         };
         for (key, value) in annotations {
-            let Some(name) = key.strip_prefix(ANNOTATION_PREFIX) else {
+            let Some(name) = key.strip_prefix(wave_contract::annotation::PREFIX) else {
                 continue;
             };
-            let slot = match name {
-                "inject" => &mut raw.inject,
-                "total-players" => &mut raw.total_players,
-                "players-per-agent" => &mut raw.players_per_agent,
-                "agents" => &mut raw.agents,
-                "machine-type" => &mut raw.machine_type,
-                "os" => &mut raw.os,
-                "resources" => &mut raw.resources,
-                "script" => &mut raw.script,
-                "results" => &mut raw.results,
-                "supervisor" => &mut raw.supervisor,
-                "coordination" => &mut raw.part.coordination,
-                "start" => &mut raw.part.start,
-                "start-quorum" => &mut raw.part.start_quorum,
-                "start-timeout" => &mut raw.part.start_timeout,
-                "player-offset" => &mut raw.part.player_offset,
-                unknown => {
-                    let hint = closest(unknown, ANNOTATIONS)
-                        .map(|s| format!("did you mean {ANNOTATION_PREFIX}{s}?"))
-                        .unwrap_or_else(|| {
-                            format!("known: {ANNOTATION_PREFIX}{{{}}}", ANNOTATIONS.join(","))
-                        });
-                    return Err(deny_annotation(
-                        unknown,
-                        format!("unknown annotation ({hint})"),
-                    ));
-                }
+            let Some(annotation) = Annotation::from_name(name) else {
+                return Err(deny_unknown(name));
+            };
+            let slot = match annotation {
+                Annotation::Inject => &mut raw.inject,
+                Annotation::TotalPlayers => &mut raw.total_players,
+                Annotation::PlayersPerAgent => &mut raw.players_per_agent,
+                Annotation::Agents => &mut raw.agents,
+                Annotation::MachineType => &mut raw.machine_type,
+                Annotation::Os => &mut raw.os,
+                Annotation::Resources => &mut raw.resources,
+                Annotation::Script => &mut raw.script,
+                Annotation::Results => &mut raw.results,
+                Annotation::Supervisor => &mut raw.supervisor,
+                Annotation::StopTimeout => &mut raw.stop_timeout,
+                Annotation::Coordination => &mut raw.part.coordination,
+                Annotation::Start => &mut raw.part.start,
+                Annotation::StartQuorum => &mut raw.part.start_quorum,
+                Annotation::StartTimeout => &mut raw.part.start_timeout,
+                Annotation::PlayerOffset => &mut raw.part.player_offset,
             };
             *slot = Some(value.as_str());
         }
@@ -153,62 +109,32 @@ impl<'a> Raw<'a> {
 }
 
 /// A positive decimal integer, digits only.
-fn positive(name: &str, value: &str) -> Result<u64, Denial> {
-    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(deny_annotation(
-            name,
-            format!("{value:?} is not a positive integer"),
-        ));
-    }
-    match value.parse::<u64>() {
-        Ok(0) => Err(deny_annotation(
-            name,
-            "must be a positive integer, got \"0\"",
-        )),
-        Ok(n) => Ok(n),
-        Err(_) => Err(deny_annotation(name, format!("{value} is too large"))),
-    }
+fn positive_u64(annotation: Annotation, value: &str) -> Result<u64, Denial> {
+    positive(value).map_err(|e| deny(annotation, e.0))
 }
 
-fn positive_u32(name: &str, value: &str) -> Result<u32, Denial> {
-    let n = positive(name, value)?;
-    u32::try_from(n).map_err(|_| deny_annotation(name, format!("{value} is too large")))
+fn positive_u32(annotation: Annotation, value: &str) -> Result<u32, Denial> {
+    let n = positive_u64(annotation, value)?;
+    u32::try_from(n).map_err(|_| deny(annotation, format!("{value} is too large")))
 }
 
 /// Checks an `s3://bucket/prefix/` URL given in an annotation.
-fn store_url(name: &str, url: &str) -> Result<String, Denial> {
+fn store_url(annotation: Annotation, url: &str) -> Result<String, Denial> {
     let Some(rest) = url.strip_prefix("s3://") else {
-        return Err(deny_annotation(
-            name,
+        return Err(deny(
+            annotation,
             format!("{url:?} is not an s3:// URL (expected s3://bucket/prefix/)"),
         ));
     };
     let bucket = rest.split('/').next().unwrap_or_default();
-    check_bucket(bucket).map_err(|problem| deny_annotation(name, problem))?;
+    check_bucket(bucket).map_err(|problem| deny(annotation, problem))?;
     if !url.ends_with('/') {
-        return Err(deny_annotation(
-            name,
+        return Err(deny(
+            annotation,
             format!("{url:?} must end with / (it is a prefix: s3://bucket/prefix/)"),
         ));
     }
     Ok(url.to_string())
-}
-
-fn check_test_id(id: &str) -> Result<(), Denial> {
-    let problem = if id.is_empty() {
-        "the test id (the text before the first \"--\") is empty".to_string()
-    } else if !id
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-    {
-        format!("test id {id:?} has characters outside [A-Za-z0-9._-] (it becomes part of S3 keys)")
-    } else {
-        return Ok(());
-    };
-    Err(Denial {
-        subject: format!("label {TEST_ID_LABEL}"),
-        problem,
-    })
 }
 
 impl<'a> Settings<'a> {
@@ -223,7 +149,7 @@ impl<'a> Settings<'a> {
             .metadata
             .annotations
             .as_ref()
-            .and_then(|a| a.get(INJECT_ANNOTATION))
+            .and_then(|a| a.get(Annotation::Inject.key()))
             .is_some_and(|v| v == "false")
         {
             return Ok(Reading::Skip(
@@ -239,26 +165,25 @@ impl<'a> Settings<'a> {
             }
             None | Some("true") => {}
             Some(other) => {
-                return Err(deny_annotation(
-                    "inject",
+                return Err(deny(
+                    Annotation::Inject,
                     format!("{other:?} is neither \"true\" nor \"false\""),
                 ));
             }
         }
-        let (test_id, part) = label.split_once("--").unwrap_or((label, ""));
-        check_test_id(test_id)?;
+        let TestLabel { test_id, part } = TestLabel::parse(label).map_err(|e| deny_label(e.0))?;
 
         let players_per_agent = match raw.players_per_agent {
-            Some(v) => positive_u32("players-per-agent", v)?,
+            Some(v) => positive_u32(Annotation::PlayersPerAgent, v)?,
             None => config.players_per_agent,
         };
         let agents = match raw.agents {
-            Some(v) => positive_u32("agents", v)?,
+            Some(v) => positive_u32(Annotation::Agents, v)?,
             None => config.agents,
         };
         let total_players = raw
             .total_players
-            .map(|v| positive("total-players", v))
+            .map(|v| positive_u64(Annotation::TotalPlayers, v))
             .transpose()?;
         let machine_type = raw.machine_type.unwrap_or(&config.machine_type);
         let Some(machine) = config.catalog.get(machine_type) else {
@@ -267,8 +192,8 @@ impl<'a> Settings<'a> {
                 .suggest(machine_type)
                 .map(|s| format!(" (did you mean {s}?)"))
                 .unwrap_or_default();
-            return Err(deny_annotation(
-                "machine-type",
+            return Err(deny(
+                Annotation::MachineType,
                 format!("unknown machine type {machine_type:?}{hint}"),
             ));
         };
@@ -277,8 +202,8 @@ impl<'a> Settings<'a> {
                 let hint = closest(v, ["linux", "windows"])
                     .map(|s| format!("; did you mean {s}?"))
                     .unwrap_or_default();
-                deny_annotation(
-                    "os",
+                deny(
+                    Annotation::Os,
                     format!("unknown OS {v:?} (expected linux or windows{hint})"),
                 )
             })?,
@@ -288,8 +213,8 @@ impl<'a> Settings<'a> {
         };
         let resources = match raw.resources {
             Some(v) => v.parse().map_err(|()| {
-                deny_annotation(
-                    "resources",
+                deny(
+                    Annotation::Resources,
                     format!(
                         "unknown resources policy {v:?} (expected {})",
                         ResourcePolicy::EXPECTED
@@ -300,8 +225,8 @@ impl<'a> Settings<'a> {
         };
         let supervisor = match raw.supervisor {
             Some(v) => SupervisorMode::parse(v).ok_or_else(|| {
-                deny_annotation(
-                    "supervisor",
+                deny(
+                    Annotation::Supervisor,
                     format!(
                         "unknown supervisor mode {v:?} (expected {})",
                         SupervisorMode::EXPECTED
@@ -313,8 +238,8 @@ impl<'a> Settings<'a> {
             None => config.supervisor,
         };
         if os == Os::Windows && supervisor != SupervisorMode::Off {
-            return Err(deny_annotation(
-                "supervisor",
+            return Err(deny(
+                Annotation::Supervisor,
                 format!(
                     "{:?} is not possible on a Windows pod: wave-agent is Linux-only; \
                      remove the annotation (Windows pods run unsupervised) or set it to off",
@@ -323,12 +248,16 @@ impl<'a> Settings<'a> {
             ));
         }
         let script = match raw.script {
-            Some(v) => store_url("script", v)?,
+            Some(v) => store_url(Annotation::Script, v)?,
             None => format!("s3://{}/scripts/{test_id}/", config.bucket),
         };
         let results = match raw.results {
-            Some(v) => store_url("results", v)?,
+            Some(v) => store_url(Annotation::Results, v)?,
             None => format!("s3://{}/results/{test_id}/", config.bucket),
+        };
+        let stop_timeout = match raw.stop_timeout {
+            Some(v) => positive_duration(v).map_err(|e| deny(Annotation::StopTimeout, e.0))?,
+            None => config.stop_timeout,
         };
         let part_settings = Box::new(PartSettings::read(&raw.part, &config.coordination)?);
         Ok(Reading::Mutate(Self {
@@ -344,6 +273,7 @@ impl<'a> Settings<'a> {
             script,
             results,
             supervisor,
+            stop_timeout,
             part_settings,
         }))
     }

@@ -14,7 +14,9 @@ use http_body_util::BodyExt;
 use hyper::body::Body;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::admission::MAX_BODY;
+/// The largest request body read (docs/webhook-server.md); kube-apiserver's own limit for
+/// objects is 3 MiB.
+pub const MAX_BODY: usize = 3 * 1024 * 1024;
 
 /// A too-large body is still read (and dropped) up to this size, so the client can read the
 /// 413 instead of having its connection reset mid-upload.

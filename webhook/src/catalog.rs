@@ -6,6 +6,8 @@
 
 use std::collections::BTreeMap;
 
+use wave_contract::closest;
+
 /// CPU in millicores and memory in MiB: the units every share is computed in.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Amount {
@@ -138,15 +140,6 @@ impl Catalog {
 }
 
 /// The candidate most similar to `given`, if any is similar enough to be a likely typo.
-pub fn closest<'a>(given: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
-    candidates
-        .into_iter()
-        .map(|c| (strsim::jaro_winkler(given, c), c))
-        .filter(|(score, _)| *score >= 0.8)
-        .max_by(|a, b| a.0.total_cmp(&b.0))
-        .map(|(_, c)| c)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::Toleration;
 use serde::Deserialize;
+use wave_contract::part::Coordination;
 
 use crate::catalog::{Amount, Catalog, MachineType};
-use crate::coordination::Coordination;
 use crate::resources::{ResourcePolicy, parse_cpu_millis, parse_memory_mib};
 
 /// How the supervisor is wired into a test machine (annotation `waveloadtest.io/supervisor`).
@@ -104,9 +104,10 @@ pub struct Config {
     /// Containers that are not test containers when the pod arrives with them: service-mesh
     /// proxies injected before wave. They get no agents, env, resources or wrapping.
     pub sidecar_containers: Vec<String>,
-    /// Default `WAVE_COORDINATION`: how pods claim their slot (SPEC 5.1).
+    /// Default `WAVE_COORDINATION`: how pods claim their slot (docs/coordination.md).
+    #[serde(deserialize_with = "coordination")]
     pub coordination: Coordination,
-    /// The supervisor's stop timeout (SPEC 2.2.8); pods get a termination grace period of at
+    /// The supervisor's stop timeout (docs/agent-supervisor.md); pods get a termination grace period of at
     /// least twice this plus 10 s (the agents' grace, then the final upload).
     #[serde(deserialize_with = "duration")]
     pub stop_timeout: std::time::Duration,
@@ -164,7 +165,7 @@ impl Default for Config {
             tolerations: Tolerations::default(),
             sidecar_containers: vec!["istio-proxy".to_string(), "linkerd-proxy".to_string()],
             coordination: Coordination::Kubernetes,
-            stop_timeout: std::time::Duration::from_secs(20),
+            stop_timeout: wave_contract::names::DEFAULT_STOP_TIMEOUT,
             catalog: Catalog::builtin(),
         }
     }
@@ -211,6 +212,12 @@ fn duration<'de, D: serde::Deserializer<'de>>(value: D) -> Result<std::time::Dur
     humantime::parse_duration(&text).map_err(|e| {
         serde::de::Error::custom(format!("{text:?} is not a duration (e.g. 20s): {e}"))
     })
+}
+
+/// `kubernetes`, `off` or `file:///dir/`, checked by the parser the supervisor uses.
+fn coordination<'de, D: serde::Deserializer<'de>>(value: D) -> Result<Coordination, D::Error> {
+    let text = String::deserialize(value)?;
+    text.parse().map_err(serde::de::Error::custom)
 }
 
 fn shape_only<'de, T: Deserialize<'de>, V: Default, D: serde::Deserializer<'de>>(

@@ -5,10 +5,11 @@
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Map, Value};
 
-use crate::annotations::Denial;
 use crate::config::Config;
-use crate::mutate::{OwnerReplicas, Verdict, mutate};
+use crate::denial::Denial;
+use crate::mutate::{Verdict, admit};
 use crate::owners::{job_machines, stateful_set_machines};
+use crate::part::OwnerReplicas;
 
 /// A manifest that cannot be injected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -169,7 +170,7 @@ fn inject_document(
         Some(n) => OwnerReplicas::Known(n),
         None => OwnerReplicas::NoOwner,
     };
-    let patch = match mutate(&pod, replicas, config) {
+    let patch = match admit(&pod, replicas, config) {
         Verdict::Skip { .. } => return Ok(None),
         Verdict::Deny(denial) => {
             return Err(InjectError::Denied {

@@ -1,4 +1,4 @@
-//! The `wave-install` init container that copies `wave-agent` into the pod (SPEC 1.5,
+//! The `wave-install` init container that copies `wave-agent` into the pod (docs/webhook-reference.md,
 //! `supervisor: inject`).
 //!
 //! What wave adds must never make a pod less secure than its user wrote it: in a namespace
@@ -15,7 +15,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
-use crate::mutate::{BIN_DIR, BIN_VOLUME, INSTALL_CONTAINER};
+use wave_contract::names::{BIN_DIR, BIN_VOLUME, INSTALL_CONTAINER};
 
 /// The user and group `Dockerfile.agent` runs as (distroless `nonroot`).
 pub const INSTALL_USER: i64 = 65532;
@@ -90,7 +90,8 @@ mod restricted {
 
     use super::*;
     use crate::config::Config;
-    use crate::mutate::{OwnerReplicas, Verdict, mutate};
+    use crate::mutate::{Verdict, admit};
+    use crate::part::OwnerReplicas;
     use crate::test_pods::{apply_patch, seed_pod};
 
     /// What the user wrote: the seed's container with the restricted settings of its own.
@@ -118,7 +119,7 @@ mod restricted {
     /// The user's pod as wave admits it (default config: `supervisor: inject`).
     fn mutated() -> Pod {
         let pod = user_pod();
-        match mutate(&pod, OwnerReplicas::Known(480), &Config::default()) {
+        match admit(&pod, OwnerReplicas::Known(480), &Config::default()) {
             Verdict::Patch { patch, .. } => apply_patch(&pod, &patch),
             other => panic!("expected a patch, got {other:?}"),
         }

@@ -1,5 +1,5 @@
 //! wave's mutating admission webhook: turns every pod labelled `testId` into a sized,
-//! configured wave test machine (SPEC section 1).
+//! configured wave test machine (docs/webhook-reference.md).
 //!
 //! The pure mutation reads the pod in [`annotations`], changes it in [`mutate`] and writes
 //! the JSON Patch in [`patch`] (with [`config`], [`catalog`] and [`resources`]);
@@ -11,13 +11,14 @@ pub mod annotations;
 pub mod body;
 pub mod catalog;
 pub mod config;
-pub mod coordination;
+pub mod denial;
 mod errors;
 pub mod inject;
 pub mod install;
 pub mod metrics;
 pub mod mutate;
 pub mod owners;
+pub mod part;
 pub mod patch;
 mod prune;
 pub mod reload;

@@ -1,5 +1,5 @@
 //! Applying the mutation to the typed pod: a pure function from a pod, its [`Settings`] and its
-//! owner's replicas to a verdict (SPEC 1.3–1.5).
+//! owner's replicas to a verdict (docs/webhook-reference.md).
 //!
 //! The pod is copied and the copy changed in place; [`crate::patch`] turns the difference
 //! into the JSON Patch. Running the mutation on its own output changes nothing: everything
@@ -13,41 +13,25 @@ use k8s_openapi::api::core::v1::{
     PodSpec, ResourceRequirements, Toleration, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-
-use crate::annotations::{
-    Denial, INSTANCE_TYPE_SELECTOR, OS_SELECTOR, Reading, Settings, deny_annotation,
+use wave_contract::names::{
+    BIN_DIR, BIN_VOLUME, INSTANCE_TYPE_SELECTOR, OS_SELECTOR, WORK_DIR, WORK_VOLUME, grace_period,
+    metrics_port_name,
 };
+use wave_contract::value::{format_duration, positive_duration};
+use wave_contract::{Annotation, env};
+
+use crate::annotations::{Reading, Settings};
 use crate::catalog::Amount;
 use crate::config::{Config, Os, SupervisorMode};
-use crate::coordination;
+use crate::denial::{Denial, deny};
+use crate::part::{OwnerReplicas, Totals};
 use crate::resources::{
     agents_per_container, format_cpu, format_memory, parse_cpu_millis, parse_memory_bytes, share,
 };
 use crate::{install, patch};
 
-/// Volume holding the injected `wave-agent` binary.
-pub const BIN_VOLUME: &str = "wave-bin";
-/// Where [`BIN_VOLUME`] is mounted in every container.
-pub const BIN_DIR: &str = "/wave/bin";
-/// Volume holding the supervisor's work dir (script, results); survives container restarts.
-pub const WORK_VOLUME: &str = "wave-work";
-/// Where [`WORK_VOLUME`] is mounted in every container.
-pub const WORK_DIR: &str = "/wave/work";
-/// Name of the init container that installs the supervisor.
-pub const INSTALL_CONTAINER: &str = "wave-install";
 /// Extended resource the EKS VPC resource controller uses to give Windows pods an IP.
 pub const WINDOWS_IP_RESOURCE: &str = "vpc.amazonaws.com/PrivateIPv4Address";
-
-/// What the server knows about the replicas of the pod's owner (for `TOTAL_PLAYERS`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum OwnerReplicas {
-    /// Replicas of the owning Deployment (or ReplicaSet when it has no Deployment).
-    Known(u32),
-    /// The pod has no ReplicaSet or Deployment owner.
-    NoOwner,
-    /// The owner could not be read; the text says why.
-    Unavailable(String),
-}
 
 /// The outcome of admitting one pod.
 #[derive(Debug, Clone, PartialEq)]
@@ -68,12 +52,13 @@ pub enum Verdict {
     Deny(Denial),
 }
 
-/// Admits one pod: skip, patch or deny (SPEC 1.1–1.6). Pure: no I/O.
-pub fn mutate(pod: &Pod, replicas: OwnerReplicas, config: &Config) -> Verdict {
+/// Decides about one pod and admits it: skip, patch or deny (docs/webhook-reference.md).
+/// Pure: no I/O.
+pub fn admit(pod: &Pod, replicas: OwnerReplicas, config: &Config) -> Verdict {
     decide(pod, Settings::read(pod, config), replicas, config)
 }
 
-/// [`mutate`] for a pod already read with [`Settings::read`], so the server can look up the
+/// [`admit`] for a pod already read with [`Settings::read`], so the server can look up the
 /// owner's replicas only when [`Settings::needs_owner_replicas`] says so.
 pub fn decide(
     pod: &Pod,
@@ -102,59 +87,16 @@ fn mutated_copy(
     replicas: &OwnerReplicas,
     config: &Config,
 ) -> Result<(Pod, Vec<String>), Denial> {
-    let total_players = match settings.total_players {
-        Some(n) => n,
-        None => derive_total_players(replicas, settings.agents, settings.players_per_agent)?,
-    };
-    let (machines, machines_warning) = coordination::machines(
+    let (totals, machines_warning) = Totals::of(
+        settings.total_players,
         replicas,
-        total_players,
         settings.agents,
         settings.players_per_agent,
-    );
+    )?;
     let mut out = pod.clone();
     let mut warnings = Vec::from_iter(machines_warning);
-    let totals = Totals {
-        players: total_players,
-        machines,
-    };
     apply(&mut out, settings, totals, config, &mut warnings)?;
     Ok((out, warnings))
-}
-
-fn derive_total_players(
-    replicas: &OwnerReplicas,
-    agents: u32,
-    players_per_agent: u32,
-) -> Result<u64, Denial> {
-    match replicas {
-        OwnerReplicas::Known(0) => Err(deny_annotation(
-            "total-players",
-            "not set, and the owner has 0 replicas to derive it from; set the annotation",
-        )),
-        OwnerReplicas::Known(r) => u64::from(*r)
-            .checked_mul(u64::from(agents))
-            .and_then(|n| n.checked_mul(u64::from(players_per_agent)))
-            .ok_or_else(|| deny_annotation("total-players", "derived value is too large")),
-        OwnerReplicas::NoOwner => Err(deny_annotation(
-            "total-players",
-            "not set, and the pod has no Deployment, ReplicaSet, StatefulSet or Job owner to derive it from \
-             (replicas × agents × players-per-agent); set the annotation",
-        )),
-        OwnerReplicas::Unavailable(why) => Err(deny_annotation(
-            "total-players",
-            format!(
-                "not set, and the owner's replicas could not be read: {why}; set the annotation or retry"
-            ),
-        )),
-    }
-}
-
-/// The test part's totals: `TOTAL_PLAYERS` and `WAVE_MACHINES`.
-#[derive(Clone, Copy)]
-struct Totals {
-    players: u64,
-    machines: u64,
 }
 
 /// The value wave gives an environment variable.
@@ -171,7 +113,7 @@ fn test_containers(containers: &[Container], config: &Config) -> Vec<bool> {
     let marked = |c: &Container| {
         c.env
             .as_ref()
-            .is_some_and(|env| env.iter().any(|e| e.name == "WAVE_CONTAINER_INDEX"))
+            .is_some_and(|env| env.iter().any(|e| e.name == env::CONTAINER_INDEX))
     };
     let already_mutated = containers.iter().any(marked);
     containers
@@ -198,7 +140,7 @@ fn apply(
     let agent_container = test_containers(&spec.containers, config);
     let test_count = agent_container.iter().filter(|&&t| t).count();
     let per_container = agents_per_container(s.agents, test_count)
-        .map_err(|e| deny_annotation("agents", e.to_string()))?;
+        .map_err(|e| deny(Annotation::Agents, e.to_string()))?;
     // The other containers (sidecars, and native sidecars: init containers that keep running
     // with `restartPolicy: Always`) share the node with the agents: under `fit` their
     // requests come out of the budget like the DaemonSets'.
@@ -233,13 +175,14 @@ fn apply(
             .saturating_add(request("memory", parse_memory_bytes).div_ceil(1 << 20));
     }
     let amount = share(s.resources, s.machine, overhead, s.agents, per_container).map_err(|e| {
-        deny_annotation(
-            "agents",
+        deny(
+            Annotation::Agents,
             format!("{e} on {} ({} resources)", s.machine_type, s.resources),
         )
     })?;
 
     let mut index = 0;
+    let mut longest_stop = Duration::ZERO;
     for (container, is_test) in spec.containers.iter_mut().zip(agent_container) {
         if !is_test {
             continue;
@@ -252,55 +195,42 @@ fn apply(
         )?;
         let statsd_port =
             container_port(config.statsd_port_base, index, "StatsD", "statsd-port-base")?;
-        let env = [
-            ("TEST_ID", EnvValue::Plain(s.test_id.to_string())),
-            ("TOTAL_PLAYERS", EnvValue::Plain(totals.players.to_string())),
+        let stop_timeout = stop_timeout(container, s.stop_timeout, warnings)?;
+        longest_stop = longest_stop.max(stop_timeout);
+        let part = &s.part_settings;
+        let plain = |v: String| EnvValue::Plain(v);
+        let values = [
+            (env::TEST_ID, plain(s.test_id.to_string())),
+            (env::TOTAL_PLAYERS, plain(totals.players.to_string())),
             (
-                "PLAYERS_PER_AGENT",
-                EnvValue::Plain(s.players_per_agent.to_string()),
+                env::PLAYERS_PER_AGENT,
+                plain(s.players_per_agent.to_string()),
             ),
-            ("WAVE_TEST_PART", EnvValue::Plain(s.part.to_string())),
-            ("WAVE_AGENTS", EnvValue::Plain(per_container.to_string())),
-            ("WAVE_CONTAINER_INDEX", EnvValue::Plain(index.to_string())),
+            (env::TEST_PART, plain(s.part.to_string())),
+            (env::AGENTS, plain(per_container.to_string())),
+            (env::CONTAINER_INDEX, plain(index.to_string())),
+            (env::MACHINE_TYPE, plain(s.machine_type.to_string())),
+            (env::SCRIPT_URL, plain(s.script.clone())),
+            (env::RESULTS_URL, plain(s.results.clone())),
+            (env::METRICS_PORT, plain(port.to_string())),
+            (env::POD_NAME, EnvValue::Field("metadata.name")),
+            (env::POD_NAMESPACE, EnvValue::Field("metadata.namespace")),
+            (env::POD_UID, EnvValue::Field("metadata.uid")),
+            (env::NODE_NAME, EnvValue::Field("spec.nodeName")),
+            (env::MACHINES, plain(totals.machines.to_string())),
+            (env::COORDINATION, plain(part.coordination.to_string())),
+            (env::START, plain(part.start.to_string())),
+            (env::START_QUORUM, plain(part.start_quorum.to_string())),
+            (env::START_TIMEOUT, plain(part.start_timeout.clone())),
             (
-                "WAVE_MACHINE_TYPE",
-                EnvValue::Plain(s.machine_type.to_string()),
+                env::PART_PLAYER_OFFSET,
+                plain(part.player_offset.to_string()),
             ),
-            ("WAVE_SCRIPT_URL", EnvValue::Plain(s.script.clone())),
-            ("WAVE_RESULTS_URL", EnvValue::Plain(s.results.clone())),
-            ("WAVE_METRICS_PORT", EnvValue::Plain(port.to_string())),
-            ("POD_NAME", EnvValue::Field("metadata.name")),
-            ("POD_NAMESPACE", EnvValue::Field("metadata.namespace")),
-            ("POD_UID", EnvValue::Field("metadata.uid")),
-            ("NODE_NAME", EnvValue::Field("spec.nodeName")),
-            (
-                "WAVE_MACHINES",
-                EnvValue::Plain(totals.machines.to_string()),
-            ),
-            (
-                "WAVE_COORDINATION",
-                EnvValue::Plain(s.part_settings.coordination.to_string()),
-            ),
-            (
-                "WAVE_START",
-                EnvValue::Plain(s.part_settings.start.to_string()),
-            ),
-            (
-                "WAVE_START_QUORUM",
-                EnvValue::Plain(format!("{}%", s.part_settings.start_quorum)),
-            ),
-            (
-                "WAVE_START_TIMEOUT",
-                EnvValue::Plain(s.part_settings.start_timeout.clone()),
-            ),
-            (
-                "WAVE_PART_PLAYER_OFFSET",
-                EnvValue::Plain(s.part_settings.player_offset.to_string()),
-            ),
-            ("WAVE_POD_AGENTS", EnvValue::Plain(s.agents.to_string())),
-            ("WAVE_STATSD_PORT", EnvValue::Plain(statsd_port.to_string())),
+            (env::POD_AGENTS, plain(s.agents.to_string())),
+            (env::STATSD_PORT, plain(statsd_port.to_string())),
+            (env::STOP_TIMEOUT, plain(format_duration(s.stop_timeout))),
         ];
-        for (name, value) in env {
+        for (name, value) in values {
             add_env(container, name, value, warnings);
         }
         if let Some(amount) = amount {
@@ -338,14 +268,14 @@ fn apply(
         install::add_install_container(spec, &config.supervisor_image);
     }
     if s.supervisor != SupervisorMode::Off {
-        raise_grace_period(spec, config.stop_timeout, warnings);
+        raise_grace_period(spec, longest_stop, warnings);
     }
     let unsupervised_windows = s.os == Os::Windows
         && pod
             .metadata
             .annotations
             .as_ref()
-            .is_none_or(|a| !a.contains_key("waveloadtest.io/supervisor"));
+            .is_none_or(|a| !a.contains_key(Annotation::Supervisor.key()));
     if unsupervised_windows {
         warnings.push(
             "wave-agent is Linux-only: the agents of this Windows pod are not supervised \
@@ -483,11 +413,7 @@ fn set_metrics_port(
     port: u16,
     warnings: &mut Vec<String>,
 ) {
-    let name = if index == 0 {
-        "wave-metrics".to_string()
-    } else {
-        format!("wave-metrics-{index}")
-    };
+    let name = metrics_port_name(u32::try_from(index).unwrap_or(u32::MAX));
     let container_name = &container.name;
     let ports = container.ports.get_or_insert_with(Vec::new);
     let port = i32::from(port);
@@ -530,8 +456,8 @@ fn wrap(container: &mut Container, mode: SupervisorMode) -> Result<(), Denial> {
         let command = container.command.take().unwrap_or_default();
         let args = container.args.take().unwrap_or_default();
         if command.is_empty() && !args.is_empty() {
-            return Err(deny_annotation(
-                "supervisor",
+            return Err(deny(
+                Annotation::Supervisor,
                 format!(
                     "container {:?} sets args but no command, so its image ENTRYPOINT cannot be wrapped \
                      by the supervisor; set command as well, or use waveloadtest.io/supervisor: \"off\"",
@@ -586,14 +512,44 @@ fn add_volume(spec: &mut PodSpec, name: &str) {
     });
 }
 
+/// The stop timeout the container's supervisor will use: the container's own
+/// `WAVE_STOP_TIMEOUT` if it sets one, else `annotated` (the annotation, else the config).
+fn stop_timeout(
+    container: &Container,
+    annotated: Duration,
+    warnings: &mut Vec<String>,
+) -> Result<Duration, Denial> {
+    let own = container
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == env::STOP_TIMEOUT);
+    let Some(own) = own else {
+        return Ok(annotated);
+    };
+    match own.value.as_deref() {
+        Some(text) if own.value_from.is_none() => positive_duration(text).map_err(|e| Denial {
+            subject: format!("container {:?} env {}", container.name, env::STOP_TIMEOUT),
+            problem: format!("{e}: the supervisor would refuse it"),
+        }),
+        _ => {
+            warnings.push(format!(
+                "container {:?}: {} comes from a reference wave cannot read; the grace period is \
+                 sized for {}",
+                container.name,
+                env::STOP_TIMEOUT,
+                format_duration(annotated)
+            ));
+            Ok(annotated)
+        }
+    }
+}
+
 /// Raises `terminationGracePeriodSeconds` to what the supervisor needs to stop: up to twice
 /// its stop timeout (the agents' grace, then the final upload) plus 10 s. The API server has
 /// already defaulted an unset value to 30 by the time webhooks run, so unset counts as 30.
 fn raise_grace_period(spec: &mut PodSpec, stop_timeout: Duration, warnings: &mut Vec<String>) {
-    let needed = i64::try_from(stop_timeout.as_secs())
-        .unwrap_or(i64::MAX / 4)
-        .saturating_mul(2)
-        .saturating_add(10);
+    let needed = i64::try_from(grace_period(stop_timeout).as_secs()).unwrap_or(i64::MAX);
     let have = spec.termination_grace_period_seconds.unwrap_or(30);
     if have < needed {
         warnings.push(format!(
@@ -648,17 +604,17 @@ fn container_port(base: u16, index: usize, what: &str, key: &str) -> Result<u16,
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::annotations::TEST_ID_LABEL;
     use crate::test_pods::{
         TEST_ID, annotate, apply_patch, containers, env, mk_pod, quantity, seed_deployment,
         seed_pod, selector, wave, with_command, with_container,
     };
     use serde_json::json;
+    use wave_contract::names::{INSTALL_CONTAINER, TEST_ID_LABEL};
 
-    /// [`mutate`], checked against an oracle: the hand-built patch must give the same
+    /// [`admit`], checked against an oracle: the hand-built patch must give the same
     /// document as `json_patch::diff` of the pod and its mutated copy.
     fn verdict(pod: &Pod, replicas: OwnerReplicas, config: &Config) -> Verdict {
-        let verdict = mutate(pod, replicas.clone(), config);
+        let verdict = super::admit(pod, replicas.clone(), config);
         if let Verdict::Patch { patch, .. } = &verdict {
             let Ok(Reading::Mutate(settings)) = Settings::read(pod, config) else {
                 panic!("a patched pod reads as one to mutate");
@@ -743,34 +699,9 @@ mod tests {
             .iter()
             .map(|e| e.name.as_str())
             .collect();
-        assert_eq!(
-            names,
-            [
-                "MY_VAR",
-                "TEST_ID",
-                "TOTAL_PLAYERS",
-                "PLAYERS_PER_AGENT",
-                "WAVE_TEST_PART",
-                "WAVE_AGENTS",
-                "WAVE_CONTAINER_INDEX",
-                "WAVE_MACHINE_TYPE",
-                "WAVE_SCRIPT_URL",
-                "WAVE_RESULTS_URL",
-                "WAVE_METRICS_PORT",
-                "POD_NAME",
-                "POD_NAMESPACE",
-                "POD_UID",
-                "NODE_NAME",
-                "WAVE_MACHINES",
-                "WAVE_COORDINATION",
-                "WAVE_START",
-                "WAVE_START_QUORUM",
-                "WAVE_START_TIMEOUT",
-                "WAVE_PART_PLAYER_OFFSET",
-                "WAVE_POD_AGENTS",
-                "WAVE_STATSD_PORT",
-            ]
-        );
+        let wave: Vec<&str> = env::INJECTED.iter().map(|v| v.name).collect();
+        assert_eq!(names[0], "MY_VAR");
+        assert_eq!(names[1..], wave);
     }
 
     #[test]
@@ -1143,6 +1074,56 @@ mod tests {
         };
         let (out, _) = admit(&pod, OwnerReplicas::Known(1), &config);
         assert_eq!(grace_period(&out), Some(130));
+    }
+
+    /// Sets `WAVE_STOP_TIMEOUT` in the pod's first container.
+    fn with_own_stop_timeout(mut pod: Pod, value: &str) -> Pod {
+        let container = &mut pod.spec.as_mut().expect("spec").containers[0];
+        container.env.get_or_insert_with(Vec::new).push(EnvVar {
+            name: env::STOP_TIMEOUT.to_string(),
+            value: Some(value.to_string()),
+            value_from: None,
+        });
+        pod
+    }
+
+    #[test]
+    fn the_stop_timeout_annotation_is_injected_and_sizes_the_grace_period() {
+        let (out, _) = mutated(&wave(mk_pod(1), "stop-timeout", "45s"));
+        assert_eq!(env(&containers(&out)[0], "WAVE_STOP_TIMEOUT"), Some("45s"));
+        assert_eq!(grace_period(&out), Some(100));
+        let (out, _) = mutated(&mk_pod(1));
+        assert_eq!(env(&containers(&out)[0], "WAVE_STOP_TIMEOUT"), Some("20s"));
+    }
+
+    #[test]
+    fn a_containers_own_stop_timeout_sizes_the_grace_period() {
+        let pod = with_own_stop_timeout(mk_pod(2), "60s");
+        let (out, warnings) = mutated(&pod);
+        assert_eq!(grace_period(&out), Some(130), "2 × 60 s + 10 s");
+        assert_eq!(env(&containers(&out)[0], "WAVE_STOP_TIMEOUT"), Some("60s"));
+        assert_eq!(env(&containers(&out)[1], "WAVE_STOP_TIMEOUT"), Some("20s"));
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains("env WAVE_STOP_TIMEOUT keeps the pod's own value")),
+            "{warnings:?}"
+        );
+        let (again, _) = mutated(&out);
+        assert_eq!(grace_period(&again), Some(130), "idempotent");
+    }
+
+    #[test]
+    fn denies_a_stop_timeout_that_is_not_a_positive_duration() {
+        assert_eq!(
+            denied(&wave(mk_pod(1), "stop-timeout", "0s")),
+            "waveloadtest.io/stop-timeout: \"0s\" is not a duration (expected a positive duration such as 90s, 10m or 1h)"
+        );
+        let msg = denied(&with_own_stop_timeout(mk_pod(1), "soon"));
+        assert!(
+            msg.starts_with("container \"All-service-ltystore-10k-p1-c1\" env WAVE_STOP_TIMEOUT: \"soon\" is not a duration"),
+            "{msg}"
+        );
     }
 
     #[test]

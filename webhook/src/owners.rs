@@ -23,9 +23,10 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
+use wave_contract::names::TEST_ID_LABEL;
 
 use crate::errors::error_chain;
-use crate::mutate::OwnerReplicas;
+use crate::part::OwnerReplicas;
 
 /// How long an admission may wait on a direct GET after a cache miss; the API server's
 /// own webhook timeout (5 s in our manifests) must leave room for the rest.
@@ -72,7 +73,6 @@ pub enum LookupError {
 }
 
 /// The label every test pod carries, and so the ReplicaSets that made them.
-const TEST_ID_LABEL: &str = "testId";
 
 /// Objects per page of a watch's initial list.
 const PAGE_SIZE: u32 = 500;

@@ -1,4 +1,4 @@
-//! TLS without cert-manager (`--tls-self-managed`, SPEC 1.7).
+//! TLS without cert-manager (`--tls-self-managed`, docs/webhook-server.md).
 //!
 //! The webhook keeps its CA in a Secret of its namespace. The first replica creates it and
 //! the others adopt it (create, and on AlreadyExists read it), so every replica signs with

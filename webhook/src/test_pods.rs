@@ -1,5 +1,5 @@
 //! Test pods shared by the unit tests of the mutation: the seed's pod and builders around it.
-//! Written against the contract (SPEC 1.2's names), not the crate's own constants.
+//! Written against the contract (docs/webhook-reference.md's names), not the crate's own constants.
 
 use std::collections::BTreeMap;
 

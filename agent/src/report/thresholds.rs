@@ -9,161 +9,22 @@
 //! A metric that was never reported fails its threshold (a silent pass would hide a
 //! broken test).
 
-use std::fmt;
 use std::str::FromStr;
 
 use serde::Serialize;
-
-use crate::load_metrics::Tags;
+use wave_contract::threshold::{self, Stat, ThresholdError};
 
 use super::merge::Merged;
 
-/// What of a metric a threshold looks at.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Stat {
-    /// A percentile in [0, 100] (`p95` is 95).
-    Quantile(f64),
-    Min,
-    Max,
-    Mean,
-    Count,
-    Total,
-    Rate,
-    Last,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Op {
-    Lt,
-    Le,
-    Gt,
-    Ge,
-    Eq,
-}
-
-impl Op {
-    fn holds(self, left: f64, right: f64) -> bool {
-        match self {
-            Op::Lt => left < right,
-            Op::Le => left <= right,
-            Op::Gt => left > right,
-            Op::Ge => left >= right,
-            Op::Eq => left == right,
-        }
-    }
-}
-
-/// A parsed threshold.
+/// A threshold of the shared grammar, evaluated on a merged test.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Threshold {
-    pub text: String,
-    pub metric: String,
-    pub tags: Tags,
-    pub stat: Stat,
-    pub op: Op,
-    pub limit: f64,
-    /// For `N%`: the counter the rate is a share of.
-    pub percent_of: Option<String>,
-}
-
-/// A threshold that does not parse; the message says what is expected.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "invalid threshold {text:?}: {reason} (expected e.g. 'latency_ms p95 < 250' or 'errors_total rate < 1%')"
-)]
-pub struct ThresholdError {
-    text: String,
-    reason: String,
-}
+pub struct Threshold(pub threshold::Threshold);
 
 impl FromStr for Threshold {
     type Err = ThresholdError;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let err = |reason: &str| ThresholdError {
-            text: text.to_owned(),
-            reason: reason.to_owned(),
-        };
-        let words: Vec<&str> = text.split_whitespace().collect();
-        let (metric_word, stat_word, op_word, value_word, rest) = match words.as_slice() {
-            [m, s, o, v, rest @ ..] => (*m, *s, *o, *v, rest),
-            _ => {
-                return Err(err(
-                    "it needs a metric, a statistic, a comparison and a number",
-                ));
-            }
-        };
-        let (metric, tags) = match metric_word.split_once('{') {
-            Some((name, tags)) => {
-                let tags = tags
-                    .strip_suffix('}')
-                    .ok_or_else(|| err("'{' without '}'"))?;
-                let tags = tags
-                    .split(',')
-                    .filter(|t| !t.is_empty())
-                    .map(|t| {
-                        let (k, v) = t.split_once('=').ok_or_else(|| err("a tag is key=value"))?;
-                        Ok((k.to_owned(), v.trim_matches('"').to_owned()))
-                    })
-                    .collect::<Result<Tags, ThresholdError>>()?;
-                (name.to_owned(), tags)
-            }
-            None => (metric_word.to_owned(), Tags::new()),
-        };
-        let stat = match stat_word {
-            "min" => Stat::Min,
-            "max" => Stat::Max,
-            "mean" | "avg" => Stat::Mean,
-            "count" => Stat::Count,
-            "total" => Stat::Total,
-            "rate" => Stat::Rate,
-            "last" => Stat::Last,
-            other => {
-                let q = other
-                    .strip_prefix('p')
-                    .and_then(|n| n.parse::<f64>().ok())
-                    .filter(|n| (0.0..=100.0).contains(n))
-                    .ok_or_else(|| {
-                        err("the statistic is pNN, min, max, mean, count, total, rate or last")
-                    })?;
-                Stat::Quantile(q)
-            }
-        };
-        let op = match op_word {
-            "<" => Op::Lt,
-            "<=" => Op::Le,
-            ">" => Op::Gt,
-            ">=" => Op::Ge,
-            "==" => Op::Eq,
-            _ => return Err(err("the comparison is <, <=, >, >= or ==")),
-        };
-        let (number, percent) = match value_word.strip_suffix('%') {
-            Some(n) => (n, true),
-            None => (value_word, false),
-        };
-        let limit: f64 = number
-            .parse()
-            .ok()
-            .filter(|n: &f64| n.is_finite())
-            .ok_or_else(|| err("the limit is not a number"))?;
-        let percent_of = match (percent, rest) {
-            (false, []) => None,
-            (true, []) => Some("requests_total".to_owned()),
-            (true, ["of", base]) => Some((*base).to_owned()),
-            _ => return Err(err("only 'N% of COUNTER' may follow the number")),
-        };
-        if percent && stat != Stat::Rate {
-            return Err(err("a percentage goes with 'rate'"));
-        }
-        Ok(Threshold {
-            text: text.to_owned(),
-            metric,
-            tags,
-            stat,
-            op,
-            limit,
-            percent_of,
-        })
+        text.parse().map(Self)
     }
 }
 
@@ -178,33 +39,19 @@ pub struct Outcome {
     pub detail: String,
 }
 
-impl fmt::Display for Stat {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Stat::Quantile(p) => write!(f, "p{p}"),
-            Stat::Min => f.write_str("min"),
-            Stat::Max => f.write_str("max"),
-            Stat::Mean => f.write_str("mean"),
-            Stat::Count => f.write_str("count"),
-            Stat::Total => f.write_str("total"),
-            Stat::Rate => f.write_str("rate"),
-            Stat::Last => f.write_str("last"),
-        }
-    }
-}
-
 impl Threshold {
     /// Evaluates the threshold on the merged test.
     pub fn evaluate(&self, merged: &Merged) -> Outcome {
+        let t = &self.0;
         match self.value(merged) {
             Ok((value, shown)) => Outcome {
-                threshold: self.text.clone(),
-                passed: self.op.holds(value, self.limit),
+                threshold: t.text.clone(),
+                passed: t.op.holds(value, t.limit),
                 value: Some(value),
-                detail: format!("{} {} = {shown}", self.metric, self.stat),
+                detail: format!("{} {} = {shown}", t.metric, t.stat),
             },
             Err(detail) => Outcome {
-                threshold: self.text.clone(),
+                threshold: t.text.clone(),
                 passed: false,
                 value: None,
                 detail,
@@ -213,9 +60,10 @@ impl Threshold {
     }
 
     fn value(&self, merged: &Merged) -> Result<(f64, String), String> {
-        let missing = || format!("{} was never reported", self.metric);
-        if let Some(sketch) = merged.histogram(&self.metric, &self.tags) {
-            let value = match self.stat {
+        let t = &self.0;
+        let missing = || format!("{} was never reported", t.metric);
+        if let Some(sketch) = merged.histogram(&t.metric, &t.tags) {
+            let value = match t.stat {
                 Stat::Quantile(p) => sketch.quantile(p / 100.0),
                 Stat::Min => sketch.min(),
                 Stat::Max => sketch.max(),
@@ -225,15 +73,15 @@ impl Threshold {
                 Stat::Total | Stat::Last => {
                     return Err(format!(
                         "{} is a histogram: use pNN, min, max, mean, count or rate",
-                        self.metric
+                        t.metric
                     ));
                 }
             };
             let value = value.ok_or_else(missing)?;
             return Ok((value, format!("{value:.3}")));
         }
-        if let Some(total) = merged.counter(&self.metric, &self.tags) {
-            return match (self.stat, &self.percent_of) {
+        if let Some(total) = merged.counter(&t.metric, &t.tags) {
+            return match (t.stat, &t.percent_of) {
                 (Stat::Total | Stat::Count, _) => Ok((total, format!("{total}"))),
                 (Stat::Rate, None) => {
                     let duration = merged
@@ -244,7 +92,7 @@ impl Threshold {
                 }
                 (Stat::Rate, Some(base)) => {
                     let base_total = merged
-                        .counter(base, &self.tags)
+                        .counter(base, &t.tags)
                         .filter(|b| *b > 0.0)
                         .ok_or_else(|| format!("no {base} to take a percentage of"))?;
                     let percent = 100.0 * total / base_total;
@@ -252,55 +100,17 @@ impl Threshold {
                 }
                 _ => Err(format!(
                     "{} is a counter: use total, count or rate",
-                    self.metric
+                    t.metric
                 )),
             };
         }
-        if let Some((last, max)) = merged.gauge(&self.metric, &self.tags) {
-            return match self.stat {
+        if let Some((last, max)) = merged.gauge(&t.metric, &t.tags) {
+            return match t.stat {
                 Stat::Last => Ok((last, format!("{last}"))),
                 Stat::Max => Ok((max, format!("{max}"))),
-                _ => Err(format!("{} is a gauge: use last or max", self.metric)),
+                _ => Err(format!("{} is a gauge: use last or max", t.metric)),
             };
         }
         Err(missing())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_quantiles_rates_percentages_and_tags() {
-        let t: Threshold = "latency_ms{endpoint=login} p99.9 <= 800"
-            .parse()
-            .expect("valid");
-        assert_eq!(t.metric, "latency_ms");
-        assert_eq!(t.tags.get("endpoint").map(String::as_str), Some("login"));
-        assert_eq!(t.stat, Stat::Quantile(99.9));
-        assert_eq!(t.op, Op::Le);
-        let t: Threshold = "errors_total rate < 1%".parse().expect("valid");
-        assert_eq!(t.percent_of.as_deref(), Some("requests_total"));
-        assert_eq!(t.limit, 1.0);
-        let t: Threshold = "errors_total rate < 0.5% of logins_total"
-            .parse()
-            .expect("valid");
-        assert_eq!(t.percent_of.as_deref(), Some("logins_total"));
-    }
-
-    #[test]
-    fn refuses_malformed_thresholds_saying_why() {
-        for (text, why) in [
-            ("latency_ms p95", "needs a metric"),
-            ("latency_ms p950 < 3", "statistic"),
-            ("latency_ms p95 ~ 3", "comparison"),
-            ("latency_ms p95 < fast", "not a number"),
-            ("latency_ms p95 < 5%", "percentage"),
-            ("errors_total rate < 1% from x", "only 'N% of COUNTER'"),
-        ] {
-            let err = text.parse::<Threshold>().expect_err(text).to_string();
-            assert!(err.contains(why), "{text}: {err}");
-        }
     }
 }

@@ -1,4 +1,4 @@
-//! `file:///dir/` slots (SPEC 5.1) for local runs and tests: one file per slot in a shared
+//! `file:///dir/` slots (docs/coordination.md) for local runs and tests: one file per slot in a shared
 //! folder, held by an exclusive lock (`flock`) for as long as the supervisor runs. The kernel
 //! drops the lock when the holding process is gone, so a slot whose owner died is free again
 //! without guessing from pids; the file says who holds it, so a restarted supervisor of the

@@ -1,4 +1,4 @@
-//! Kubernetes slots (SPEC 5.1): one `coordination.k8s.io/v1` Lease per slot in the pod's
+//! Kubernetes slots (docs/coordination.md): one `coordination.k8s.io/v1` Lease per slot in the pod's
 //! namespace, created by the supervisor with an ownerReference to its pod, so the garbage
 //! collector frees the slot with the pod: no renewals, no steady write load. Create is
 //! atomic: AlreadyExists means taken. The other objects of a part are Leases too, made only
@@ -134,7 +134,7 @@ impl KubeSlots {
         }
     }
 
-    /// The slot a StatefulSet pod has by its ordinal (SPEC 5.1), read from the pod itself.
+    /// The slot a StatefulSet pod has by its ordinal (docs/coordination.md), read from the pod itself.
     pub async fn statefulset_ordinal(&self) -> Result<Option<FixedSlot>, KubeError> {
         let pod = self
             .pods

@@ -1,4 +1,4 @@
-//! Results that cost one copy (SPEC 2.2 step 6) on real S3 servers: a file growing across
+//! Results that cost one copy (docs/agent-storage.md on real S3 servers: a file growing across
 //! many syncs is extended in the store instead of being sent again, a SIGTERM in the middle
 //! of a large upload finishes it without starting over, and a store that refuses writes is
 //! reported once and retried less and less often. What went over the wire is counted by a

@@ -1,4 +1,4 @@
-//! The Grafana dashboard and the alerts of SPEC 4: every panel's query returns data from a
+//! The Grafana dashboard and the alerts of manifests/: every panel's query returns data from a
 //! real Prometheus scraping a real supervisor (agents sending StatsD) and a real webhook;
 //! the PrometheusRule passes `promtool check rules` and its unit tests.
 

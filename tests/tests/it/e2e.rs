@@ -2,7 +2,7 @@
 //! the webhook over HTTPS (owner lookup through the kube client), three copies of the
 //! patched pod are run the way the kubelet would run them, their supervisors claim slots
 //! 0-2 as Leases, start together, fetch the script from a real S3 server, run agents that
-//! play disjoint player ranges and upload to the SPEC 3 layout, and a real Prometheus
+//! play disjoint player ranges and upload to the docs/agent-storage.md layout, and a real Prometheus
 //! scrapes one of them.
 
 use std::collections::BTreeMap;
@@ -346,7 +346,7 @@ async fn example_test_runs_from_deployment_to_s3_and_prometheus() {
         "10 agents × 100 players: {players}"
     );
 
-    // Everything every agent wrote is in S3, in the SPEC 3 layout; the three pods hold
+    // Everything every agent wrote is in S3, in the docs/agent-storage.md layout; the three pods hold
     // slots 0-2 and their agents' players tile [0, 3 × 10 × 100).
     let mut machines = Vec::new();
     let mut offsets = Vec::new();

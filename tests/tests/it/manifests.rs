@@ -1,6 +1,6 @@
 //! What a cluster admin applies: every file under `manifests/` is checked by the tool made
 //! for it (kubernetes-validate, kubectl kustomize, promtool, the webhook itself), and the
-//! rendered webhook configuration carries the selectors and policies of SPEC 4.
+//! rendered webhook configuration carries the selectors and policies of manifests/.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -97,7 +97,7 @@ fn every_file_under_manifests_is_checked_by_some_test() {
     );
     assert!(
         kubernetes.len() >= 12,
-        "expected the SPEC 4 set, found {kubernetes:?}"
+        "expected the manifests/ set, found {kubernetes:?}"
     );
 }
 

@@ -1,4 +1,4 @@
-//! One test across many pods (SPEC 5) with real `wave-agent` processes sharing a
+//! One test across many pods (docs/coordination.md) with real `wave-agent` processes sharing a
 //! `file:///dir/` slot folder: distinct slots, agent numbers and player ranges that tile the
 //! part, a pod waiting for a freed slot, a restarted supervisor taking its own slot back,
 //! `start: together` across 50 supervisors, a quorum reached by the timeout, a late pod, and
@@ -18,7 +18,7 @@ use wave_tests::{http_get, poll_blocking, workspace_bin};
 
 const PATIENCE: Duration = Duration::from_secs(90);
 
-/// What each agent writes at its start: its own clock, then the variables of SPEC 5.
+/// What each agent writes at its start: its own clock, then the variables of docs/coordination.md.
 const AGENT: &str = r#"now=$(date +%s%N)
 printf '%s %s %s %s %s %s %s\n' "$now" "$WAVE_MACHINE_INDEX" "$WAVE_MACHINES" "$WAVE_AGENT_NUMBER" "$WAVE_TOTAL_AGENTS" "$WAVE_PLAYER_OFFSET" "$WAVE_START_AT" > "$WAVE_OUTPUT_DIR/slot.txt"
 exec sleep "${HOLD:-0}""#;

@@ -1,4 +1,4 @@
-//! Kubernetes slots (SPEC 5.1) against the kube-apiserver stand-in: 480 claimers (the claim
+//! Kubernetes slots (docs/coordination.md) against the kube-apiserver stand-in: 480 claimers (the claim
 //! logic in-process, one kube client and API user per pod: 480 supervisor processes are too
 //! heavy for two cores), replaced pods waiting for the slots their terminating predecessors
 //! free, and real `wave-agent` processes refused by RBAC, facing an API outage, and

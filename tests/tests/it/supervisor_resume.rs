@@ -1,6 +1,5 @@
 //! A supervisor killed mid-test and started again on the same work directory, as when a
-//! load container crashes and the kubelet restarts it with its emptyDir intact (SPEC 2.2
-//! step 7). The supervisor runs as PID 1 of its own PID namespace (`unshare --pid --fork
+//! load container crashes and the kubelet restarts it with its emptyDir intact (docs/agent-supervisor.md). The supervisor runs as PID 1 of its own PID namespace (`unshare --pid --fork
 //! --mount-proc`), so SIGKILL takes its agents with it, as in a container.
 //!
 //! Needs the workspace binaries (`cargo build --workspace --bins`) and root (for `unshare`).

@@ -205,7 +205,7 @@ fn env_field(container: &Container, name: &str) -> Option<String> {
         .map(|f| f.field_path.clone())
 }
 
-/// Everything SPEC 1.3 promises on the fixture's single-container pod.
+/// Everything docs/webhook-reference.md promises on the fixture's single-container pod.
 fn assert_test_machine(pod: &Pod, total_players: &str) {
     let spec = pod.spec.as_ref().expect("spec");
     let container = &spec.containers[0];

@@ -8,8 +8,8 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::runtime::reflector::store::Writer;
 use kube::runtime::watcher::Event;
-use wave_webhook::mutate::OwnerReplicas;
 use wave_webhook::owners::{OwnerLookup, owning_deployment, owning_replica_set, test_replicas};
+use wave_webhook::part::OwnerReplicas;
 
 const NS: &str = "loadtest";
 

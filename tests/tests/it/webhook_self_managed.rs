@@ -1,4 +1,4 @@
-//! `--tls-self-managed` (SPEC 1.7) against the API stand-in: webhook processes keep their CA
+//! `--tls-self-managed` (docs/webhook-server.md) against the API stand-in: webhook processes keep their CA
 //! in a Secret, serve certificates issued in memory, and keep the MutatingWebhookConfiguration's
 //! caBundle current, as a client calling the webhook with that bundle (the API server) sees it.
 

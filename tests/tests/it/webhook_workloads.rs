@@ -14,8 +14,9 @@ use wave_tests::tls::TlsFiles;
 use wave_tests::webhook::WebhookProcess;
 use wave_tests::{wait_for, workspace_bin};
 use wave_webhook::config::Config;
-use wave_webhook::mutate::{OwnerReplicas, Verdict, mutate};
+use wave_webhook::mutate::{Verdict, admit};
 use wave_webhook::owners::{KubeAccess, OwnerLookup};
+use wave_webhook::part::OwnerReplicas;
 
 const NS: &str = "loadtest";
 
@@ -121,7 +122,7 @@ fn seed_workload_and_pod(api: &ApiServer, manifest: &str) -> Pod {
 
 /// TOTAL_PLAYERS the cluster's admission gives `pod` with `replicas` from the lookup.
 fn admitted_total_players(pod: &Pod, replicas: OwnerReplicas) -> String {
-    let Verdict::Patch { patch, .. } = mutate(pod, replicas, &Config::default()) else {
+    let Verdict::Patch { patch, .. } = admit(pod, replicas, &Config::default()) else {
         panic!("expected a patch")
     };
     let mut value = serde_json::to_value(pod).expect("pod json");

@@ -13,7 +13,8 @@ use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use libfuzzer_sys::fuzz_target;
 use wave_webhook::config::Config;
-use wave_webhook::mutate::{OwnerReplicas, Verdict, mutate};
+use wave_webhook::mutate::{Verdict, admit};
+use wave_webhook::part::OwnerReplicas;
 
 fn pod(input: &[u8]) -> Pod {
     let mut fields = input
@@ -62,7 +63,7 @@ fn pod(input: &[u8]) -> Pod {
 fuzz_target!(|input: &[u8]| {
     let pod = pod(input);
     let config = Config::default();
-    match mutate(&pod, OwnerReplicas::Known(3), &config) {
+    match admit(&pod, OwnerReplicas::Known(3), &config) {
         Verdict::Skip { .. } => {}
         Verdict::Deny(denial) => {
             let subject = denial.to_string();
@@ -77,7 +78,7 @@ fuzz_target!(|input: &[u8]| {
             let mut value = serde_json::to_value(&pod).expect("pod to JSON");
             json_patch::patch(&mut value, &patch.operations()).expect("the patch applies to the pod");
             let patched: Pod = serde_json::from_value(value).expect("the patched pod is a Pod");
-            match mutate(&patched, OwnerReplicas::Known(3), &config) {
+            match admit(&patched, OwnerReplicas::Known(3), &config) {
                 Verdict::Patch { patch, .. } => {
                     assert!(patch.is_empty(), "not idempotent: {patch:?}")
                 }

@@ -1,4 +1,4 @@
-//! `wave`: the users' command line (SPEC 7). Parses the command and hands over to the
+//! `wave`: the users' command line (docs/report.md). Parses the command and hands over to the
 //! library; each subcommand's logic lives in its own module of the crate.
 
 use std::process::ExitCode;

@@ -1,132 +1,33 @@
-//! The settings that make one test out of many pods (SPEC 5): how slots are claimed
-//! (`waveloadtest.io/coordination`), when agents start (`start`, `start-quorum`,
-//! `start-timeout`), where a part's players begin (`player-offset`), and the machine count
-//! M the webhook derives for `WAVE_MACHINES`. Pure: parsing and arithmetic only.
+//! The settings that make one test out of many pods (docs/coordination.md): how slots are
+//! claimed (`waveloadtest.io/coordination`), when agents start (`start`, `start-quorum`,
+//! `start-timeout`), where a part's players begin (`player-offset`), and the part's totals:
+//! `TOTAL_PLAYERS` and the machine count M for `WAVE_MACHINES`, from the owner's replicas.
+//! Pure: parsing (with the shared parsers of `wave_contract::part`) and arithmetic only.
 
-use std::fmt;
-use std::time::Duration;
+use wave_contract::part::{Coordination, DEFAULT_QUORUM, DEFAULT_START_TIMEOUT, Quorum, Start};
+use wave_contract::value::{non_negative, positive_duration};
+use wave_contract::{Annotation, Invalid};
 
-use k8s_openapi::jiff::Timestamp;
-use serde::Deserialize;
+use crate::denial::{Denial, deny};
 
-use crate::annotations::{Denial, deny_annotation};
-use crate::catalog::closest;
-use crate::mutate::OwnerReplicas;
-
-/// How a pod claims its slot (`WAVE_COORDINATION`).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "String")]
-pub enum Coordination {
-    /// One Lease per slot in the pod's namespace.
-    Kubernetes,
-    /// No slot: agents get no machine index or player range.
-    Off,
-    /// Slots are files created exclusively in this folder (`file:///dir/`, local runs).
-    File(String),
-}
-
-impl Coordination {
-    /// Accepted forms, for error messages.
-    pub const EXPECTED: &'static str = "kubernetes, off or file:///dir/";
-
-    /// Parses an annotation or config value; the error says what is wrong with it.
-    pub fn parse(value: &str) -> Result<Self, String> {
-        match value {
-            "kubernetes" => Ok(Self::Kubernetes),
-            "off" => Ok(Self::Off),
-            url if url.starts_with("file://") => {
-                if !url.starts_with("file:///") || !url.ends_with('/') || url.len() < 9 {
-                    return Err(format!(
-                        "{url:?} is not a folder URL (expected file:///dir/, an absolute path ending with /)"
-                    ));
-                }
-                Ok(Self::File(url.to_string()))
-            }
-            other => {
-                let hint = closest(other, ["kubernetes", "off"])
-                    .map(|s| format!("; did you mean {s}?"))
-                    .unwrap_or_default();
-                Err(format!(
-                    "unknown coordination {other:?} (expected {}{hint})",
-                    Self::EXPECTED
-                ))
-            }
-        }
-    }
-}
-
-impl TryFrom<String> for Coordination {
-    type Error = String;
-
-    fn try_from(value: String) -> Result<Self, String> {
-        Self::parse(&value)
-    }
-}
-
-impl fmt::Display for Coordination {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Kubernetes => f.write_str("kubernetes"),
-            Self::Off => f.write_str("off"),
-            Self::File(url) => f.write_str(url),
-        }
-    }
-}
-
-/// When a pod starts its agents (`WAVE_START`).
+/// What the server knows about the replicas of the pod's owner (for `TOTAL_PLAYERS`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Start {
-    /// As soon as the script is ready.
-    Immediately,
-    /// At the start-at the part's supervisors agree on.
-    Together,
-    /// At this time.
-    At(Timestamp),
+pub enum OwnerReplicas {
+    /// Replicas of the owning Deployment (or ReplicaSet when it has no Deployment).
+    Known(u32),
+    /// The pod has no ReplicaSet or Deployment owner.
+    NoOwner,
+    /// The owner could not be read; the text says why.
+    Unavailable(String),
 }
 
-impl Start {
-    /// Accepted forms, for error messages.
-    pub const EXPECTED: &'static str =
-        "immediately, together or an RFC 3339 time such as 2026-12-02T18:00:00Z";
-
-    fn parse(value: &str) -> Result<Self, Denial> {
-        match value {
-            "immediately" => Ok(Self::Immediately),
-            "together" => Ok(Self::Together),
-            other => other.parse::<Timestamp>().map(Self::At).map_err(|_| {
-                let hint = closest(other, ["immediately", "together"])
-                    .map(|s| format!("; did you mean {s}?"))
-                    .unwrap_or_default();
-                deny_annotation(
-                    "start",
-                    format!(
-                        "{other:?} is not a start (expected {}{hint})",
-                        Self::EXPECTED
-                    ),
-                )
-            }),
-        }
-    }
-}
-
-impl fmt::Display for Start {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Immediately => f.write_str("immediately"),
-            Self::Together => f.write_str("together"),
-            // UTC with milliseconds, the form agents get in WAVE_START_AT.
-            Self::At(at) => write!(f, "{}", at.strftime("%Y-%m-%dT%H:%M:%S%.3fZ")),
-        }
-    }
-}
-
-/// The SPEC 5 settings of a pod, checked.
+/// The coordination and start settings of a pod, checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartSettings {
     pub coordination: Coordination,
     pub start: Start,
-    /// Percent of M (1–100) that must be ready before a `together` start.
-    pub start_quorum: u32,
+    /// Share of M that must be ready before a `together` start.
+    pub start_quorum: Quorum,
     /// How long a `together` start waits for the quorum, as written (e.g. `10m`).
     pub start_timeout: String,
     /// First player number of this test part.
@@ -143,32 +44,40 @@ pub struct RawPart<'a> {
     pub player_offset: Option<&'a str>,
 }
 
+/// `value` parsed, or a denial naming `annotation`.
+fn read<T>(
+    annotation: Annotation,
+    value: &str,
+    parse: impl FnOnce(&str) -> Result<T, Invalid>,
+) -> Result<T, Denial> {
+    parse(value).map_err(|e| deny(annotation, e.0))
+}
+
 impl PartSettings {
     /// Checks the annotations, with `default_coordination` from the webhook config.
     pub fn read(raw: &RawPart<'_>, default_coordination: &Coordination) -> Result<Self, Denial> {
         let coordination = match raw.coordination {
-            Some(v) => Coordination::parse(v).map_err(|p| deny_annotation("coordination", p))?,
+            Some(v) => read(Annotation::Coordination, v, str::parse)?,
             None => default_coordination.clone(),
         };
-        let start = raw.start.map_or(Ok(Start::Immediately), Start::parse)?;
+        let start = match raw.start {
+            Some(v) => read(Annotation::Start, v, str::parse)?,
+            None => Start::Immediately,
+        };
         let start_quorum = match raw.start_quorum {
-            Some(v) => quorum(v)?,
-            None => 100,
+            Some(v) => read(Annotation::StartQuorum, v, str::parse)?,
+            None => DEFAULT_QUORUM,
         };
         let start_timeout = match raw.start_timeout {
-            Some(v) => timeout(v)?,
-            None => "10m".to_string(),
+            Some(v) => {
+                read(Annotation::StartTimeout, v, positive_duration).map(|_| v.to_string())?
+            }
+            None => DEFAULT_START_TIMEOUT.to_string(),
         };
         let player_offset = match raw.player_offset {
-            Some(v) if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) => v
-                .parse()
-                .map_err(|_| deny_annotation("player-offset", format!("{v} is too large")))?,
-            Some(v) => {
-                return Err(deny_annotation(
-                    "player-offset",
-                    format!("{v:?} is not a player number (a decimal integer, 0 or more)"),
-                ));
-            }
+            Some(v) => read(Annotation::PlayerOffset, v, |v| {
+                non_negative(v, "a player number")
+            })?,
             None => 0,
         };
         Ok(Self {
@@ -181,30 +90,56 @@ impl PartSettings {
     }
 }
 
-/// `start-quorum`: a percentage of M, `1%` to `100%`.
-fn quorum(value: &str) -> Result<u32, Denial> {
-    let number = value
-        .strip_suffix('%')
-        .filter(|n| !n.is_empty() && n.len() <= 3 && n.bytes().all(|b| b.is_ascii_digit()));
-    match number.and_then(|n| n.parse::<u32>().ok()) {
-        Some(p) if (1..=100).contains(&p) => Ok(p),
-        _ => Err(deny_annotation(
-            "start-quorum",
-            format!(
-                "{value:?} is not a quorum (expected a percentage of the machines from 1% to 100%, e.g. 90%)"
-            ),
-        )),
+/// The test part's totals: `TOTAL_PLAYERS` and `WAVE_MACHINES`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Totals {
+    pub players: u64,
+    pub machines: u64,
+}
+
+impl Totals {
+    /// The totals of a pod's part: `total-players` as annotated or derived from the owner's
+    /// replicas, and M; the warning says when M was derived because the owner could not be
+    /// read.
+    pub fn of(
+        annotated_players: Option<u64>,
+        replicas: &OwnerReplicas,
+        agents: u32,
+        players_per_agent: u32,
+    ) -> Result<(Self, Option<String>), Denial> {
+        let players = match annotated_players {
+            Some(n) => n,
+            None => derive_total_players(replicas, agents, players_per_agent)?,
+        };
+        let (machines, warning) = machines(replicas, players, agents, players_per_agent);
+        Ok((Self { players, machines }, warning))
     }
 }
 
-/// `start-timeout`: a positive duration such as `90s` or `10m`.
-fn timeout(value: &str) -> Result<String, Denial> {
-    match humantime::parse_duration(value) {
-        Ok(d) if d > Duration::ZERO => Ok(value.to_string()),
-        _ => Err(deny_annotation(
-            "start-timeout",
+/// `TOTAL_PLAYERS` when not annotated: replicas × agents × players-per-agent.
+fn derive_total_players(
+    replicas: &OwnerReplicas,
+    agents: u32,
+    players_per_agent: u32,
+) -> Result<u64, Denial> {
+    match replicas {
+        OwnerReplicas::Known(0) => Err(deny(
+            Annotation::TotalPlayers,
+            "not set, and the owner has 0 replicas to derive it from; set the annotation",
+        )),
+        OwnerReplicas::Known(r) => u64::from(*r)
+            .checked_mul(u64::from(agents))
+            .and_then(|n| n.checked_mul(u64::from(players_per_agent)))
+            .ok_or_else(|| deny(Annotation::TotalPlayers, "derived value is too large")),
+        OwnerReplicas::NoOwner => Err(deny(
+            Annotation::TotalPlayers,
+            "not set, and the pod has no Deployment, ReplicaSet, StatefulSet or Job owner to derive it from \
+             (replicas × agents × players-per-agent); set the annotation",
+        )),
+        OwnerReplicas::Unavailable(why) => Err(deny(
+            Annotation::TotalPlayers,
             format!(
-                "{value:?} is not a duration (expected a positive duration such as 90s, 10m or 1h)"
+                "not set, and the owner's replicas could not be read: {why}; set the annotation or retry"
             ),
         )),
     }
@@ -259,7 +194,7 @@ mod tests {
         let s = read(&[]).expect("defaults");
         assert_eq!(s.coordination, Coordination::Kubernetes);
         assert_eq!(s.start, Start::Immediately);
-        assert_eq!(s.start_quorum, 100);
+        assert_eq!(s.start_quorum, Quorum(100));
         assert_eq!(s.start_timeout, "10m");
         assert_eq!(s.player_offset, 0);
     }
@@ -279,7 +214,7 @@ mod tests {
             Coordination::File("file:///tmp/slots/".into())
         );
         assert_eq!(s.start.to_string(), "2026-12-02T18:00:00.000Z");
-        assert_eq!(s.start_quorum, 90);
+        assert_eq!(s.start_quorum, Quorum(90));
         assert_eq!(s.start_timeout, "90s");
         assert_eq!(s.player_offset, 480_000);
         assert_eq!(

@@ -375,7 +375,7 @@ pub fn render(report: &Report) -> String {
                 cell(m.max)
             );
         }
-        html.push_str("</table><p>Gauges are read at the end of each window and summed over containers: last is the final reading, peak the largest; a value held only between two readings (players still starting, or already gone) is not seen.</p>");
+        html.push_str("</table><p>Gauges are read at the end of each window (10 s by default) and summed over containers: last is the final reading, peak the largest; a value reached and left between two readings (e.g. players of agents that start and end within one window) is not seen.</p>");
     }
     if !report.warnings.is_empty() {
         html.push_str("<h2>Warnings</h2><ul>");

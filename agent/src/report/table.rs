@@ -8,7 +8,7 @@ use super::{Metric, Report};
 
 /// What the gauge table's values are, for the reader who compares a gauge's peak with the
 /// players the agents line counts (docs/report.md).
-const GAUGE_NOTE: &str = "  gauges are read at the end of each window and summed over containers: last is the final\n  reading, peak the largest; a value held only between two readings (players still\n  starting, or already gone) is not seen";
+const GAUGE_NOTE: &str = "  gauges are read at the end of each window (10 s by default) and summed over containers:\n  last is the final reading, peak the largest; a value reached and left between two readings\n  (e.g. players of agents that start and end within one window) is not seen";
 
 /// The table of `report`, as `wave report` prints it.
 pub fn render(report: &Report) -> String {
@@ -30,8 +30,7 @@ pub fn render(report: &Report) -> String {
             "metric", "total/count", "rate/s", "p50", "p90", "p95", "p99", "max"
         );
         for m in others {
-            let _ = writeln!(
-                out,
+            let row = format!(
                 "  {:<width$} {:>12} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}",
                 m.series,
                 cell(m.total.or(m.count)),
@@ -42,6 +41,8 @@ pub fn render(report: &Report) -> String {
                 cell(m.p99),
                 cell(m.max),
             );
+            // A counter has no percentiles: no padding after its last number.
+            let _ = writeln!(out, "{}", row.trim_end());
         }
     }
     if !gauges.is_empty() {
@@ -258,7 +259,7 @@ mod tests {
         assert_eq!(row(&table, "gauge"), ["gauge", "last", "peak"], "{table}");
         assert_eq!(row(&table, "players"), ["players", "0", "1000"], "{table}");
         assert!(
-            table.contains("a value held only between two readings"),
+            table.contains("a value reached and left between two readings"),
             "{table}"
         );
         assert!(
@@ -272,6 +273,7 @@ mod tests {
         let errors = point("errors", &[("endpoint", "login")], 3.0);
         let table = table_of(vec![window(0, vec![errors], vec![])], None, &[]);
         assert_eq!(row(&table, "errors_total")[1], "3", "{table}");
+        assert!(!table.contains(" \n"), "no trailing blanks:\n{table}");
         assert_eq!(
             row(&table, "errors_total{endpoint=\"login\"}")[1],
             "3",

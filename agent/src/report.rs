@@ -1,8 +1,8 @@
-//! `wave report <results URL>` (SPEC 7): one report of a whole test from every pod's
-//! `summary.json` and `load-metrics.jsonl`, read through the agent's [`Store`] (S3 or a
-//! local folder), merged exactly ([`merge`]), checked against thresholds ([`thresholds`]),
-//! printed as a table and written as JSON (schema `wave-report/1`, docs/report.md), JUnit
-//! ([`junit`]) and a self-contained HTML page ([`html`]).
+//! `wave report <results URL>` (docs/report.md): one report of a whole test from every
+//! pod's `summary.json` and `load-metrics.jsonl`, read through the agent's [`Store`] (S3 or
+//! a local folder), merged exactly ([`merge`]), checked against thresholds ([`thresholds`])
+//! into a verdict, then rendered: the terminal [`table`], JSON (schema `wave-report/1`),
+//! JUnit ([`junit`]) and a self-contained HTML page ([`html`]).
 //!
 //! Bad input never becomes a wrong number: an unreadable line or summary is skipped and
 //! named in the report's warnings.
@@ -10,10 +10,10 @@
 pub mod html;
 pub mod junit;
 pub mod merge;
+pub mod table;
 pub mod thresholds;
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, BufRead};
 use std::path::PathBuf;
 use std::time::{Duration, UNIX_EPOCH};
@@ -192,7 +192,7 @@ async fn read_container(
     Ok((prepared, warnings))
 }
 
-/// A summary with the optional fields of SPEC 3 (part, machine index and count).
+/// A summary with its optional fields (part, machine index and count; docs/report.md).
 pub fn parse_summary(bytes: &[u8]) -> Result<SummaryInfo, serde_json::Error> {
     let value: serde_json::Value = serde_json::from_slice(bytes)?;
     let text = |key: &str| value.get(key).and_then(|v| v.as_str()).map(str::to_owned);
@@ -396,54 +396,50 @@ fn label(name: &str, tags: &Tags) -> String {
     .label()
 }
 
-/// Every series; for a name with several tag sets, first a row of them all merged (untagged
-/// lines of such a name are only in that row).
+/// Every name's row (all its series merged), then one row per tag set of a name that has
+/// tags: a name with one tagged series still gets its own row, and untagged lines of a
+/// tagged name are only in that row.
 fn metrics_of(merged: &Merged) -> Vec<Metric> {
     let seconds = merged.duration_seconds();
     let all = Tags::new();
     let mut out = Vec::new();
-    let mut names: BTreeMap<&str, usize> = BTreeMap::new();
-    for key in merged.counters.keys() {
-        *names.entry(&key.name).or_default() += 1;
-    }
-    for (name, series) in names {
-        if series > 1 {
-            let total = merged.counter(name, &all).unwrap_or(0.0);
-            out.push(counter_metric(name, &all, total, seconds));
-        }
+    let names: BTreeSet<&str> = merged.counters.keys().map(|k| k.name.as_str()).collect();
+    for name in names {
+        let total = merged.counter(name, &all).unwrap_or(0.0);
+        out.push(counter_metric(name, &all, total, seconds));
         for (key, total) in merged.counters.iter().filter(|(k, _)| k.name == name) {
-            if series == 1 || !key.tags.is_empty() {
+            if !key.tags.is_empty() {
                 out.push(counter_metric(name, &key.tags, *total, seconds));
             }
         }
     }
-    let mut names: BTreeMap<&str, usize> = BTreeMap::new();
-    for key in merged.histograms.keys() {
-        *names.entry(&key.name).or_default() += 1;
-    }
-    for (name, series) in names {
-        if series > 1
-            && let Some(sketch) = merged.histogram(name, &all)
-        {
+    let names: BTreeSet<&str> = merged.histograms.keys().map(|k| k.name.as_str()).collect();
+    for name in names {
+        if let Some(sketch) = merged.histogram(name, &all) {
             out.push(histogram_metric(name, &all, &sketch, seconds));
         }
         for (key, sketch) in merged.histograms.iter().filter(|(k, _)| k.name == name) {
-            if series == 1 || !key.tags.is_empty() {
+            if !key.tags.is_empty() {
                 out.push(histogram_metric(name, &key.tags, sketch, seconds));
             }
         }
     }
-    for key in merged.gauge_keys() {
-        if let Some((last, max)) = merged.gauge(&key.name, &key.tags) {
-            out.push(Metric {
-                name: key.name.clone(),
-                series: key.label(),
-                kind: "gauge",
-                tags: key.tags.clone(),
-                last: Some(last),
-                max: Some(max),
-                ..Metric::default()
-            });
+    let keys = merged.gauge_keys();
+    let names: BTreeSet<&str> = keys.iter().map(|k| k.name.as_str()).collect();
+    for name in names {
+        let tagged = keys.iter().filter(|k| k.name == name && !k.tags.is_empty());
+        for tags in std::iter::once(&all).chain(tagged.map(|k| &k.tags)) {
+            if let Some((last, peak)) = merged.gauge(name, tags) {
+                out.push(Metric {
+                    name: name.to_owned(),
+                    series: label(name, tags),
+                    kind: "gauge",
+                    tags: tags.clone(),
+                    last: Some(last),
+                    max: Some(peak),
+                    ..Metric::default()
+                });
+            }
         }
     }
     out
@@ -552,126 +548,40 @@ impl Report {
         u8::from(!self.passed)
     }
 
-    /// The terminal table.
-    pub fn table(&self) -> String {
-        let mut out = String::new();
-        let test = self.test_id.as_deref().unwrap_or("?");
-        let _ = writeln!(
-            out,
-            "wave report: test {test} ({})  {}",
-            self.status, self.url
-        );
-        if let (Some(start), Some(end), Some(d)) = (&self.start, &self.end, self.duration_seconds) {
-            let _ = writeln!(out, "  time      {start} to {end} ({d:.1} s)");
-        }
-        for part in &self.machines.parts {
-            let name = if part.part.is_empty() {
-                String::new()
-            } else {
-                format!("part {}: ", part.part)
-            };
-            let expected = part.expected.map_or(
-                "; expected count unknown (summaries do not say)".to_owned(),
-                |m| format!(" of {m}"),
-            );
-            let _ = write!(out, "  machines  {name}{} seen{expected}", part.seen);
-            if !part.missing.is_empty() {
-                let missing: Vec<String> = part.missing.iter().map(u64::to_string).collect();
-                let _ = write!(out, "; never reported: machine {}", missing.join(", "));
-            }
-            out.push('\n');
-        }
-        if !self.machines.unfinished.is_empty() {
-            let _ = writeln!(
-                out,
-                "  running   {} container(s) have not written their summary yet: {}",
-                self.machines.unfinished.len(),
-                self.machines.unfinished.join(", ")
-            );
-        }
+    /// `PASSED` or `FAILED`.
+    pub fn verdict(&self) -> &'static str {
+        if self.passed { "PASSED" } else { "FAILED" }
+    }
+
+    /// Why the verdict is what it is, in words: agents, then thresholds (docs/report.md).
+    pub fn verdict_reason(&self) -> String {
         let a = &self.agents;
-        let _ = writeln!(
-            out,
-            "  agents    {} ({} succeeded, {} failed, {} restarted, {} stopped{}); players {}",
-            a.total,
-            a.succeeded,
-            a.failed,
-            a.restarted,
-            a.stopped,
-            if a.unfinished > 0 {
-                format!(", {} not ended", a.unfinished)
-            } else {
-                String::new()
-            },
-            self.players
-        );
-        if !self.metrics.is_empty() {
-            let width = self
-                .metrics
-                .iter()
-                .map(|m| m.series.len())
-                .max()
-                .unwrap_or(6)
-                .max(6);
-            let _ = writeln!(
-                out,
-                "\n  {:<width$} {:>12} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}",
-                "metric", "total/count", "rate/s", "p50", "p90", "p95", "p99", "max"
-            );
-            let num = |v: Option<f64>| v.map_or(String::new(), format_number);
-            for m in &self.metrics {
-                let first = m.total.or(m.count).or(m.last);
-                let _ = writeln!(
-                    out,
-                    "  {:<width$} {:>12} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}",
-                    m.series,
-                    num(first),
-                    num(m.rate),
-                    num(m.p50),
-                    num(m.p90),
-                    num(m.p95),
-                    num(m.p99),
-                    num(m.max),
-                );
-            }
-        }
-        if !self.thresholds.is_empty() {
-            out.push_str("\n  thresholds\n");
-            for t in &self.thresholds {
-                let verdict = if t.passed { "PASS" } else { "FAIL" };
-                let _ = writeln!(out, "    {verdict}  {}  ({})", t.threshold, t.detail);
-            }
-        }
-        if self.statsd.dropped > 0 {
-            let _ = writeln!(
-                out,
-                "\n  statsd    {} of {} lines dropped by the supervisors (see wave_statsd_dropped_lines_total)",
-                self.statsd.dropped, self.statsd.lines
-            );
-        }
-        if !self.warnings.is_empty() {
-            out.push_str("\n  warnings\n");
-            for w in &self.warnings {
-                let _ = writeln!(out, "    {w}");
-            }
-        }
-        let _ = writeln!(
-            out,
-            "\n  result    {}",
-            if self.passed { "PASSED" } else { "FAILED" }
-        );
-        out
+        let agents = match a.failed {
+            0 => "no agent failed".to_owned(),
+            n => format!("{n} of {} failed", plural(a.total, "agent")),
+        };
+        let given = self.thresholds.len() as u64;
+        let failed = self.thresholds.iter().filter(|t| !t.passed).count();
+        let thresholds = match (given, failed) {
+            (0, _) => "no thresholds given".to_owned(),
+            (n, 0) => format!("{} passed", plural(n, "threshold")),
+            (n, f) => format!("{f} of {} failed", plural(n, "threshold")),
+        };
+        let running = if self.status == "running" {
+            " (so far: the test is still running)"
+        } else {
+            ""
+        };
+        format!("{agents}; {thresholds}{running}")
     }
 }
 
-/// A number for the table: integers as such, others with 3 significant decimals at most.
-fn format_number(v: f64) -> String {
-    if v.fract() == 0.0 && v.abs() < 1e15 {
-        format!("{v:.0}")
-    } else if v.abs() >= 100.0 {
-        format!("{v:.1}")
+/// `1 agent`, `30 agents`.
+fn plural(n: u64, word: &str) -> String {
+    if n == 1 {
+        format!("{n} {word}")
     } else {
-        format!("{v:.3}")
+        format!("{n} {word}s")
     }
 }
 
@@ -707,11 +617,11 @@ pub async fn run(args: &ReportArgs) -> Result<u8, ReportError> {
     loop {
         let report = report_once(args, &store).await?;
         let Some(interval) = args.watch else {
-            print!("{}", report.table());
+            print!("{}", table::render(&report));
             return Ok(report.exit_code());
         };
         // Clear the screen between refreshes, as `watch(1)` does.
-        print!("\x1b[2J\x1b[H{}", report.table());
+        print!("\x1b[2J\x1b[H{}", table::render(&report));
         if report.status == "complete" {
             return Ok(report.exit_code());
         }

@@ -274,14 +274,15 @@ pub fn render(report: &Report) -> String {
          .plot{{fill:#fafafa;stroke:#999}}.grid{{stroke:#e3e3e3}}.tick{{font-size:11px;fill:#555}}.title{{font-size:14px;font-weight:bold}}\
          .legend{{font-size:12px}}.empty{{fill:#888}}</style></head><body>\n"
     );
-    let verdict = if report.passed {
-        "<span class=\"pass\">PASSED</span>"
-    } else {
-        "<span class=\"fail\">FAILED</span>"
-    };
+    let verdict = format!(
+        "<span class=\"{}\">{}</span></h1><p>{}</p>",
+        if report.passed { "pass" } else { "fail" },
+        report.verdict(),
+        escape(&report.verdict_reason())
+    );
     let _ = writeln!(
         html,
-        "<h1>wave report: {test} {verdict}</h1><p>{} · {} · {}</p>",
+        "<h1>wave report: {test} {verdict}<p>{} · {} · {}</p>",
         escape(report.status),
         escape(&report.url),
         report
@@ -317,7 +318,7 @@ pub fn render(report: &Report) -> String {
     let a = &report.agents;
     let _ = write!(
         html,
-        "</table><table><tr><th>agents</th><th>succeeded</th><th>failed</th><th>restarted</th><th>stopped</th><th>players</th></tr>\
+        "</table><table><tr><th>agents</th><th>succeeded</th><th>failed</th><th>restarted</th><th>stopped</th><th>players assigned</th></tr>\
          <tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr></table>",
         a.total, a.succeeded, a.failed, a.restarted, a.stopped, report.players
     );
@@ -346,12 +347,14 @@ pub fn render(report: &Report) -> String {
         html.push('\n');
     }
     html.push_str("<h2>Whole test</h2><table><tr><th>metric</th><th>total/count</th><th>rate/s</th><th>p50</th><th>p90</th><th>p95</th><th>p99</th><th>max</th></tr>");
-    for m in &report.metrics {
+    let (gauges, others): (Vec<&Metric>, Vec<&Metric>) =
+        report.metrics.iter().partition(|m| m.kind == "gauge");
+    for m in others {
         let _ = write!(
             html,
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             escape(&m.series),
-            cell(m.total.or(m.count).or(m.last)),
+            cell(m.total.or(m.count)),
             cell(m.rate),
             cell(m.p50),
             cell(m.p90),
@@ -361,6 +364,19 @@ pub fn render(report: &Report) -> String {
         );
     }
     html.push_str("</table>");
+    if !gauges.is_empty() {
+        html.push_str("<h2>Gauges</h2><table><tr><th>gauge</th><th>last</th><th>peak</th></tr>");
+        for m in gauges {
+            let _ = write!(
+                html,
+                "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+                escape(&m.series),
+                cell(m.last),
+                cell(m.max)
+            );
+        }
+        html.push_str("</table><p>Gauges are read at the end of each window (10 s by default) and summed over containers: last is the final reading, peak the largest; a value reached and left between two readings (e.g. players of agents that start and end within one window) is not seen.</p>");
+    }
     if !report.warnings.is_empty() {
         html.push_str("<h2>Warnings</h2><ul>");
         for w in &report.warnings {
@@ -399,5 +415,45 @@ mod tests {
         assert_eq!(svg.matches("<polyline").count(), 2);
         assert!(svg.contains("data-series=\"b&lt;\""));
         assert!(chart("e", "E", "u", &[]).contains("nothing reported"));
+    }
+
+    #[test]
+    fn gauges_get_their_own_table_with_last_and_peak_and_the_verdict_says_why() {
+        use crate::load_metrics::{Dropped, Point, SCHEMA_VERSION, Tags, Window};
+        use crate::report::merge::{ContainerInput, merge};
+        let window = |start_ms: i64, players: f64| Window {
+            v: SCHEMA_VERSION,
+            pod: "p".into(),
+            container: 0,
+            start_ms,
+            end_ms: start_ms + 10_000,
+            agents_running: 1,
+            relative_error: crate::sketch::RELATIVE_ERROR,
+            lines: 1,
+            dropped: Dropped::default(),
+            counters: Vec::new(),
+            gauges: vec![Point {
+                name: "players".into(),
+                tags: Tags::new(),
+                value: players,
+            }],
+            histograms: Vec::new(),
+        };
+        let merged = merge(&[ContainerInput {
+            pod: "p".into(),
+            container: 0,
+            summary: None,
+            windows: vec![window(0, 1000.0), window(10_000, 0.0)],
+        }]);
+        let url = "file:///results/t/".parse().expect("a URL");
+        let page = render(&Report::new(&url, &merged, &[]));
+        assert!(
+            page.contains("<tr><th>gauge</th><th>last</th><th>peak</th></tr><tr><td>players</td><td>0</td><td>1000</td></tr>"),
+            "{page}"
+        );
+        assert!(
+            page.contains("PASSED</span></h1><p>no agent failed; no thresholds given"),
+            "{page}"
+        );
     }
 }

@@ -72,8 +72,6 @@ pub enum LookupError {
     Timeout,
 }
 
-/// The label every test pod carries, and so the ReplicaSets that made them.
-
 /// Objects per page of a watch's initial list.
 const PAGE_SIZE: u32 = 500;
 

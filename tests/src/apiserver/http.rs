@@ -16,10 +16,11 @@ use serde_json::{Value, json};
 
 use super::access::ApiRequest;
 use super::cluster::Cluster;
+use super::object::{Key, Stored};
 use super::resources::{RESOURCES, ResourceId, ResourceType, by_plural};
 use super::selectors::{FieldSelector, LabelSelector};
 use super::status::ApiError;
-use super::store::{DeleteOptions, Deleted, Key, Part, Propagation, Store, Stored};
+use super::store::{DeleteOptions, Deleted, Part, Propagation, Store};
 use super::watch::{self, WatchRequest};
 
 /// The real server's limit on request bodies.

@@ -116,6 +116,7 @@ mod cluster;
 mod http;
 mod object;
 mod resources;
+mod route;
 mod selectors;
 mod status;
 mod store;

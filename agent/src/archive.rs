@@ -1,8 +1,9 @@
-//! Unpacking a script archive (SPEC 2.2, step 2) into the script directory.
+//! Unpacking a script archive into the script directory (docs/agent-storage.md, "Script
+//! fetch").
 //!
 //! Nothing may land outside: entries with `..`, absolute paths, links pointing out, and
 //! writes through a link are refused with the entry named. Only files, directories and
-//! links are unpacked; modes are kept.
+//! links are unpacked, with their rwx modes (setuid and setgid dropped).
 
 use std::fs;
 use std::io::{self, Read};

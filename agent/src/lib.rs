@@ -2,6 +2,7 @@
 //! script, runs the agents that simulate players, restarts them when they fail, captures
 //! their output, uploads their results and exposes metrics for Prometheus (SPEC section 2).
 
+pub mod archive;
 pub mod cli;
 pub mod coordination;
 pub mod error_chain;
@@ -14,7 +15,6 @@ pub mod process;
 pub mod procfs;
 pub mod reap;
 pub mod report;
-pub mod results;
 pub mod resume;
 pub mod run;
 pub mod script;
@@ -27,3 +27,4 @@ pub mod status;
 pub mod store;
 pub mod summary;
 pub mod supervise;
+pub mod upload;

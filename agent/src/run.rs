@@ -27,7 +27,6 @@ use crate::logs::StdoutSink;
 use crate::metrics::{self, AgentMetrics, HttpState};
 use crate::process::ProcessSpawner;
 use crate::reap::{self, Tracked};
-use crate::results::{UploadError, UploadMetrics, Uploader};
 use crate::resume::Resumption;
 use crate::script::{self, ScriptError, ScriptMetrics};
 use crate::shutdown::Shutdown;
@@ -37,6 +36,7 @@ use crate::summary::{Summary, SummaryContext, SummaryError};
 use crate::supervise::{
     AgentCommand, AgentState, SuperviseConfig, SuperviseContext, SuperviseError, Supervisor,
 };
+use crate::upload::{UploadError, UploadMetrics, Uploader};
 
 /// Where the store's confirmations are kept, relative to the work directory (outside the
 /// results, so it is not uploaded itself).
@@ -509,7 +509,7 @@ async fn final_upload(uploader: &mut Uploader, deadline: Instant, shutdown: &Shu
     }
 }
 
-fn log_upload(result: Result<crate::results::SyncReport, UploadError>) {
+fn log_upload(result: Result<crate::upload::SyncReport, UploadError>) {
     match result {
         Ok(_) => info!("all results uploaded"),
         Err(err) => warn!("{}", ErrorChain(&err)),

@@ -12,9 +12,9 @@ use std::io::Write;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use wave_agent::results::{UploadMetrics, Uploader};
 use wave_agent::script::{self, ScriptMetrics};
 use wave_agent::store::StoredObject;
+use wave_agent::upload::{UploadMetrics, Uploader};
 use wave_tests::s3::S3sFs;
 use wave_tests::tool;
 

@@ -16,128 +16,18 @@ use serde_json::{Value, json};
 
 use super::access::ApiRequest;
 use super::cluster::Cluster;
-use super::resources::{RESOURCES, ResourceId, ResourceType, by_plural};
+use super::object::{Key, Stored};
+use super::resources::{RESOURCES, ResourceType};
+use super::route::{Query, Route, route};
 use super::selectors::{FieldSelector, LabelSelector};
 use super::status::ApiError;
-use super::store::{DeleteOptions, Deleted, Key, Part, Propagation, Store, Stored};
+use super::store::{DeleteOptions, Deleted, Part, Propagation, Store};
 use super::watch::{self, WatchRequest};
 
 /// The real server's limit on request bodies.
 const MAX_BODY: usize = 3 * 1024 * 1024;
 
 pub type Body = BoxBody<Bytes, Infallible>;
-
-/// What a resource path names.
-struct Route {
-    resource: ResourceId,
-    namespace: Option<String>,
-    name: Option<String>,
-    status: bool,
-}
-
-/// Parses `/api/v1/...` and `/apis/{group}/{version}/...` paths.
-fn route(path: &str) -> Option<Route> {
-    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let (group, version, rest) = match segments.as_slice() {
-        ["api", version, rest @ ..] => ("", *version, rest),
-        ["apis", group, version, rest @ ..] => (*group, *version, rest),
-        _ => return None,
-    };
-    let (namespace, rest) = match rest {
-        ["namespaces", ns, plural, more @ ..] => (Some(*ns), {
-            let mut r = vec![*plural];
-            r.extend_from_slice(more);
-            r
-        }),
-        other => (None, other.to_vec()),
-    };
-    let (plural, name, sub) = match rest.as_slice() {
-        [plural] => (*plural, None, None),
-        [plural, name] => (*plural, Some(*name), None),
-        [plural, name, sub] => (*plural, Some(*name), Some(*sub)),
-        _ => return None,
-    };
-    let resource = by_plural(group, version, plural)?;
-    let r = &RESOURCES[resource];
-    // Named requests of namespaced types need a namespace; cluster types take none.
-    if (!r.namespaced && namespace.is_some())
-        || (r.namespaced && name.is_some() && namespace.is_none())
-    {
-        return None;
-    }
-    let status = match sub {
-        None => false,
-        Some("status") if r.status_subresource => true,
-        Some(_) => return None,
-    };
-    Some(Route {
-        resource,
-        namespace: namespace.map(str::to_string),
-        name: name.map(str::to_string),
-        status,
-    })
-}
-
-fn percent_decode(s: &str) -> String {
-    let hex = |b: u8| char::from(b).to_digit(16).map(|d| d as u8);
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                (Some(high), Some(low)) => {
-                    out.push(high << 4 | low);
-                    i += 2;
-                }
-                _ => out.push(b'%'),
-            },
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Query parameters, decoded; the last of repeated names wins.
-struct Query(Vec<(String, String)>);
-
-impl Query {
-    fn parse(raw: &str) -> Self {
-        Query(
-            raw.split('&')
-                .filter(|p| !p.is_empty())
-                .map(|p| {
-                    let (k, v) = p.split_once('=').unwrap_or((p, ""));
-                    (percent_decode(k), percent_decode(v))
-                })
-                .collect(),
-        )
-    }
-
-    fn get(&self, name: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .rev()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn flag(&self, name: &str) -> bool {
-        matches!(self.get(name), Some("true" | "1"))
-    }
-
-    fn number<T: std::str::FromStr>(&self, name: &str) -> Result<Option<T>, ApiError> {
-        self.get(name)
-            .filter(|v| !v.is_empty())
-            .map(|v| {
-                v.parse()
-                    .map_err(|_| ApiError::bad_request(format!("invalid value for {name}: {v:?}")))
-            })
-            .transpose()
-    }
-}
 
 /// How the client asked for objects: whole, or as PartialObjectMetadata.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -761,39 +651,7 @@ fn delete_collection(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn paths_are_the_real_servers() {
-        let lease = route("/apis/coordination.k8s.io/v1/namespaces/ns/leases/x").expect("lease");
-        assert_eq!(RESOURCES[lease.resource].plural, "leases");
-        assert_eq!(lease.namespace.as_deref(), Some("ns"));
-        assert_eq!(lease.name.as_deref(), Some("x"));
-        let status = route("/api/v1/namespaces/ns/pods/p/status").expect("pod status");
-        assert!(status.status);
-        let all = route("/apis/apps/v1/replicasets").expect("all replica sets");
-        assert!(all.namespace.is_none() && all.name.is_none());
-        let webhooks =
-            route("/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/w")
-                .expect("cluster-scoped");
-        assert_eq!(webhooks.name.as_deref(), Some("w"));
-        for bad in [
-            "/api/v1/pods/p",
-            "/apis/apps/v1/namespaces/ns/leases",
-            "/api/v1/namespaces/ns/configmaps/c/status",
-            "/apis/admissionregistration.k8s.io/v1/namespaces/ns/mutatingwebhookconfigurations",
-            "/metrics",
-        ] {
-            assert!(route(bad).is_none(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn query_values_are_percent_decoded() {
-        let q = Query::parse("labelSelector=app%3Dgame%2Ctier+in+(a)&watch=1&x=%zz");
-        assert_eq!(q.get("labelSelector"), Some("app=game,tier in (a)"));
-        assert!(q.flag("watch"));
-        assert_eq!(q.get("x"), Some("%zz"));
-    }
+    use crate::apiserver::resources::by_plural;
 
     #[test]
     fn continue_tokens_round_trip_and_reject_garbage() {

@@ -114,7 +114,9 @@
 mod access;
 mod cluster;
 mod http;
+mod object;
 mod resources;
+mod route;
 mod selectors;
 mod status;
 mod store;
@@ -462,7 +464,7 @@ fn namespace_of(resource: resources::ResourceId, object: &Value) -> Option<Strin
     })
 }
 
-fn key(api_version: &str, kind: &str, namespace: Option<&str>, name: &str) -> store::Key {
+fn key(api_version: &str, kind: &str, namespace: Option<&str>, name: &str) -> object::Key {
     let resource = resources::by_kind(api_version, kind)
         .unwrap_or_else(|| panic!("the stand-in does not serve {api_version} {kind}"));
     (

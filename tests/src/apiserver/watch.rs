@@ -15,10 +15,11 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 
 use super::cluster::Cluster;
+use super::object::Stored;
 use super::resources::{RESOURCES, ResourceId};
 use super::selectors::{FieldSelector, LabelSelector};
 use super::status::ApiError;
-use super::store::{EventType, Stored};
+use super::store::EventType;
 
 /// Events read from the history under one lock, so a busy history cannot starve writers.
 const BATCH: usize = 500;

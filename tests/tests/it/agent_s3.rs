@@ -12,9 +12,9 @@ use aws_sdk_s3::primitives::ByteStream;
 use prometheus_client::registry::Registry;
 use tokio::time::Instant;
 use wave_agent::error_chain::ErrorChain;
-use wave_agent::results::{UploadMetrics, Uploader};
 use wave_agent::script::{self, ScriptError, ScriptMetrics};
 use wave_agent::store::{CutOff, S3Options, Store, StoreError, UploadRequest};
+use wave_agent::upload::{UploadMetrics, Uploader};
 use wave_tests::s3::{Garage, S3sFs};
 
 const MIB: usize = 1024 * 1024;

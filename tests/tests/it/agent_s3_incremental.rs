@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{self, Signal};
 use prometheus_client::registry::Registry;
-use wave_agent::results::{UploadMetrics, Uploader};
 use wave_agent::store::MIN_PART_SIZE;
+use wave_agent::upload::{UploadMetrics, Uploader};
 use wave_tests::process::Running;
 use wave_tests::proxy::CountingProxy;
 use wave_tests::s3::{Garage, S3Access, S3sFs};

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use k8s_openapi::api::core::v1::Toleration;
 use serde::Deserialize;
 
+use crate::body_rate::MinBodyRate;
 use crate::catalog::{Amount, Catalog, MachineType};
 use crate::coordination::Coordination;
 use crate::resources::{ResourcePolicy, parse_cpu_millis, parse_memory_mib};
@@ -113,6 +114,8 @@ pub struct Config {
     /// Machine types by name.
     #[serde(deserialize_with = "shape_only::<BTreeMap<String, CatalogEntryFile>, _, _>")]
     pub catalog: Catalog,
+    /// The slowest a request body may arrive before it is cut with 408.
+    pub body_min_rate: MinBodyRate,
 }
 
 /// Tolerations added to test machines of each OS (Windows node groups are usually tainted).
@@ -166,6 +169,7 @@ impl Default for Config {
             coordination: Coordination::Kubernetes,
             stop_timeout: std::time::Duration::from_secs(20),
             catalog: Catalog::builtin(),
+            body_min_rate: MinBodyRate::default(),
         }
     }
 }
@@ -328,6 +332,9 @@ impl Config {
                 "metrics-port-base",
                 "must be a port number (1-65535)",
             ));
+        }
+        if let Some(problem) = self.body_min_rate.problem() {
+            return Err(invalid("body-min-rate.window", problem));
         }
         Ok(())
     }
@@ -510,6 +517,13 @@ mod tests {
     }
 
     #[test]
+    fn body_min_rate_is_read_over_its_defaults() {
+        let c = Config::from_yaml("body-min-rate:\n  bytes-per-second: 0\n").expect("valid");
+        assert!(!c.body_min_rate.is_on());
+        assert_eq!(c.body_min_rate.grace, MinBodyRate::default().grace);
+    }
+
+    #[test]
     fn unknown_key_is_an_error_naming_it() {
         let err = Config::from_yaml("bucket: my-tests\nplayers-per-agnet: 5\n")
             .expect_err("typo must not pass");
@@ -542,6 +556,7 @@ mod tests {
                 "daemonset-overhead.cpu",
             ),
             ("metrics-port-base: 0\n", "metrics-port-base"),
+            ("body-min-rate:\n  window: 0s\n", "body-min-rate.window"),
         ] {
             match Config::from_yaml(yaml) {
                 Err(ConfigError::Invalid { key: k, .. }) => assert_eq!(k, key, "{yaml}"),

@@ -9,6 +9,7 @@ use k8s_openapi::api::core::v1::Toleration;
 use serde::Deserialize;
 use wave_contract::part::Coordination;
 
+use crate::body_rate::MinBodyRate;
 use crate::catalog::{Amount, Catalog, MachineType};
 use crate::resources::{ResourcePolicy, parse_cpu_millis, parse_memory_mib};
 
@@ -114,6 +115,8 @@ pub struct Config {
     /// Machine types by name.
     #[serde(deserialize_with = "shape_only::<BTreeMap<String, CatalogEntryFile>, _, _>")]
     pub catalog: Catalog,
+    /// The slowest a request body may arrive before it is cut with 408.
+    pub body_min_rate: MinBodyRate,
 }
 
 /// Tolerations added to test machines of each OS (Windows node groups are usually tainted).
@@ -167,6 +170,7 @@ impl Default for Config {
             coordination: Coordination::Kubernetes,
             stop_timeout: wave_contract::names::DEFAULT_STOP_TIMEOUT,
             catalog: Catalog::builtin(),
+            body_min_rate: MinBodyRate::default(),
         }
     }
 }
@@ -335,6 +339,9 @@ impl Config {
                 "metrics-port-base",
                 "must be a port number (1-65535)",
             ));
+        }
+        if let Some(problem) = self.body_min_rate.problem() {
+            return Err(invalid("body-min-rate.window", problem));
         }
         Ok(())
     }
@@ -517,6 +524,13 @@ mod tests {
     }
 
     #[test]
+    fn body_min_rate_is_read_over_its_defaults() {
+        let c = Config::from_yaml("body-min-rate:\n  bytes-per-second: 0\n").expect("valid");
+        assert!(!c.body_min_rate.is_on());
+        assert_eq!(c.body_min_rate.grace, MinBodyRate::default().grace);
+    }
+
+    #[test]
     fn unknown_key_is_an_error_naming_it() {
         let err = Config::from_yaml("bucket: my-tests\nplayers-per-agnet: 5\n")
             .expect_err("typo must not pass");
@@ -549,6 +563,7 @@ mod tests {
                 "daemonset-overhead.cpu",
             ),
             ("metrics-port-base: 0\n", "metrics-port-base"),
+            ("body-min-rate:\n  window: 0s\n", "body-min-rate.window"),
         ] {
             match Config::from_yaml(yaml) {
                 Err(ConfigError::Invalid { key: k, .. }) => assert_eq!(k, key, "{yaml}"),

@@ -9,6 +9,7 @@
 pub mod admission;
 pub mod annotations;
 pub mod body;
+pub mod body_rate;
 pub mod catalog;
 pub mod config;
 pub mod denial;

@@ -57,6 +57,55 @@ struct OutcomeLabels {
     outcome: Outcome,
 }
 
+/// Why a `POST /mutate` body was not read to its end (each also counts as an admission with
+/// outcome `error`).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum BodyRefusal {
+    /// Over the largest body (413).
+    TooLarge = 0,
+    /// The connection broke or the framing was invalid (400).
+    Unreadable = 1,
+    /// Not whole within `--body-timeout` (408).
+    TimedOut = 2,
+    /// Slower than the config's `body-min-rate` (408).
+    TooSlow = 3,
+    /// The shared byte budget stayed full (503).
+    Busy = 4,
+}
+
+impl BodyRefusal {
+    /// Every reason, so all of them can be pre-registered and read 0 instead of being absent.
+    pub const ALL: [BodyRefusal; 5] = [
+        BodyRefusal::TooLarge,
+        BodyRefusal::Unreadable,
+        BodyRefusal::TimedOut,
+        BodyRefusal::TooSlow,
+        BodyRefusal::Busy,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BodyRefusal::TooLarge => "too_large",
+            BodyRefusal::Unreadable => "unreadable",
+            BodyRefusal::TimedOut => "timed_out",
+            BodyRefusal::TooSlow => "too_slow",
+            BodyRefusal::Busy => "busy",
+        }
+    }
+}
+
+impl EncodeLabelValue for BodyRefusal {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(self.as_str())
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusalLabels {
+    reason: BodyRefusal,
+}
+
 /// Which file-backed input a reload was about.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum Reloaded {
@@ -101,6 +150,8 @@ impl EncodeLabelValue for ReloadResult {
 pub struct Metrics {
     /// One counter per outcome, in the order of [`Outcome::ALL`].
     admissions: [Counter; 4],
+    /// One counter per reason, in the order of [`BodyRefusal::ALL`].
+    refused_bodies: [Counter; 5],
     duration: Histogram,
     cert_expiry: Gauge,
     reloads: Family<ReloadLabels, Counter>,
@@ -116,6 +167,14 @@ impl Metrics {
             "wave_webhook_admissions",
             "Admission reviews answered on POST /mutate, by outcome",
             family,
+        );
+        let refusals = Family::<RefusalLabels, Counter>::default();
+        let refused_bodies =
+            BodyRefusal::ALL.map(|reason| refusals.get_or_create_owned(&RefusalLabels { reason }));
+        registry.register(
+            "wave_webhook_refused_bodies",
+            "Request bodies on POST /mutate not read to their end, by reason",
+            refusals,
         );
         let duration = Histogram::new([
             0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
@@ -147,6 +206,7 @@ impl Metrics {
         );
         Metrics {
             admissions,
+            refused_bodies,
             duration,
             cert_expiry,
             reloads,
@@ -157,6 +217,11 @@ impl Metrics {
     pub fn observe_admission(&self, outcome: Outcome, seconds: f64) {
         self.admissions[outcome as usize].inc();
         self.duration.observe(seconds);
+    }
+
+    /// Counts a body not read to its end (its admission is counted too, as an error).
+    pub fn observe_refused_body(&self, reason: BodyRefusal) {
+        self.refused_bodies[reason as usize].inc();
     }
 
     /// Records the notAfter of the certificate now being served.
@@ -183,4 +248,25 @@ pub fn encode(registry: &Registry) -> String {
     prometheus_client::encoding::text::encode(&mut body, registry)
         .expect("writing to a String cannot fail");
     body
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_refusal_reason_reads_zero_from_the_start_and_counts_on_its_own() {
+        let mut registry = Registry::default();
+        let metrics = Metrics::register(&mut registry);
+        metrics.observe_refused_body(BodyRefusal::TooSlow);
+        let text = encode(&registry);
+        for reason in BodyRefusal::ALL {
+            let count = u8::from(reason == BodyRefusal::TooSlow);
+            let line = format!(
+                "wave_webhook_refused_bodies_total{{reason=\"{}\"}} {count}\n",
+                reason.as_str()
+            );
+            assert!(text.contains(&line), "{line} missing in:\n{text}");
+        }
+    }
 }

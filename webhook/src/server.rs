@@ -1,7 +1,8 @@
 //! The two listeners: admission over HTTPS (HTTP/2 and HTTP/1.1 by ALPN) and metrics over
-//! plain HTTP, with bounded connections and bodies ([`crate::body`]) and a drain on shutdown:
-//! not ready at once, still serving while endpoint removal propagates, then stop accepting,
-//! finish what is in flight and return (SPEC 1.7).
+//! plain HTTP, with bounded connections and bodies ([`crate::body`]: a deadline, a minimum
+//! rate and a shared byte budget) and a drain on shutdown: not ready at once, still serving
+//! while endpoint removal propagates, then stop accepting, finish what is in flight and
+//! return (SPEC 1.7).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -33,7 +34,7 @@ use tracing::{debug, info, warn};
 use crate::admission;
 use crate::body::{BodyBudget, BodyError, BodyLimits};
 use crate::config::{Config, LoadConfigError, load_config};
-use crate::metrics::{self, Metrics, Outcome};
+use crate::metrics::{self, BodyRefusal, Metrics, Outcome};
 use crate::owners::{KubeAccess, OwnerLookup, connect};
 use crate::reload::{self, Live, Seen, TlsFiles, Watched};
 use crate::self_managed::{self, SelfManaged};
@@ -503,11 +504,13 @@ async fn handle_metrics_port(shared: Arc<Shared>, req: Request<Incoming>) -> Res
     }
 }
 
-/// `POST /mutate`: read the body under [`BodyLimits`], answer the review, count it.
+/// `POST /mutate`: read the body under [`BodyLimits`] and the config's minimum rate, answer
+/// the review, count it.
 async fn mutate(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let started = Instant::now();
     let http1 = req.version() < Version::HTTP_2;
-    match shared.bodies.read(req.into_body()).await {
+    let min_rate = shared.live.config.load().body_min_rate;
+    match shared.bodies.read(req.into_body(), min_rate).await {
         Ok(body) => {
             let config = shared.live.config.load();
             // The review's future holds the decoded pod (about 7 KiB): boxed, it stays put
@@ -521,23 +524,46 @@ async fn mutate(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>
             json(answer.status, answer.body)
         }
         Err(e) => {
-            shared
-                .live
-                .metrics
-                .observe_admission(Outcome::Error, started.elapsed().as_secs_f64());
-            let (status, reason) = match e {
-                BodyError::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "RequestEntityTooLarge"),
-                BodyError::Unreadable => (StatusCode::BAD_REQUEST, "BadRequest"),
-                BodyError::TimedOut(_) => (StatusCode::REQUEST_TIMEOUT, "Timeout"),
-                BodyError::Busy => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable"),
+            let (status, reason, refusal) = match e {
+                BodyError::TooLarge => (
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "RequestEntityTooLarge",
+                    BodyRefusal::TooLarge,
+                ),
+                BodyError::Unreadable => (
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    BodyRefusal::Unreadable,
+                ),
+                BodyError::TimedOut(_) => (
+                    StatusCode::REQUEST_TIMEOUT,
+                    "Timeout",
+                    BodyRefusal::TimedOut,
+                ),
+                BodyError::TooSlow(_) => {
+                    (StatusCode::REQUEST_TIMEOUT, "Timeout", BodyRefusal::TooSlow)
+                }
+                BodyError::Busy => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "ServiceUnavailable",
+                    BodyRefusal::Busy,
+                ),
             };
+            let metrics = &shared.live.metrics;
+            metrics.observe_refused_body(refusal);
+            metrics.observe_admission(Outcome::Error, started.elapsed().as_secs_f64());
             debug!(error = %e, "request body not read");
             let mut response = json(
                 status,
                 admission::status_body(status, reason, &e.to_string()),
             );
             // The rest of a body not read to its end would be taken for the next request.
-            if http1 && matches!(e, BodyError::TooLarge | BodyError::TimedOut(_)) {
+            if http1
+                && matches!(
+                    e,
+                    BodyError::TooLarge | BodyError::TimedOut(_) | BodyError::TooSlow(_)
+                )
+            {
                 response
                     .headers_mut()
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));

@@ -1,17 +1,26 @@
 //! Slow and hostile clients against the `wave-webhook` binary: bodies that trickle get 408
-//! and hold only what they sent, the API server's own reviews are still answered meanwhile,
-//! and connections past the bound wait in the backlog.
+//! and hold only what they sent, bodies below the config's minimum rate are cut with 408
+//! over either HTTP version, the API server's own reviews are still answered meanwhile, and
+//! connections past the bound wait in the backlog.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::support::captured_review;
+use bytes::Bytes;
+use futures::SinkExt;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::ServerName;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
+use wave_tests::http_get;
 use wave_tests::tls::{HttpsClient, TestCa, TlsFiles, client_config};
 use wave_tests::webhook::WebhookProcess;
 
@@ -148,10 +157,19 @@ async fn a_hundred_trickling_bodies_get_408_while_reviews_are_answered_within_th
 async fn bodies_over_the_budget_wait_then_get_503_and_the_budget_comes_back() {
     let dir = tempfile::tempdir().expect("temp dir");
     let tls = TlsFiles::new();
+    // The budget alone: no minimum rate cuts the bodies that hold it.
+    let config = config_file(dir.path(), "body-min-rate:\n  bytes-per-second: 0\n");
     // The smallest budget, 6 MiB (twice the largest body): eight bodies of 1.1 MiB overfill it.
     let server = WebhookProcess::start(
         &tls,
-        &["--body-budget", "6291456", "--body-timeout", "3s"],
+        &[
+            "--body-budget",
+            "6291456",
+            "--body-timeout",
+            "3s",
+            "--config",
+            config.to_str().expect("UTF-8 path"),
+        ],
         &dir.path().join("webhook.log"),
     );
     server.wait_ready();
@@ -178,6 +196,149 @@ async fn bodies_over_the_budget_wait_then_get_503_and_the_budget_comes_back() {
         .await
         .expect("answered");
     assert_eq!(reply.status, 200);
+}
+
+/// A config file in `dir` with `yaml`.
+fn config_file(dir: &Path, yaml: &str) -> PathBuf {
+    let path = dir.join("config.yaml");
+    std::fs::write(&path, yaml).expect("write the config");
+    path
+}
+
+/// A minimum rate of 64 KiB in every 1 s after a 1 s grace, and a whole-body deadline of 10
+/// minutes: a body cut before then was cut for its rate.
+const MIN_RATE_ONLY: &str =
+    "body-min-rate:\n  grace: 1s\n  bytes-per-second: 65536\n  window: 1s\n";
+
+fn start_with_min_rate(tls: &TlsFiles, dir: &Path) -> WebhookProcess {
+    let config = config_file(dir, MIN_RATE_ONLY);
+    let server = WebhookProcess::start(
+        tls,
+        &[
+            "--body-timeout",
+            "10m",
+            "--config",
+            config.to_str().expect("UTF-8 path"),
+        ],
+        &dir.join("webhook.log"),
+    );
+    server.wait_ready();
+    server
+}
+
+/// The value of `series` on the webhook's metrics port.
+fn sample(server: &WebhookProcess, series: &str) -> Option<f64> {
+    let metrics = http_get(server.metrics.port(), "/metrics")?;
+    metrics
+        .body
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.split(' ').next()?.parse().ok())
+}
+
+const TOO_SLOW: &str = "wave_webhook_refused_bodies_total{reason=\"too_slow\"}";
+const TIMED_OUT: &str = "wave_webhook_refused_bodies_total{reason=\"timed_out\"}";
+
+#[tokio::test]
+async fn an_http1_body_below_the_minimum_rate_is_cut_with_408_while_a_review_is_admitted() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let tls = TlsFiles::new();
+    let server = start_with_min_rate(&tls, dir.path());
+    assert_eq!(sample(&server, TOO_SLOW), Some(0.0));
+
+    // 1 KiB every 100 ms, 10 KiB/s, against the 64 KiB/s of the config.
+    let slow = tokio::spawn(slow_body(connector(&tls.ca), server.https, 0));
+    let client = HttpsClient::trusting(&tls.ca);
+    let reply = client
+        .post(
+            &format!("https://127.0.0.1:{}/mutate", server.https.port()),
+            review_body(),
+        )
+        .await
+        .expect("the normal client is answered");
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.json()["response"]["allowed"], true);
+
+    assert_eq!(slow.await.expect("slow client task"), 408);
+    assert_eq!(sample(&server, TOO_SLOW), Some(1.0), "{}", server.output());
+    assert_eq!(sample(&server, TIMED_OUT), Some(0.0));
+    assert_eq!(
+        sample(&server, "wave_webhook_admissions_total{outcome=\"error\"}"),
+        Some(1.0)
+    );
+}
+
+#[tokio::test]
+async fn an_http2_stream_below_the_minimum_rate_is_cut_with_408_while_a_review_on_the_same_connection_is_admitted()
+ {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let tls = TlsFiles::new();
+    let server = start_with_min_rate(&tls, dir.path());
+
+    // One HTTP/2 connection, as kube-apiserver multiplexes its calls over one.
+    let stream = connect(&connector_offering(&tls.ca, &[b"h2"]), server.https).await;
+    let (sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("HTTP/2 handshake");
+    let connection = tokio::spawn(connection);
+    let request = |body| {
+        http::Request::post("https://127.0.0.1/mutate")
+            .header("content-type", "application/json")
+            .body(body)
+            .expect("request")
+    };
+
+    let (mut pieces, body) = futures::channel::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(1);
+    let slow = tokio::spawn(
+        sender
+            .clone()
+            .send_request(request(StreamBody::new(body).boxed())),
+    );
+    let trickle = tokio::spawn(async move {
+        // 1 KiB every 100 ms until the server stops reading.
+        while pieces
+            .send(Ok(Frame::data(Bytes::from(vec![b' '; 1024]))))
+            .await
+            .is_ok()
+        {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+
+    let reply = sender
+        .clone()
+        .send_request(request(Full::new(Bytes::from(review_body())).boxed()))
+        .await
+        .expect("the review on the same connection is answered");
+    assert_eq!(reply.status(), 200);
+    let answer = reply.into_body().collect().await.expect("body").to_bytes();
+    let answer: serde_json::Value = serde_json::from_slice(&answer).expect("JSON");
+    assert_eq!(answer["response"]["allowed"], true);
+
+    let cut = slow
+        .await
+        .expect("slow stream task")
+        .expect("the slow stream is answered");
+    assert_eq!(cut.status(), 408);
+    let status = cut.into_body().collect().await.expect("body").to_bytes();
+    let status: serde_json::Value = serde_json::from_slice(&status).expect("a Status JSON");
+    assert_eq!(status["reason"], "Timeout");
+    let message = status["message"].as_str().expect("a message");
+    assert!(
+        message.contains("slower than 65536 bytes/s"),
+        "the message says why: {message}"
+    );
+    assert_eq!(sample(&server, TOO_SLOW), Some(1.0), "{}", server.output());
+    // Only the stream was cut: the connection still carries reviews.
+    let after = sender
+        .clone()
+        .send_request(request(Full::new(Bytes::from(review_body())).boxed()))
+        .await
+        .expect("a review after the cut, on the same connection");
+    assert_eq!(after.status(), 200);
+    trickle.abort();
+    connection.abort();
 }
 
 #[tokio::test]

@@ -298,7 +298,10 @@ pub struct AgentCounts {
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct StatsdCounts {
     pub lines: u64,
+    /// Metric lines dropped (malformed, past the series cap, in an oversized datagram).
     pub dropped: u64,
+    /// DogStatsD events and service checks: not metrics, so not in `dropped`.
+    pub unsupported: u64,
 }
 
 /// One metric over the whole test (a series, or every series of a name merged: `tags` {}).
@@ -433,12 +436,22 @@ fn metrics_of(merged: &Merged) -> Vec<Metric> {
             }
         }
     }
-    for key in merged.gauge_keys() {
-        if let Some((last, max)) = merged.gauge(&key.name, &key.tags) {
+    let lasting = merged
+        .gauge_keys()
+        .into_iter()
+        .map(|key| (merged.gauge(&key.name, &key.tags), "gauge", key))
+        .chain(
+            merged
+                .set_keys()
+                .into_iter()
+                .map(|key| (merged.set(&key.name, &key.tags), "set", key)),
+        );
+    for (values, kind, key) in lasting {
+        if let Some((last, max)) = values {
             out.push(Metric {
                 name: key.name.clone(),
                 series: key.label(),
-                kind: "gauge",
+                kind,
                 tags: key.tags.clone(),
                 last: Some(last),
                 max: Some(max),
@@ -470,18 +483,20 @@ fn window_rows(merged: &Merged) -> Vec<WindowRow> {
             for (name, sketch) in histograms {
                 metrics.push(histogram_metric(name, &Tags::new(), &sketch, seconds));
             }
-            let mut gauges: BTreeMap<&str, f64> = BTreeMap::new();
-            for (key, value) in &bucket.gauges {
-                *gauges.entry(&key.name).or_default() += value;
-            }
-            for (name, value) in gauges {
-                metrics.push(Metric {
-                    name: name.to_owned(),
-                    series: name.to_owned(),
-                    kind: "gauge",
-                    last: Some(value),
-                    ..Metric::default()
-                });
+            for (kind, values) in [("gauge", &bucket.gauges), ("set", &bucket.sets)] {
+                let mut by_name: BTreeMap<&str, f64> = BTreeMap::new();
+                for (key, value) in values {
+                    *by_name.entry(&key.name).or_default() += value;
+                }
+                for (name, value) in by_name {
+                    metrics.push(Metric {
+                        name: name.to_owned(),
+                        series: name.to_owned(),
+                        kind,
+                        last: Some(value),
+                        ..Metric::default()
+                    });
+                }
             }
             WindowRow {
                 start_ms: bucket.start_ms,
@@ -541,6 +556,7 @@ impl Report {
             statsd: StatsdCounts {
                 lines: merged.statsd_lines,
                 dropped: merged.statsd_dropped,
+                unsupported: merged.statsd_unsupported,
             },
             warnings: merged.warnings.clone(),
             passed,
@@ -647,6 +663,13 @@ impl Report {
                 out,
                 "\n  statsd    {} of {} lines dropped by the supervisors (see wave_statsd_dropped_lines_total)",
                 self.statsd.dropped, self.statsd.lines
+            );
+        }
+        if self.statsd.unsupported > 0 {
+            let _ = writeln!(
+                out,
+                "\n  statsd    {} DogStatsD events and service checks ignored (not metrics)",
+                self.statsd.unsupported
             );
         }
         if !self.warnings.is_empty() {

@@ -33,11 +33,17 @@ impl Distinct {
             return;
         }
         if let Err(at) = self.smallest.binary_search(&hash) {
-            self.smallest.insert(at, hash);
-            if self.smallest.len() > EXACT_UP_TO {
+            if self.smallest.len() == EXACT_UP_TO {
+                // `hash` is below the largest (checked above), so `at` stays in bounds.
                 self.smallest.pop();
                 self.saturated = true;
             }
+            if self.smallest.len() == self.smallest.capacity() {
+                // Grown by hand: doubling past the bound would hold twice the memory.
+                let grown = (self.smallest.capacity() * 2).clamp(8, EXACT_UP_TO);
+                self.smallest.reserve_exact(grown - self.smallest.len());
+            }
+            self.smallest.insert(at, hash);
         }
     }
 
@@ -96,6 +102,7 @@ mod tests {
                 distinct.count()
             );
             assert_eq!(distinct.smallest.len(), EXACT_UP_TO);
+            assert_eq!(distinct.smallest.capacity(), EXACT_UP_TO, "8 KiB, not more");
         }
     }
 }

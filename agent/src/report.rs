@@ -668,7 +668,8 @@ impl Report {
         if self.statsd.unsupported > 0 {
             let _ = writeln!(
                 out,
-                "\n  statsd    {} DogStatsD events and service checks ignored (not metrics)",
+                "{}  statsd    {} DogStatsD events and service checks ignored (not metrics)",
+                if self.statsd.dropped > 0 { "" } else { "\n" },
                 self.statsd.unsupported
             );
         }
@@ -779,6 +780,36 @@ mod tests {
         assert!(
             warnings[1].contains("another schema version"),
             "{warnings:?}"
+        );
+    }
+
+    #[test]
+    fn a_set_is_a_row_of_its_own_and_dogstatsd_extras_are_not_dropped_metrics() {
+        let line = r#"{"v":2,"pod":"p","container":0,"start_ms":0,"end_ms":10000,"agents_running":1,"relative_error":0.01,"lines":10,"dropped":{"parse":1,"cardinality":0,"overflow":0,"unsupported":6},"counters":[],"gauges":[],"histograms":[],"sets":[{"name":"users","value":2.0}]}"#;
+        let (windows, warnings) = read_windows(line.as_bytes(), "p/c0").expect("reads");
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let merged = merge::merge(&[ContainerInput {
+            pod: "p".into(),
+            container: 0,
+            summary: None,
+            windows,
+        }]);
+        let url: StoreUrl = "file:///results/".parse().expect("a URL");
+        let report = Report::new(&url, &merged, &[]);
+        let users = report.metrics.iter().find(|m| m.name == "users");
+        assert_eq!(
+            users.map(|m| (m.kind, m.last, m.max)),
+            Some(("set", Some(2.0), Some(2.0)))
+        );
+        assert_eq!(report.windows[0].metrics[0].kind, "set");
+        assert_eq!((report.statsd.dropped, report.statsd.unsupported), (1, 6));
+        let table = report.table();
+        assert!(
+            table.contains("  statsd    1 of 10 lines dropped by the supervisors")
+                && table.contains(
+                    "\n  statsd    6 DogStatsD events and service checks ignored (not metrics)\n"
+                ),
+            "{table}"
         );
     }
 }

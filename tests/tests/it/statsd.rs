@@ -1,6 +1,7 @@
 //! The supervisor as its agents' StatsD server (SPEC 6): lines sent over real UDP and Unix
 //! datagram sockets come out of a real Prometheus exactly (counts, buckets, gauges), land in
-//! `load-metrics.jsonl`, and every line of a flood is accounted for.
+//! `load-metrics.jsonl`, every line of a flood is accounted for, and two real client
+//! libraries (PyPI `statsd`, datadog's DogStatsd) are understood, sets included.
 
 use std::collections::BTreeMap;
 use std::net::UdpSocket;

@@ -50,12 +50,13 @@ apt_tool() { # binary package
   if [[ -n $added ]]; then as_root rm -f "$policy"; fi
 }
 
-pip_tools() {
+pip_tools() { # the StatsD clients statsd and datadog are the ingest tests' real senders
   local venv="$TOOLS/venv"
-  if [[ -x "$venv/bin/kubernetes-validate" && -x "$venv/bin/aws" ]]; then return; fi
-  log "pip install kubernetes-validate awscli into $venv (about a minute)"
+  if [[ -x "$venv/bin/kubernetes-validate" && -x "$venv/bin/aws" ]] \
+    && "$venv/bin/python3" -c 'import statsd, datadog' 2>/dev/null; then return; fi
+  log "pip install kubernetes-validate awscli statsd datadog into $venv (about a minute)"
   python3 -m venv "$venv"
-  "$venv/bin/pip" install -q kubernetes-validate awscli >&2
+  "$venv/bin/pip" install -q kubernetes-validate awscli 'statsd==4.0.*' 'datadog==0.56.*' >&2
 }
 
 npm_statsd() { # Etsy's StatsD daemon, the reference the ingest benchmark compares with

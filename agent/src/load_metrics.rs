@@ -44,6 +44,9 @@ pub struct Window {
     pub counters: Vec<Point>,
     pub gauges: Vec<Point>,
     pub histograms: Vec<HistogramPoint>,
+    /// Distinct values of each set in the window (absent in files of earlier supervisors).
+    #[serde(default)]
+    pub sets: Vec<Point>,
 }
 
 /// Lines dropped in the window, by reason.
@@ -52,9 +55,20 @@ pub struct Dropped {
     pub parse: u64,
     pub cardinality: u64,
     pub overflow: u64,
+    /// DogStatsD events and service checks (absent in files of earlier supervisors).
+    #[serde(default)]
+    pub unsupported: u64,
 }
 
-/// A counter's increase over the window, or a gauge's value at its end.
+impl Dropped {
+    /// Metric lines lost: every reason but `unsupported`, whose lines carry no metric.
+    pub fn metric_lines(&self) -> u64 {
+        self.parse + self.cardinality + self.overflow
+    }
+}
+
+/// A counter's increase over the window, a gauge's value at its end, or a set's distinct
+/// values in the window.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Point {
     /// Sanitized name, without the `wave_load_` prefix (or a counter's `_total`).
@@ -194,6 +208,11 @@ mod tests {
             }],
             gauges: Vec::new(),
             histograms: Vec::new(),
+            sets: vec![Point {
+                name: "users".into(),
+                tags: Tags::new(),
+                value: 2.0,
+            }],
         };
         append(dir.path(), &window).expect("appends");
         window.start_ms = 20_000;
@@ -206,5 +225,14 @@ mod tests {
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[1], window);
         assert!(text.starts_with("{\"v\":2,"), "{text}");
+    }
+
+    #[test]
+    fn a_window_of_an_earlier_supervisor_reads_without_sets_or_unsupported() {
+        let line = r#"{"v":2,"pod":"p","container":0,"start_ms":0,"end_ms":10000,"agents_running":1,"relative_error":0.01,"lines":1,"dropped":{"parse":1,"cardinality":0,"overflow":0},"counters":[],"gauges":[],"histograms":[]}"#;
+        let window: Window = serde_json::from_str(line).expect("reads");
+        assert!(window.sets.is_empty());
+        assert_eq!(window.dropped.unsupported, 0);
+        assert_eq!(window.dropped.metric_lines(), 1);
     }
 }

@@ -298,7 +298,10 @@ pub struct AgentCounts {
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct StatsdCounts {
     pub lines: u64,
+    /// Metric lines dropped (malformed, past the series cap, in an oversized datagram).
     pub dropped: u64,
+    /// DogStatsD events and service checks: not metrics, so not in `dropped`.
+    pub unsupported: u64,
 }
 
 /// One metric over the whole test (a series, or every series of a name merged: `tags` {}).
@@ -424,21 +427,31 @@ fn metrics_of(merged: &Merged) -> Vec<Metric> {
             }
         }
     }
-    let keys = merged.gauge_keys();
-    let names: BTreeSet<&str> = keys.iter().map(|k| k.name.as_str()).collect();
-    for name in names {
-        let tagged = keys.iter().filter(|k| k.name == name && !k.tags.is_empty());
-        for tags in std::iter::once(&all).chain(tagged.map(|k| &k.tags)) {
-            if let Some((last, peak)) = merged.gauge(name, tags) {
-                out.push(Metric {
-                    name: name.to_owned(),
-                    series: label(name, tags),
-                    kind: "gauge",
-                    tags: tags.clone(),
-                    last: Some(last),
-                    max: Some(peak),
-                    ..Metric::default()
-                });
+    // Gauges and sets: a reading per window, shown as the last and the peak.
+    for kind in ["gauge", "set"] {
+        let keys = match kind {
+            "gauge" => merged.gauge_keys(),
+            _ => merged.set_keys(),
+        };
+        let names: BTreeSet<&str> = keys.iter().map(|k| k.name.as_str()).collect();
+        for name in names {
+            let tagged = keys.iter().filter(|k| k.name == name && !k.tags.is_empty());
+            for tags in std::iter::once(&all).chain(tagged.map(|k| &k.tags)) {
+                let reading = match kind {
+                    "gauge" => merged.gauge(name, tags),
+                    _ => merged.set(name, tags),
+                };
+                if let Some((last, peak)) = reading {
+                    out.push(Metric {
+                        name: name.to_owned(),
+                        series: label(name, tags),
+                        kind,
+                        tags: tags.clone(),
+                        last: Some(last),
+                        max: Some(peak),
+                        ..Metric::default()
+                    });
+                }
             }
         }
     }
@@ -466,18 +479,20 @@ fn window_rows(merged: &Merged) -> Vec<WindowRow> {
             for (name, sketch) in histograms {
                 metrics.push(histogram_metric(name, &Tags::new(), &sketch, seconds));
             }
-            let mut gauges: BTreeMap<&str, f64> = BTreeMap::new();
-            for (key, value) in &bucket.gauges {
-                *gauges.entry(&key.name).or_default() += value;
-            }
-            for (name, value) in gauges {
-                metrics.push(Metric {
-                    name: name.to_owned(),
-                    series: name.to_owned(),
-                    kind: "gauge",
-                    last: Some(value),
-                    ..Metric::default()
-                });
+            for (kind, values) in [("gauge", &bucket.gauges), ("set", &bucket.sets)] {
+                let mut by_name: BTreeMap<&str, f64> = BTreeMap::new();
+                for (key, value) in values {
+                    *by_name.entry(&key.name).or_default() += value;
+                }
+                for (name, value) in by_name {
+                    metrics.push(Metric {
+                        name: name.to_owned(),
+                        series: name.to_owned(),
+                        kind,
+                        last: Some(value),
+                        ..Metric::default()
+                    });
+                }
             }
             WindowRow {
                 start_ms: bucket.start_ms,
@@ -537,6 +552,7 @@ impl Report {
             statsd: StatsdCounts {
                 lines: merged.statsd_lines,
                 dropped: merged.statsd_dropped,
+                unsupported: merged.statsd_unsupported,
             },
             warnings: merged.warnings.clone(),
             passed,
@@ -666,6 +682,36 @@ mod tests {
         assert!(
             warnings[1].contains("another schema version"),
             "{warnings:?}"
+        );
+    }
+
+    #[test]
+    fn a_set_is_a_row_of_its_own_and_dogstatsd_extras_are_not_dropped_metrics() {
+        let line = r#"{"v":2,"pod":"p","container":0,"start_ms":0,"end_ms":10000,"agents_running":1,"relative_error":0.01,"lines":10,"dropped":{"parse":1,"cardinality":0,"overflow":0,"unsupported":6},"counters":[],"gauges":[],"histograms":[],"sets":[{"name":"users","value":2.0}]}"#;
+        let (windows, warnings) = read_windows(line.as_bytes(), "p/c0").expect("reads");
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let merged = merge::merge(&[ContainerInput {
+            pod: "p".into(),
+            container: 0,
+            summary: None,
+            windows,
+        }]);
+        let url: StoreUrl = "file:///results/".parse().expect("a URL");
+        let report = Report::new(&url, &merged, &[]);
+        let users = report.metrics.iter().find(|m| m.name == "users");
+        assert_eq!(
+            users.map(|m| (m.kind, m.last, m.max)),
+            Some(("set", Some(2.0), Some(2.0)))
+        );
+        assert_eq!(report.windows[0].metrics[0].kind, "set");
+        assert_eq!((report.statsd.dropped, report.statsd.unsupported), (1, 6));
+        let table = report.table();
+        assert!(
+            table.contains("  statsd    1 of 10 lines dropped by the supervisors")
+                && table.contains(
+                    "\n  statsd    6 DogStatsD events and service checks ignored (not metrics)\n"
+                ),
+            "{table}"
         );
     }
 }

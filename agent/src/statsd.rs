@@ -8,6 +8,7 @@
 //! the datagrams the kernel dropped are read from `/proc/net/udp`.
 
 pub mod aggregate;
+pub mod distinct;
 pub mod parse;
 
 use std::io;
@@ -227,6 +228,7 @@ impl Statsd {
             counters: content.counters,
             gauges: content.gauges,
             histograms: content.histograms,
+            sets: content.sets,
         };
         if let Err(err) = load_metrics::append(&meta.results_dir, &window) {
             warn!("{}", crate::error_chain::ErrorChain(&err));
@@ -359,7 +361,7 @@ impl Collector for StatsdCollector {
         lines.encode(metric)?;
         let mut family = encoder.encode_descriptor(
             "wave_statsd_dropped_lines",
-            "StatsD lines not aggregated, by reason: parse (malformed, or a name taken by another type), cardinality (past WAVE_STATSD_MAX_SERIES), overflow (datagram over 64 KiB)",
+            "StatsD lines not aggregated, by reason: parse (malformed, or a name taken by another type), cardinality (past WAVE_STATSD_MAX_SERIES), overflow (datagram over 64 KiB), unsupported (DogStatsD events and service checks)",
             None,
             MetricType::Counter,
         )?;
@@ -396,6 +398,10 @@ impl Collector for StatsdCollector {
                     "StatsD timer from the agents, in seconds",
                 ),
                 Class::Histogram => (MetricType::Histogram, "StatsD histogram from the agents"),
+                Class::Set => (
+                    MetricType::Gauge,
+                    "StatsD set from the agents: distinct values in the last load window (WAVE_LOAD_WINDOW)",
+                ),
             };
             let mut out = encoder.encode_descriptor(&name, help, None, metric_type)?;
             for &index in &family.series {
@@ -410,7 +416,9 @@ impl Collector for StatsdCollector {
                     SeriesValue::Counter { total, .. } => {
                         metric.encode_counter::<NoLabelSet, _, f64>(total, None)?
                     }
-                    SeriesValue::Gauge { value, .. } => metric.encode_gauge(value)?,
+                    SeriesValue::Gauge { value, .. } | SeriesValue::Set { last: value, .. } => {
+                        metric.encode_gauge(value)?
+                    }
                     SeriesValue::Histogram { buckets, sum, .. } => {
                         let rounded: Vec<(f64, u64)> = bounds
                             .iter()

@@ -85,6 +85,7 @@ fn window(pod: &str, w: i64, seed: u64) -> Window {
             value: 1000.0,
         }],
         histograms,
+        sets: Vec::new(),
     }
 }
 

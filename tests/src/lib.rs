@@ -41,12 +41,17 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     bin
 }
 
+/// Where `scripts/install-test-deps.sh` installs: `$WAVE_TOOLS_DIR`, else
+/// `~/.cache/wave-tools`.
+fn tools_dir() -> Option<PathBuf> {
+    std::env::var_os("WAVE_TOOLS_DIR")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/wave-tools")))
+}
+
 /// Path of an external tool installed by `scripts/install-test-deps.sh` (or on PATH).
 pub fn tool(name: &str) -> PathBuf {
-    let tools = std::env::var_os("WAVE_TOOLS_DIR")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/wave-tools")));
-    let candidates = tools
+    let candidates = tools_dir()
         .into_iter()
         .flat_map(|t| [t.join("bin").join(name), t.join("venv/bin").join(name)])
         .chain(
@@ -61,6 +66,18 @@ pub fn tool(name: &str) -> PathBuf {
         }
     }
     panic!("`{name}` is not installed: run scripts/install-test-deps.sh");
+}
+
+/// The Python of the tools' venv (`<tools>/venv`), which holds the Python packages
+/// `scripts/install-test-deps.sh` installs: the StatsD client libraries the ingest tests
+/// send with among them. Never the system Python, which lacks them.
+pub fn tools_python() -> PathBuf {
+    let python = tools_dir()
+        .map(|t| t.join("venv/bin/python3"))
+        .filter(|p| p.is_file());
+    python.unwrap_or_else(|| {
+        panic!("the tools' Python venv is not installed: run scripts/install-test-deps.sh")
+    })
 }
 
 /// A TCP port on 127.0.0.1 that was free a moment ago, for servers that cannot bind port 0.

@@ -51,6 +51,7 @@ pub fn window(pod: &str, start_ms: i64, requests: f64, errors: f64, latencies: &
             tags: Tags::new(),
             sketch: sketch.to_stored(),
         }],
+        sets: Vec::new(),
     }
 }
 

@@ -1,6 +1,7 @@
 //! The pure part of `wave report`: every container's summary and windows merged into one
 //! test-wide view, exactly (counters added, sketches merged bin by bin, gauges summed over
-//! containers), over the whole run and per time window.
+//! containers), over the whole run and per time window. Sets are counts of distinct values
+//! per window, summed over containers (docs/load-metrics.md says why).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -16,6 +17,8 @@ pub enum Kind {
     Gauge,
     /// Timers (`ms`) and histograms (`h`, `d`), in the unit they were sent in.
     Histogram,
+    /// Sets (`s`): distinct values per window.
+    Set,
 }
 
 /// One series of the test: a name (`requests_total` for a counter) and a tag set.
@@ -71,6 +74,9 @@ pub struct Bucket {
     pub histograms: BTreeMap<SeriesKey, Sketch>,
     /// Sum over containers of each one's last value in the window.
     pub gauges: BTreeMap<SeriesKey, f64>,
+    /// Sum over containers of each one's distinct values in the window (the largest count
+    /// of its windows here, when its windows are shorter than the report's).
+    pub sets: BTreeMap<SeriesKey, f64>,
     pub agents_running: u64,
     /// Containers that sent a window.
     pub containers: usize,
@@ -124,7 +130,10 @@ pub struct Merged {
     /// Containers with windows but no summary yet: the test is still running there.
     pub unfinished_containers: Vec<String>,
     pub statsd_lines: u64,
+    /// Metric lines the supervisors dropped (every reason but `unsupported`).
     pub statsd_dropped: u64,
+    /// DogStatsD events and service checks the supervisors ignored.
+    pub statsd_unsupported: u64,
     pub warnings: Vec<String>,
 }
 
@@ -192,6 +201,8 @@ struct OpenBucket {
     histograms: BySeries<Sketch>,
     /// Per container and gauge series: the end of the last window that set it, and its value.
     gauges: HashMap<(usize, usize), (i64, f64)>,
+    /// Per container and set series: the largest count of its windows here.
+    sets: HashMap<(usize, usize), f64>,
     /// Per container: the end of its last window here, and its agents running then.
     running: HashMap<usize, (i64, u32)>,
 }
@@ -219,6 +230,7 @@ struct PreparedWindow {
     counters: Vec<(usize, f64)>,
     histograms: Vec<(usize, Sketch)>,
     gauges: Vec<(usize, f64)>,
+    sets: Vec<(usize, f64)>,
 }
 
 /// One container's windows, checked, numbered and totalled: everything of the merge that
@@ -236,6 +248,7 @@ pub struct Prepared {
     span: Option<(i64, i64)>,
     lines: u64,
     dropped: u64,
+    unsupported: u64,
     warnings: Vec<String>,
 }
 
@@ -253,6 +266,7 @@ impl Prepared {
             span: None,
             lines: 0,
             dropped: 0,
+            unsupported: 0,
             warnings: Vec::new(),
         };
         let mut seen_windows = BTreeSet::new();
@@ -277,7 +291,8 @@ impl Prepared {
                 }),
         );
         self.lines += window.lines;
-        self.dropped += window.dropped.parse + window.dropped.cardinality + window.dropped.overflow;
+        self.dropped += window.dropped.metric_lines();
+        self.unsupported += window.dropped.unsupported;
         let mut prepared = PreparedWindow {
             bucket: window.start_ms.div_euclid(BUCKET_MS) * BUCKET_MS,
             end_ms: window.end_ms,
@@ -285,6 +300,7 @@ impl Prepared {
             counters: Vec::with_capacity(window.counters.len()),
             histograms: Vec::with_capacity(window.histograms.len()),
             gauges: Vec::with_capacity(window.gauges.len()),
+            sets: Vec::with_capacity(window.sets.len()),
         };
         for point in window.counters {
             let id = self.series.id(SeriesKey {
@@ -319,6 +335,14 @@ impl Prepared {
             });
             prepared.gauges.push((id, point.value));
         }
+        for point in window.sets {
+            let id = self.series.id(SeriesKey {
+                name: point.name,
+                kind: Kind::Set,
+                tags: point.tags,
+            });
+            prepared.sets.push((id, point.value));
+        }
         self.windows.push(prepared);
     }
 }
@@ -340,6 +364,7 @@ impl Merger {
         }
         merged.statsd_lines += prepared.lines;
         merged.statsd_dropped += prepared.dropped;
+        merged.statsd_unsupported += prepared.unsupported;
         // The container's series numbers → the test's.
         let ids: Vec<usize> = prepared
             .series
@@ -381,6 +406,10 @@ impl Merger {
                     *slot = (window.end_ms, value);
                 }
             }
+            for (local, count) in window.sets {
+                let slot = bucket.sets.entry((container_no, ids[local])).or_default();
+                *slot = slot.max(count);
+            }
             let slot = bucket.running.entry(container_no).or_insert((i64::MIN, 0));
             if window.end_ms >= slot.0 {
                 *slot = (window.end_ms, window.agents_running);
@@ -402,12 +431,17 @@ impl Merger {
                 for ((_, id), (_, value)) in open.gauges {
                     *gauges.entry(series.keys[id].clone()).or_default() += value;
                 }
+                let mut sets = BTreeMap::new();
+                for ((_, id), count) in open.sets {
+                    *sets.entry(series.keys[id].clone()).or_default() += count;
+                }
                 Bucket {
                     start_ms,
                     end_ms: open.end_ms,
                     counters: series.keyed(open.counters),
                     histograms: series.keyed(open.histograms),
                     gauges,
+                    sets,
                     agents_running: open.running.values().map(|&(_, n)| u64::from(n)).sum(),
                     containers: open.running.len(),
                 }
@@ -569,12 +603,28 @@ impl Merged {
 
     /// Gauge series with `name` (and `tags`): the last and the largest test-wide value.
     pub fn gauge(&self, name: &str, tags: &Tags) -> Option<(f64, f64)> {
+        self.last_and_max(|bucket| &bucket.gauges, name, tags)
+    }
+
+    /// Set series with `name` (and `tags`): distinct values in the last window that had
+    /// any, and the most of any window.
+    pub fn set(&self, name: &str, tags: &Tags) -> Option<(f64, f64)> {
+        self.last_and_max(|bucket| &bucket.sets, name, tags)
+    }
+
+    /// The last and the largest value over the timeline of the series of `name` (and
+    /// `tags`) in the windows' map `of`, its series summed in each window.
+    fn last_and_max(
+        &self,
+        of: impl Fn(&Bucket) -> &BTreeMap<SeriesKey, f64>,
+        name: &str,
+        tags: &Tags,
+    ) -> Option<(f64, f64)> {
         let values: Vec<f64> = self
             .timeline
             .iter()
             .filter_map(|bucket| {
-                let matching: Vec<f64> = bucket
-                    .gauges
+                let matching: Vec<f64> = of(bucket)
                     .iter()
                     .filter(|(key, _)| {
                         key.name == name && tags.iter().all(|(k, v)| key.tags.get(k) == Some(v))
@@ -596,6 +646,14 @@ impl Merged {
         self.timeline
             .iter()
             .flat_map(|b| b.gauges.keys().cloned())
+            .collect()
+    }
+
+    /// Set series names and tag sets seen in any window.
+    pub fn set_keys(&self) -> BTreeSet<SeriesKey> {
+        self.timeline
+            .iter()
+            .flat_map(|b| b.sets.keys().cloned())
             .collect()
     }
 }
@@ -636,6 +694,7 @@ mod tests {
                 tags: Tags::new(),
                 sketch: sketch.to_stored(),
             }],
+            sets: Vec::new(),
         }
     }
 
@@ -679,5 +738,54 @@ mod tests {
         )]);
         assert_eq!(merged.counter("requests_total", &Tags::new()), Some(5.0));
         assert_eq!(merged.warnings.len(), 1, "{:?}", merged.warnings);
+    }
+
+    fn set_window(start_ms: i64, end_ms: i64, users: f64, unsupported: u64) -> Window {
+        Window {
+            end_ms,
+            dropped: Dropped {
+                parse: 1,
+                unsupported,
+                ..Dropped::default()
+            },
+            sets: vec![Point {
+                name: "users".into(),
+                tags: Tags::new(),
+                value: users,
+            }],
+            ..window(start_ms, 1.0, &[1.0])
+        }
+    }
+
+    #[test]
+    fn sets_are_distinct_counts_per_window_summed_over_containers() {
+        let merged = merge(&[
+            container(
+                "a",
+                vec![
+                    set_window(0, 5_000, 3.0, 2),
+                    set_window(5_000, 10_000, 5.0, 0),
+                    set_window(10_000, 20_000, 2.0, 0),
+                ],
+            ),
+            container("b", vec![set_window(0, 10_000, 4.0, 1)]),
+        ]);
+        let users = SeriesKey {
+            name: "users".into(),
+            kind: Kind::Set,
+            tags: Tags::new(),
+        };
+        // a's two 5 s windows in the first 10 s: at least 5 distinct values, not 3 + 5.
+        assert_eq!(merged.timeline[0].sets.get(&users), Some(&9.0));
+        assert_eq!(merged.timeline[1].sets.get(&users), Some(&2.0));
+        assert_eq!(merged.set("users", &Tags::new()), Some((2.0, 9.0)));
+        assert_eq!(merged.set_keys().into_iter().collect::<Vec<_>>(), [users]);
+        assert_eq!(
+            merged.gauge("users", &Tags::new()),
+            None,
+            "a set is not a gauge"
+        );
+        assert_eq!(merged.statsd_dropped, 4, "parse drops only");
+        assert_eq!(merged.statsd_unsupported, 3);
     }
 }

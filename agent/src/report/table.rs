@@ -15,7 +15,7 @@ pub fn render(report: &Report) -> String {
     let mut out = String::new();
     header(&mut out, report);
     let (gauges, others): (Vec<&Metric>, Vec<&Metric>) =
-        report.metrics.iter().partition(|m| m.kind == "gauge");
+        report.metrics.iter().partition(|m| m.kind == "gauge" || m.kind == "set");
     let width = report
         .metrics
         .iter()
@@ -71,6 +71,14 @@ pub fn render(report: &Report) -> String {
             out,
             "\n  statsd    {} of {} lines dropped by the supervisors (see wave_statsd_dropped_lines_total)",
             report.statsd.dropped, report.statsd.lines
+        );
+    }
+    if report.statsd.unsupported > 0 {
+        let _ = writeln!(
+            out,
+            "{}  statsd    {} DogStatsD events and service checks ignored (not metrics)",
+            if report.statsd.dropped > 0 { "" } else { "\n" },
+            report.statsd.unsupported
         );
     }
     if !report.warnings.is_empty() {

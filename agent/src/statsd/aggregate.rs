@@ -1,7 +1,8 @@
 //! StatsD lines summed into series: counters (cumulative for Prometheus, per window for
-//! `load-metrics.jsonl`), gauges, and timers/histograms (Prometheus buckets since start, a
-//! mergeable sketch per window). Series are capped; every line is counted, and every line
-//! that is not aggregated is counted by why.
+//! `load-metrics.jsonl`), gauges, timers/histograms (Prometheus buckets since start, a
+//! mergeable sketch per window) and sets (distinct values per window, in bounded memory:
+//! [`Distinct`]). Series are capped; every line is counted, and every line that is not
+//! aggregated is counted by why.
 //!
 //! The hot path looks a line up by its raw bytes (type, name, tags as sent) in a cache;
 //! only a miss sanitizes the name and sorts the tags to find or create the series.
@@ -12,7 +13,8 @@ use std::hash::{BuildHasherDefault, Hash as _, Hasher};
 use crate::load_metrics::{Dropped, HistogramPoint, Point, Tags};
 use crate::sketch::Sketch;
 
-use super::parse::{self, Kind};
+use super::distinct::Distinct;
+use super::parse::{self, Kind, ParseError};
 
 /// Prefix of every series made from StatsD lines.
 pub const PREFIX: &str = "wave_load_";
@@ -31,13 +33,17 @@ pub enum DropReason {
     Cardinality,
     /// Its datagram was longer than the read buffer.
     Overflow,
+    /// A DogStatsD event (`_e{…}`) or service check (`_sc|…`): not a metric, and no sign of
+    /// a broken client.
+    Unsupported,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 3] = [
+    pub const ALL: [DropReason; 4] = [
         DropReason::Parse,
         DropReason::Cardinality,
         DropReason::Overflow,
+        DropReason::Unsupported,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -45,6 +51,7 @@ impl DropReason {
             DropReason::Parse => "parse",
             DropReason::Cardinality => "cardinality",
             DropReason::Overflow => "overflow",
+            DropReason::Unsupported => "unsupported",
         }
     }
 }
@@ -76,6 +83,8 @@ pub enum Class {
     Timer,
     /// Histograms and distributions: values as sent.
     Histogram,
+    /// Sets: distinct values per window, a gauge in Prometheus.
+    Set,
 }
 
 impl Class {
@@ -85,6 +94,7 @@ impl Class {
             Kind::Gauge => Class::Gauge,
             Kind::Timer => Class::Timer,
             Kind::Histogram | Kind::Distribution => Class::Histogram,
+            Kind::Set => Class::Set,
         }
     }
 }
@@ -129,6 +139,13 @@ pub enum SeriesValue {
         sum: f64,
         window: Sketch,
     },
+    Set {
+        /// The distinct values of the window open now.
+        window: Distinct,
+        /// Distinct values of the last window that ended (0 before the first): what
+        /// Prometheus sees, so a scrape never shows a window half-filled.
+        last: f64,
+    },
 }
 
 /// What a window holds, ready for `load-metrics.jsonl`.
@@ -139,13 +156,15 @@ pub struct WindowContent {
     pub counters: Vec<Point>,
     pub gauges: Vec<Point>,
     pub histograms: Vec<HistogramPoint>,
+    /// Distinct values of each set the window saw.
+    pub sets: Vec<Point>,
 }
 
 /// Totals since start, for `wave_statsd_*`.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Totals {
     pub lines: u64,
-    pub dropped: [u64; 3],
+    pub dropped: [u64; DropReason::ALL.len()],
 }
 
 /// A fast non-cryptographic hash (the Fx hash) for the raw-key cache: the input is the
@@ -194,7 +213,7 @@ pub struct Aggregator {
     series: Vec<Series>,
     totals: Totals,
     window_lines: u64,
-    window_dropped: [u64; 3],
+    window_dropped: [u64; DropReason::ALL.len()],
     scratch: Vec<u8>,
 }
 
@@ -209,7 +228,7 @@ impl Aggregator {
             series: Vec::new(),
             totals: Totals::default(),
             window_lines: 0,
-            window_dropped: [0; 3],
+            window_dropped: [0; DropReason::ALL.len()],
             scratch: Vec::with_capacity(256),
         }
     }
@@ -263,7 +282,10 @@ impl Aggregator {
     }
 
     fn apply(&mut self, text: &[u8]) -> Result<(), DropReason> {
-        let line = parse::parse_line(text).map_err(|_| DropReason::Parse)?;
+        let line = parse::parse_line(text).map_err(|err| match err {
+            ParseError::Unsupported => DropReason::Unsupported,
+            _ => DropReason::Parse,
+        })?;
         self.scratch.clear();
         self.scratch
             .extend_from_slice(line.kind.as_str().as_bytes());
@@ -285,22 +307,28 @@ impl Aggregator {
         let weight = 1.0 / line.rate;
         let buckets = &self.config.buckets;
         let series = &mut self.series[index];
-        for value in line.values() {
-            let value = value.map_err(|_| DropReason::Parse)?;
-            match &mut series.value {
-                SeriesValue::Counter {
-                    total,
-                    window,
-                    touched,
-                } => {
+        // Values were checked by the parser; a number that fails here cannot happen, and
+        // would be a parse drop.
+        let numbers = line.values().map(|v| v.map_err(|_| DropReason::Parse));
+        match &mut series.value {
+            SeriesValue::Counter {
+                total,
+                window,
+                touched,
+            } => {
+                for value in numbers {
+                    let value = value?;
                     *total += value.number * weight;
                     *window += value.number * weight;
                     *touched = true;
                 }
-                SeriesValue::Gauge {
-                    value: gauge,
-                    touched,
-                } => {
+            }
+            SeriesValue::Gauge {
+                value: gauge,
+                touched,
+            } => {
+                for value in numbers {
+                    let value = value?;
                     if value.signed {
                         *gauge += value.number;
                     } else {
@@ -308,12 +336,15 @@ impl Aggregator {
                     }
                     *touched = true;
                 }
-                SeriesValue::Histogram {
-                    buckets: counts,
-                    count,
-                    sum,
-                    window,
-                } => {
+            }
+            SeriesValue::Histogram {
+                buckets: counts,
+                count,
+                sum,
+                window,
+            } => {
+                for value in numbers {
+                    let value = value?;
                     let observed = if line.kind == Kind::Timer {
                         value.number / 1000.0
                     } else {
@@ -324,6 +355,12 @@ impl Aggregator {
                     *count += weight;
                     *sum += observed * weight;
                     window.add(value.number, weight);
+                }
+            }
+            // A set counts values, not their rate: Etsy's daemon ignores `@rate` here too.
+            SeriesValue::Set { window, .. } => {
+                for value in line.set_values() {
+                    window.insert(value);
                 }
             }
         }
@@ -388,6 +425,10 @@ impl Aggregator {
                 sum: 0.0,
                 window: Sketch::default(),
             },
+            Class::Set => SeriesValue::Set {
+                window: Distinct::default(),
+                last: 0.0,
+            },
         };
         let index = self.series.len();
         let same_hash = self.canonical.insert(hash, index);
@@ -402,7 +443,7 @@ impl Aggregator {
     }
 
     /// What the window since the last call holds; starts the next one. Gauges are in
-    /// every window once set (their value lasts); counters and histograms only when
+    /// every window once set (their value lasts); counters, histograms and sets only when
     /// something arrived.
     pub fn take_window(&mut self) -> WindowContent {
         let mut content = WindowContent {
@@ -411,10 +452,11 @@ impl Aggregator {
                 parse: self.window_dropped[DropReason::Parse as usize],
                 cardinality: self.window_dropped[DropReason::Cardinality as usize],
                 overflow: self.window_dropped[DropReason::Overflow as usize],
+                unsupported: self.window_dropped[DropReason::Unsupported as usize],
             },
             ..WindowContent::default()
         };
-        self.window_dropped = [0; 3];
+        self.window_dropped = [0; DropReason::ALL.len()];
         for series in &mut self.series {
             let family = &self.families[series.family];
             let name = family.name.clone();
@@ -447,6 +489,17 @@ impl Aggregator {
                             kind: family.kind.as_str().to_owned(),
                             tags,
                             sketch: std::mem::take(window).to_stored(),
+                        });
+                    }
+                }
+                SeriesValue::Set { window, last } => {
+                    let window = std::mem::take(window);
+                    *last = window.count();
+                    if !window.is_empty() {
+                        content.sets.push(Point {
+                            name,
+                            tags,
+                            value: *last,
                         });
                     }
                 }
@@ -578,8 +631,8 @@ mod tests {
     #[test]
     fn a_name_keeps_its_first_type() {
         let mut agg = aggregator(100);
-        agg.ingest_datagram(b"x:1|c\nx:1|g\ny:1|ms\ny:1|h\nbad line\n");
-        assert_eq!(agg.totals().dropped[DropReason::Parse as usize], 3);
+        agg.ingest_datagram(b"x:1|c\nx:1|g\ny:1|ms\ny:1|h\nx:1|s\nbad line\n");
+        assert_eq!(agg.totals().dropped[DropReason::Parse as usize], 4);
         assert_eq!(agg.series().len(), 2);
     }
 
@@ -598,6 +651,87 @@ mod tests {
         assert!(second.counters.is_empty() && second.histograms.is_empty());
         assert_eq!(second.gauges[0].value, 7.0, "a gauge lasts");
         assert_eq!(second.lines, 0);
+    }
+
+    fn set_last(agg: &Aggregator, name: &str) -> f64 {
+        match value(agg, name) {
+            SeriesValue::Set { last, .. } => *last,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn sets_count_distinct_values_per_window_whatever_the_rate() {
+        let mut agg = aggregator(100);
+        agg.ingest_datagram(
+            b"users:alice|s\nusers:bob|s|@0.1\nusers:alice|s\nusers:carol:dave:carol|s|#x:1\n",
+        );
+        assert_eq!(set_last(&agg, "users"), 0.0, "no window ended yet");
+        let first = agg.take_window();
+        let counts: Vec<(Tags, f64)> = first
+            .sets
+            .iter()
+            .map(|p| (p.tags.clone(), p.value))
+            .collect();
+        assert_eq!(
+            counts,
+            [
+                (Tags::new(), 2.0),
+                (Tags::from([("x".into(), "1".into())]), 2.0)
+            ]
+        );
+        assert!(first.counters.is_empty() && first.gauges.is_empty());
+        assert_eq!(
+            set_last(&agg, "users"),
+            2.0,
+            "Prometheus sees the window that ended"
+        );
+        agg.ingest_line(b"users:alice|s");
+        let second = agg.take_window();
+        assert_eq!(second.sets.len(), 1, "only the set that got values");
+        assert_eq!(
+            second.sets[0].value, 1.0,
+            "values do not carry over windows"
+        );
+        let third = agg.take_window();
+        assert!(third.sets.is_empty());
+        assert_eq!(
+            set_last(&agg, "users"),
+            0.0,
+            "nothing arrived in the last window"
+        );
+        assert_eq!(agg.totals().dropped, [0; DropReason::ALL.len()]);
+    }
+
+    #[test]
+    fn a_set_keeps_its_series_bounded() {
+        let mut agg = aggregator(100);
+        for i in 0..50_000 {
+            agg.ingest_line(format!("users:u{i}|s").as_bytes());
+        }
+        match value(&agg, "users") {
+            SeriesValue::Set { window, .. } => {
+                let error = (window.count() - 50_000.0).abs() / 50_000.0;
+                assert!(error < 0.094, "{}", window.count());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn dogstatsd_events_and_service_checks_are_unsupported_not_parse_drops() {
+        let mut agg = aggregator(100);
+        agg.ingest_datagram(
+            b"_e{6,4}:deploy|done|t:info|#x:y\n_sc|game.up|0|#env:test|m:fine\nreq:1|c\nbroken\n",
+        );
+        let totals = agg.totals();
+        assert_eq!(totals.lines, 4);
+        assert_eq!(totals.dropped[DropReason::Unsupported as usize], 2);
+        assert_eq!(totals.dropped[DropReason::Parse as usize], 1);
+        let window = agg.take_window();
+        assert_eq!(window.dropped.unsupported, 2);
+        assert_eq!(window.dropped.parse, 1);
+        assert_eq!(agg.series().len(), 1);
     }
 
     #[test]
@@ -621,7 +755,7 @@ mod tests {
     fn garbage_datagrams_are_counted_never_panic() {
         let mut agg = aggregator(50);
         let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let alphabet = b"ab:|@#,.-+019\nmsgcdh\xff";
+        let alphabet = b"ab:|@#,.-+019\nmsgcdh\xff_{";
         for _ in 0..20_000 {
             let datagram: Vec<u8> = (0..(state % 64))
                 .map(|_| {

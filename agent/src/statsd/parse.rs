@@ -1,9 +1,11 @@
 //! One StatsD line into its parts, without allocating: `name:value|type[|@rate][|#tags]`.
 //!
-//! The types are Etsy's (`c`, `g`, `ms`, `h`) and DogStatsD's (`d`); DogStatsD's tags
+//! The types are Etsy's (`c`, `g`, `ms`, `h`, `s`) and DogStatsD's (`d`); DogStatsD's tags
 //! (`|#key:value,flag`), several values in one line (`name:1:2:3|ms`) and its other fields
-//! (`|c:container`, `|T<timestamp>`, ignored) are accepted. Anything else is an error that
-//! says what was wrong, never a panic: the input is whatever an agent sends.
+//! (`|c:container`, `|T<timestamp>`, ignored) are accepted. DogStatsD's events (`_e{…}`) and
+//! service checks (`_sc|…`) are not metrics: they are refused as [`ParseError::Unsupported`],
+//! told apart from broken lines (docs/load-metrics.md). Anything else is an error that says
+//! what was wrong, never a panic: the input is whatever an agent sends.
 
 /// What a line measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -18,6 +20,8 @@ pub enum Kind {
     Histogram,
     /// `d`: DogStatsD's distribution, aggregated like a histogram.
     Distribution,
+    /// `s`: a value (any text) of a set, whose distinct values are counted per window.
+    Set,
 }
 
 impl Kind {
@@ -29,6 +33,7 @@ impl Kind {
             Kind::Timer => "ms",
             Kind::Histogram => "h",
             Kind::Distribution => "d",
+            Kind::Set => "s",
         }
     }
 }
@@ -37,7 +42,7 @@ impl Kind {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Line<'a> {
     pub name: &'a [u8],
-    /// The values, `:`-separated (one in plain StatsD).
+    /// The values, `:`-separated (one in plain StatsD); numbers except for a set.
     pub values: &'a [u8],
     pub kind: Kind,
     /// Sample rate in (0, 1]; 1 when absent.
@@ -55,18 +60,26 @@ pub enum ParseError {
     EmptyName,
     #[error("no '|' before the type")]
     NoType,
-    #[error("unknown metric type (expected c, g, ms, h or d)")]
+    #[error("unknown metric type (expected c, g, ms, h, d or s)")]
     UnknownType,
     #[error("value is not a finite number")]
     BadValue,
+    #[error("empty set value")]
+    EmptySetValue,
     #[error("sample rate is not a number in (0, 1]")]
     BadRate,
     #[error("unknown field after the type")]
     BadField,
+    /// Well-formed or not, a DogStatsD event or service check carries no metric.
+    #[error("a DogStatsD event or service check, not a metric")]
+    Unsupported,
 }
 
 /// Parses one line (without its newline).
 pub fn parse_line(line: &[u8]) -> Result<Line<'_>, ParseError> {
+    if line.starts_with(b"_e{") || line.starts_with(b"_sc|") {
+        return Err(ParseError::Unsupported);
+    }
     let colon = memchr::memchr(b':', line).ok_or(ParseError::NoValue)?;
     let name = &line[..colon];
     if name.is_empty() {
@@ -82,6 +95,7 @@ pub fn parse_line(line: &[u8]) -> Result<Line<'_>, ParseError> {
         b"ms" => Kind::Timer,
         b"h" => Kind::Histogram,
         b"d" => Kind::Distribution,
+        b"s" => Kind::Set,
         _ => return Err(ParseError::UnknownType),
     };
     let mut rate = 1.0;
@@ -106,9 +120,15 @@ pub fn parse_line(line: &[u8]) -> Result<Line<'_>, ParseError> {
         rate,
         tags,
     };
-    // Every value is checked here, so the caller can trust `values()`.
-    for value in line.values() {
-        value?;
+    // Every value is checked here, so the caller can trust `values()` and `set_values()`.
+    if kind == Kind::Set {
+        if line.set_values().any(<[u8]>::is_empty) {
+            return Err(ParseError::EmptySetValue);
+        }
+    } else {
+        for value in line.values() {
+            value?;
+        }
     }
     Ok(line)
 }
@@ -121,7 +141,12 @@ pub struct Value {
 }
 
 impl Line<'_> {
-    /// The line's values in order.
+    /// The values of a set line, as sent: a set counts any text, numbers or not.
+    pub fn set_values(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        self.values.split(|&b| b == b':')
+    }
+
+    /// The line's values in order, as numbers (for every kind but a set).
     pub fn values(&self) -> impl Iterator<Item = Result<Value, ParseError>> + '_ {
         self.values.split(|&b| b == b':').map(|text| {
             let signed = matches!(text.first(), Some(b'+' | b'-'));
@@ -192,10 +217,15 @@ mod tests {
         for (text, kind) in [
             ("a:1|c", Kind::Counter),
             ("a:1|g", Kind::Gauge),
+            ("a:x|s", Kind::Set),
             ("a:1|h", Kind::Histogram),
             ("a:1|d", Kind::Distribution),
         ] {
-            assert_eq!(one(text).0.kind, kind, "{text}");
+            assert_eq!(
+                parse_line(text.as_bytes()).map(|l| l.kind),
+                Ok(kind),
+                "{text}"
+            );
         }
     }
 
@@ -233,7 +263,10 @@ mod tests {
             ("nocolon", ParseError::NoValue),
             (":1|c", ParseError::EmptyName),
             ("a:1", ParseError::NoType),
-            ("a:1|s", ParseError::UnknownType),
+            ("a:1|x", ParseError::UnknownType),
+            ("a:1|sx", ParseError::UnknownType),
+            ("a:|s", ParseError::EmptySetValue),
+            ("a:x::y|s", ParseError::EmptySetValue),
             ("a:1|", ParseError::UnknownType),
             ("a:x|c", ParseError::BadValue),
             ("a:|c", ParseError::BadValue),
@@ -248,6 +281,40 @@ mod tests {
         ] {
             assert_eq!(parse_line(text.as_bytes()), Err(err), "{text}");
         }
+    }
+
+    #[test]
+    fn reads_set_values_as_text() {
+        let line = parse_line(b"users:alice|s|#env:test").expect("a set");
+        assert_eq!(line.kind, Kind::Set);
+        assert_eq!(line.set_values().collect::<Vec<_>>(), [&b"alice"[..]]);
+        let line = parse_line(b"maps:dust2:7:-1.5e3|s|@0.5").expect("several values");
+        assert_eq!(
+            line.set_values().collect::<Vec<_>>(),
+            [&b"dust2"[..], b"7", b"-1.5e3"]
+        );
+    }
+
+    /// What datadog 0.56's DogStatsd sends for `event()` and `service_check()`, and broken
+    /// forms of them: all refused as unsupported, never as malformed metrics.
+    #[test]
+    fn refuses_dogstatsd_events_and_service_checks_as_unsupported() {
+        for text in [
+            &b"_e{6,21}:deploy|a new build\\nline two|t:info|#x:y,env:test"[..],
+            b"_e{5,4}:title|text",
+            b"_e{",
+            b"_sc|game.up|0|#env:test|m:fine",
+            b"_sc|",
+        ] {
+            assert_eq!(
+                parse_line(text),
+                Err(ParseError::Unsupported),
+                "{}",
+                String::from_utf8_lossy(text)
+            );
+        }
+        assert_eq!(parse_line(b"_sc:1|c").map(|l| l.kind), Ok(Kind::Counter));
+        assert_eq!(parse_line(b"_e:1|g").map(|l| l.kind), Ok(Kind::Gauge));
     }
 
     #[test]
@@ -271,14 +338,18 @@ mod tests {
             state ^= state << 17;
             state
         };
-        let alphabet = b"ab:|@#,.-+0123456789e\xff\x00msgcdhT ";
+        let alphabet = b"ab:|@#,.-+0123456789e\xff\x00msgcdhT _{";
         for _ in 0..200_000 {
             let len = (next() % 40) as usize;
             let line: Vec<u8> = (0..len)
                 .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
                 .collect();
             if let Ok(parsed) = parse_line(&line) {
-                assert!(parsed.values().all(|v| v.is_ok()));
+                if parsed.kind == Kind::Set {
+                    assert!(parsed.set_values().all(|v| !v.is_empty()));
+                } else {
+                    assert!(parsed.values().all(|v| v.is_ok()));
+                }
                 let _ = parsed.tags().count();
             }
         }

@@ -1,6 +1,7 @@
 //! The supervisor as its agents' StatsD server (SPEC 6): lines sent over real UDP and Unix
 //! datagram sockets come out of a real Prometheus exactly (counts, buckets, gauges), land in
-//! `load-metrics.jsonl`, and every line of a flood is accounted for.
+//! `load-metrics.jsonl`, every line of a flood is accounted for, and two real client
+//! libraries (PyPI `statsd`, datadog's DogStatsd) are understood, sets included.
 
 use std::collections::BTreeMap;
 use std::net::UdpSocket;
@@ -109,6 +110,7 @@ fn prometheus_sees_exactly_the_lines_sent_over_udp_and_the_unix_socket() {
     send_unix(
         "players:100|g\nplayers:+20|g\nplayers:-5|g\nerrors:1|c|@0.5\nerrors:1|c|@0.5\nrequests:3|c|#endpoint:shop",
     );
+    // The set is refused because `requests` is a counter already.
     send_unix("this is not statsd\nlatency:12|ms|@7\nrequests:1|s");
     let series: String = (0..30).map(|i| format!("card:1|c|#id:{i}\n")).collect();
     send_unix(&series);
@@ -274,5 +276,220 @@ fn every_line_of_a_flood_is_received_or_counted_as_dropped() {
             "wave_statsd_dropped_lines_total{test_id=\"statsd-test\",reason=\"parse\"}"
         ),
         Some(0.0)
+    );
+}
+
+/// Two real StatsD client libraries, in rounds until the file `argv[2]` exists; prints the
+/// rounds sent. PyPI `statsd` 4.0 (prefix `py`): a counter, a timer, a gauge set then
+/// changed, a set of 7 users, and a pipeline (one datagram) with a counter and a set of 2
+/// maps. datadog 0.56's `DogStatsd` (namespace `dd`, constant tag `env:test`): a tagged
+/// counter and timer, a gauge, a histogram, a distribution, a set of 5 users, an event and a
+/// service check. A round sends every value again, so a window that the rounds cover whole
+/// holds exactly the distinct values of one round.
+const CLIENTS: &str = r#"
+import os, sys, time
+import statsd
+from datadog.dogstatsd import DogStatsd
+
+port, stop = int(sys.argv[1]), sys.argv[2]
+plain = statsd.StatsClient("127.0.0.1", port, prefix="py")
+dog = DogStatsd(host="127.0.0.1", port=port, namespace="dd", constant_tags=["env:test"])
+rounds = 0
+while not os.path.exists(stop):
+    plain.incr("logins")
+    plain.timing("latency", 25)
+    plain.gauge("players", 10)
+    plain.gauge("players", 5, delta=True)
+    for k in range(7):
+        plain.set("users", "user-%d" % k)
+    with plain.pipeline() as pipe:
+        pipe.incr("pipelined")
+        pipe.set("maps", "dust2")
+        pipe.set("maps", "inferno")
+        pipe.set("maps", "dust2")
+    dog.increment("logins", tags=["endpoint:login"])
+    dog.timing("latency", 30, tags=["endpoint:login"])
+    dog.gauge("players", 3)
+    dog.histogram("payload", 512)
+    dog.distribution("frame", 16.5)
+    for k in range(5):
+        dog.set("users", "player-%d" % k)
+    dog.event("deploy", "build 42\nrolled out", alert_type="info", tags=["stage:canary"])
+    dog.service_check("game.up", DogStatsd.OK, message="fine")
+    dog.flush()
+    rounds += 1
+    time.sleep(0.05)
+dog.flush()
+print(rounds)
+"#;
+
+/// PyPI `statsd` 4.0 and datadog 0.56's DogStatsd against a running supervisor: every metric
+/// type arrives (sets as their distinct values per window, on `/metrics`, in
+/// `load-metrics.jsonl` and in `wave report`), the events and service checks are counted as
+/// `unsupported`, and not one line is a parse drop.
+#[test]
+fn real_statsd_and_dogstatsd_clients_are_understood_sets_and_extras_included() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let work = dir.path().join("work");
+    let running = supervisor(&work, &[("WAVE_LOAD_WINDOW", "1s")]);
+    let metrics_port = running.metrics_port(Duration::from_secs(30));
+    let port = running.statsd_port(Duration::from_secs(30)).to_string();
+    let script = dir.path().join("clients.py");
+    std::fs::write(&script, CLIENTS).expect("write the clients' script");
+    let stop = dir.path().join("stop");
+    let clients = Command::new(wave_tests::tools_python())
+        .arg(&script)
+        .arg(&port)
+        .arg(&stop)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the tools' python runs");
+
+    // A set's gauge is the last window that ended: once the rounds covered one whole, it
+    // shows one round's distinct values, whatever the repeats.
+    let series = |name: &str, labels: &str| format!("{name}{{test_id=\"statsd-test\"{labels}}}");
+    wait_scraped(metrics_port, &series("wave_load_py_users", ""), 7.0);
+    wait_scraped(metrics_port, &series("wave_load_py_maps", ""), 2.0);
+    wait_scraped(
+        metrics_port,
+        &series("wave_load_dd_users", ",env=\"test\""),
+        5.0,
+    );
+    std::fs::write(&stop, b"").expect("stop the clients");
+    let output = clients.wait_with_output().expect("the clients end");
+    assert!(
+        output.status.success(),
+        "the clients failed (are `statsd` and `datadog` in the tools' venv? run \
+         scripts/install-test-deps.sh): {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let rounds: f64 = String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .expect("the clients print their rounds");
+
+    // Every round's event and service check, once the last datagrams are read.
+    let unsupported = series("wave_statsd_dropped_lines_total", ",reason=\"unsupported\"");
+    wait_scraped(metrics_port, &unsupported, 2.0 * rounds);
+    for (name, labels, want) in [
+        ("wave_statsd_dropped_lines_total", ",reason=\"parse\"", 0.0),
+        (
+            "wave_statsd_dropped_lines_total",
+            ",reason=\"cardinality\"",
+            0.0,
+        ),
+        (
+            "wave_statsd_dropped_lines_total",
+            ",reason=\"overflow\"",
+            0.0,
+        ),
+        ("wave_load_py_logins_total", "", rounds),
+        ("wave_load_py_pipelined_total", "", rounds),
+        ("wave_load_py_players", "", 15.0),
+        ("wave_load_py_latency_count", "", rounds),
+        (
+            "wave_load_dd_logins_total",
+            ",endpoint=\"login\",env=\"test\"",
+            rounds,
+        ),
+        (
+            "wave_load_dd_latency_count",
+            ",endpoint=\"login\",env=\"test\"",
+            rounds,
+        ),
+        ("wave_load_dd_players", ",env=\"test\"", 3.0),
+        ("wave_load_dd_payload_count", ",env=\"test\"", rounds),
+        ("wave_load_dd_frame_count", ",env=\"test\"", rounds),
+    ] {
+        let id = series(name, labels);
+        assert_eq!(scraped(metrics_port, &id), Some(want), "{id}");
+    }
+    let latency_sum = scraped(metrics_port, &series("wave_load_py_latency_sum", ""));
+    assert!(
+        latency_sum.is_some_and(|s| (s - 0.025 * rounds).abs() < 1e-6),
+        "25 ms a round, in seconds: {latency_sum:?}"
+    );
+    let frames = scraped(
+        metrics_port,
+        &series("wave_load_dd_frame_sum", ",env=\"test\""),
+    );
+    assert_eq!(frames, Some(16.5 * rounds));
+
+    // In the windows: each set at most one round's distinct values, exactly that in a window
+    // the rounds covered whole; the extras as unsupported, no parse drop.
+    drop(running);
+    let text = std::fs::read_to_string(work.join("results/load-metrics.jsonl"))
+        .expect("load-metrics.jsonl was written");
+    let mut most: BTreeMap<String, f64> = BTreeMap::new();
+    let (mut unsupported, mut parse, mut logins) = (0.0, 0.0, 0.0);
+    for line in text.lines() {
+        let window: Value = serde_json::from_str(line).expect("each line is JSON");
+        unsupported += window["dropped"]["unsupported"]
+            .as_f64()
+            .expect("unsupported");
+        parse += window["dropped"]["parse"].as_f64().expect("parse");
+        for c in window["counters"].as_array().expect("counters") {
+            if c["name"] == "py_logins" {
+                logins += c["value"].as_f64().expect("value");
+            }
+        }
+        for set in window["sets"].as_array().expect("sets") {
+            let key = format!("{}{}", set["name"].as_str().expect("name"), set["tags"]);
+            let count = set["value"].as_f64().expect("value");
+            let most = most.entry(key).or_default();
+            *most = most.max(count);
+        }
+    }
+    assert_eq!((unsupported, parse, logins), (2.0 * rounds, 0.0, rounds));
+    let expected: BTreeMap<String, f64> = [
+        ("py_usersnull", 7.0),
+        ("py_mapsnull", 2.0),
+        (r#"dd_users{"env":"test"}"#, 5.0),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    assert_eq!(most, expected);
+
+    // `wave report` over the container's results: each set a count per window.
+    let results = dir.path().join("store");
+    let container = results.join("statsd-pod/c0");
+    std::fs::create_dir_all(&container).expect("mkdir");
+    std::fs::copy(
+        work.join("results/load-metrics.jsonl"),
+        container.join("load-metrics.jsonl"),
+    )
+    .expect("copy the windows");
+    let json = dir.path().join("report.json");
+    let report = Command::new(wave_tests::workspace_bin("wave"))
+        .arg("report")
+        .arg(format!("file://{}/", results.display()))
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .expect("wave runs");
+    assert!(report.status.success(), "{report:?}");
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("the JSON report")).expect("JSON");
+    assert_eq!(report["statsd"]["unsupported"], 2.0 * rounds);
+    assert_eq!(report["statsd"]["dropped"], 0);
+    let row = report["metrics"]
+        .as_array()
+        .expect("metrics")
+        .iter()
+        .find(|m| m["series"] == "py_users")
+        .unwrap_or_else(|| panic!("no py_users row in {report}"));
+    assert_eq!(row["type"], "set");
+    assert_eq!(row["max"], 7.0);
+    let windows = report["windows"].as_array().expect("windows");
+    assert!(
+        windows.iter().all(|w| w["metrics"]
+            .as_array()
+            .expect("metrics")
+            .iter()
+            .filter(|m| m["name"] == "py_users")
+            .all(|m| m["type"] == "set" && m["last"].as_f64() <= Some(7.0))),
+        "{report}"
     );
 }

@@ -1,4 +1,4 @@
-//! StatsD ingest (SPEC 6):
+//! StatsD ingest (docs/load-metrics.md):
 //! 1. parse + aggregate on one core: datagrams of 20 lines over 10,000 series (counters,
 //!    timers and gauges with tags), lines per second of one thread;
 //! 2. the supervisor's resident memory once it holds 10,000 series sent over UDP;

@@ -1,6 +1,6 @@
 //! `wave-agent`: the supervisor inside every load-test container. It fetches the test
 //! script, runs the agents that simulate players, restarts them when they fail, captures
-//! their output, uploads their results and exposes metrics for Prometheus (SPEC section 2).
+//! their output, uploads their results and exposes metrics for Prometheus (docs/agent-supervisor.md).
 
 pub mod archive;
 pub mod cli;

@@ -1,5 +1,5 @@
 //! `load-metrics.jsonl`: one line per 10 s window of what a container's agents reported
-//! over StatsD (SPEC 6), written by the supervisor and read back by `wave report`. The
+//! over StatsD (docs/load-metrics.md), written by the supervisor and read back by `wave report`. The
 //! schema is versioned (`v`) and documented in docs/load-metrics.md.
 
 use std::collections::BTreeMap;
@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::sketch::{Bins, StoredSketch};
 
-/// File name inside the results directory (and so in the store, SPEC 3).
+/// File name inside the results directory (and so in the store, docs/agent-storage.md).
 pub const FILE: &str = "load-metrics.jsonl";
 
 /// Version of the line schema written; a reader refuses lines of a version it does not know.

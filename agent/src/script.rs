@@ -1,4 +1,4 @@
-//! Fetching the test script (SPEC 2.2, steps 1 and 2).
+//! Fetching the test script (docs/agent-storage.md).
 //!
 //! Every object under the script URL lands in `<work>/script/` with its relative path, or,
 //! when the URL holds a single `.tar.gz`/`.tgz`/`.zip` object, that archive is unpacked there
@@ -20,7 +20,7 @@ use prometheus_client::registry::{Registry, Unit};
 use crate::archive::{self, ArchiveError, ArchiveKind};
 use crate::store::{Store, StoreError, StoreUrl, StoredObject};
 
-/// Script metrics (SPEC 2.3).
+/// Script metrics (docs/agent-supervisor.md).
 #[derive(Clone, Debug, Default)]
 pub struct ScriptMetrics {
     duration: Gauge<f64, AtomicU64>,

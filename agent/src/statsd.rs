@@ -1,4 +1,4 @@
-//! The StatsD server of a container's agents (SPEC 6): UDP on `127.0.0.1:WAVE_STATSD_PORT`
+//! The StatsD server of a container's agents (docs/load-metrics.md): UDP on `127.0.0.1:WAVE_STATSD_PORT`
 //! and a Unix datagram socket, lines aggregated in-process ([`aggregate`]), exposed on
 //! `/metrics` as `wave_load_*` and written every window to `load-metrics.jsonl`.
 //!
@@ -195,7 +195,7 @@ impl Statsd {
         procfs::udp_drops(self.udp_inode)
     }
 
-    /// What the agents are told (SPEC 6): `STATSD_HOST`, `STATSD_PORT`, and the Unix socket
+    /// What the agents are told (docs/load-metrics.md): `STATSD_HOST`, `STATSD_PORT`, and the Unix socket
     /// as `WAVE_STATSD_SOCKET`.
     pub fn agent_env(&self) -> Vec<(String, String)> {
         vec![

@@ -75,11 +75,11 @@ pub struct SuperviseConfig {
     pub restart: RestartPolicy,
     pub max_restarts: u32,
     pub stop_timeout: Duration,
-    /// The pod's slot, for each agent's number and player range (SPEC 5.1).
+    /// The pod's slot, for each agent's number and player range (docs/coordination.md).
     pub placement: Option<crate::slots::Placement>,
-    /// `WAVE_START_AT`, the start the agents were given (SPEC 5.2).
+    /// `WAVE_START_AT`, the start the agents were given (docs/coordination.md).
     pub start_at: Option<String>,
-    /// Variables every agent gets besides its own (the StatsD address, SPEC 6).
+    /// Variables every agent gets besides its own (the StatsD address, docs/load-metrics.md).
     pub env: Vec<(String, String)>,
 }
 

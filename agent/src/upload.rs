@@ -1,4 +1,4 @@
-//! Shipping what the agents write (SPEC 2.2 step 6).
+//! Shipping what the agents write (docs/agent-storage.md).
 //!
 //! The [`Uploader`] mirrors `<work>/results/` to `<results URL><pod>/c<container>/`, keeping
 //! relative paths. What goes over the wire is what is new: a file that only grew since the
@@ -54,7 +54,7 @@ struct ReasonLabels {
     reason: FailureReason,
 }
 
-/// Upload metrics (SPEC 2.3).
+/// Upload metrics (docs/agent-supervisor.md).
 #[derive(Clone, Debug, Default)]
 pub struct UploadMetrics {
     uploaded_bytes: Counter,
@@ -250,7 +250,7 @@ impl Uploader {
         self
     }
 
-    /// `<results URL><pod>/c<container>/`, where a container's results go (SPEC 3).
+    /// `<results URL><pod>/c<container>/`, where a container's results go (docs/agent-storage.md).
     pub fn destination(results_url: &StoreUrl, pod: &str, container: u32) -> StoreUrl {
         results_url.join(&format!("{pod}/c{container}/"))
     }

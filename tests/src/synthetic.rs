@@ -1,4 +1,4 @@
-//! Synthetic test results in the SPEC 3 layout (`<pod>/c0/summary.json` and
+//! Synthetic test results in the docs/agent-storage.md layout (`<pod>/c0/summary.json` and
 //! `load-metrics.jsonl`), with latencies chosen by the test, so a report's merged answer
 //! can be checked against the exact one.
 
@@ -56,7 +56,7 @@ pub fn window(pod: &str, start_ms: i64, requests: f64, errors: f64, latencies: &
 }
 
 impl SyntheticPod {
-    /// The pod's summary.json, with the optional machine fields of SPEC 3.
+    /// The pod's summary.json, with the optional machine fields of docs/agent-storage.md.
     pub fn summary(&self) -> Vec<u8> {
         let agents: Vec<_> = (0..self.agents)
             .map(|k| {

@@ -91,7 +91,7 @@ pub struct Config {
     pub supervisor_image: String,
     /// `WAVE_METRICS_PORT` of container 0; container `i` gets base + i.
     pub metrics_port_base: u16,
-    /// `WAVE_STATSD_PORT` of container 0; container `i` gets base + i (SPEC 6).
+    /// `WAVE_STATSD_PORT` of container 0; container `i` gets base + i (docs/load-metrics.md).
     pub statsd_port_base: u16,
     /// What the DaemonSets take from every node (subtracted under `fit`).
     #[serde(deserialize_with = "shape_only::<OverheadFile, _, _>")]

@@ -20,7 +20,7 @@ pub enum Outcome {
     Mutated = 0,
     /// The request was allowed without a patch (not ours, opted out, already mutated).
     Skipped = 1,
-    /// The pod was denied (SPEC 1.6).
+    /// The pod was denied (docs/webhook-reference.md).
     Denied = 2,
     /// The body was not a usable AdmissionReview (answered 400 or 413).
     Error = 3,

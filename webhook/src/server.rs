@@ -2,7 +2,7 @@
 //! plain HTTP, with bounded connections and bodies ([`crate::body`]: a deadline, a minimum
 //! rate and a shared byte budget) and a drain on shutdown: not ready at once, still serving
 //! while endpoint removal propagates, then stop accepting, finish what is in flight and
-//! return (SPEC 1.7).
+//! return (docs/webhook-server.md).
 
 use std::convert::Infallible;
 use std::future::Future;

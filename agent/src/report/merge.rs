@@ -44,7 +44,7 @@ impl SeriesKey {
     }
 }
 
-/// A summary with the fields that the slots work adds (SPEC 3), each optional.
+/// A summary with the fields that the slots work adds (docs/agent-storage.md), each optional.
 #[derive(Debug, Clone)]
 pub struct SummaryInfo {
     pub summary: Summary,
@@ -52,7 +52,7 @@ pub struct SummaryInfo {
     /// M: machines of the part.
     pub machines: Option<u64>,
     pub machine_index: Option<u64>,
-    /// The reason a stop gave (SPEC 5.3).
+    /// The reason a stop gave (docs/coordination.md).
     pub stopped: Option<String>,
 }
 
@@ -137,7 +137,7 @@ pub struct Merged {
     pub warnings: Vec<String>,
 }
 
-/// Length of the report's time windows: the agents' default window (SPEC 6).
+/// Length of the report's time windows: the agents' default window (docs/load-metrics.md).
 pub const BUCKET_MS: i64 = 10_000;
 
 /// Values by series number (see [`Merger`]); `None` for a series not seen.

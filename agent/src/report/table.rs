@@ -14,8 +14,10 @@ const GAUGE_NOTE: &str = "  gauges are read at the end of each window (10 s by d
 pub fn render(report: &Report) -> String {
     let mut out = String::new();
     header(&mut out, report);
-    let (gauges, others): (Vec<&Metric>, Vec<&Metric>) =
-        report.metrics.iter().partition(|m| m.kind == "gauge" || m.kind == "set");
+    let (gauges, others): (Vec<&Metric>, Vec<&Metric>) = report
+        .metrics
+        .iter()
+        .partition(|m| m.kind == "gauge" || m.kind == "set");
     let width = report
         .metrics
         .iter()

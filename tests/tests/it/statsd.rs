@@ -1,4 +1,4 @@
-//! The supervisor as its agents' StatsD server (SPEC 6): lines sent over real UDP and Unix
+//! The supervisor as its agents' StatsD server (docs/load-metrics.md): lines sent over real UDP and Unix
 //! datagram sockets come out of a real Prometheus exactly (counts, buckets, gauges), land in
 //! `load-metrics.jsonl`, every line of a flood is accounted for, and two real client
 //! libraries (PyPI `statsd`, datadog's DogStatsd) are understood, sets included.

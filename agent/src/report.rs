@@ -705,7 +705,7 @@ mod tests {
         );
         assert_eq!(report.windows[0].metrics[0].kind, "set");
         assert_eq!((report.statsd.dropped, report.statsd.unsupported), (1, 6));
-        let table = report.table();
+        let table = table::render(&report);
         assert!(
             table.contains("  statsd    1 of 10 lines dropped by the supervisors")
                 && table.contains(

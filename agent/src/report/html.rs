@@ -438,6 +438,7 @@ mod tests {
                 value: players,
             }],
             histograms: Vec::new(),
+            sets: Vec::new(),
         };
         let merged = merge(&[ContainerInput {
             pod: "p".into(),

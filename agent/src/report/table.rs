@@ -202,6 +202,7 @@ mod tests {
             counters,
             gauges,
             histograms: Vec::new(),
+            sets: Vec::new(),
         }
     }
 

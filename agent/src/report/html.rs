@@ -419,26 +419,10 @@ mod tests {
 
     #[test]
     fn gauges_get_their_own_table_with_last_and_peak_and_the_verdict_says_why() {
-        use crate::load_metrics::{Dropped, Point, SCHEMA_VERSION, Tags, Window};
         use crate::report::merge::{ContainerInput, merge};
-        let window = |start_ms: i64, players: f64| Window {
-            v: SCHEMA_VERSION,
-            pod: "p".into(),
-            container: 0,
-            start_ms,
-            end_ms: start_ms + 10_000,
-            agents_running: 1,
-            relative_error: crate::sketch::RELATIVE_ERROR,
-            lines: 1,
-            dropped: Dropped::default(),
-            counters: Vec::new(),
-            gauges: vec![Point {
-                name: "players".into(),
-                tags: Tags::new(),
-                value: players,
-            }],
-            histograms: Vec::new(),
-            sets: Vec::new(),
+        use crate::report::table::tests::{point, window as table_window};
+        let window = |start_ms: i64, players: f64| {
+            table_window(start_ms, Vec::new(), vec![point("players", &[], players)])
         };
         let merged = merge(&[ContainerInput {
             pod: "p".into(),

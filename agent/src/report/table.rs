@@ -169,14 +169,14 @@ fn format_number(v: f64) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::load_metrics::{Dropped, Point, SCHEMA_VERSION, Tags, Window};
     use crate::report::merge::{ContainerInput, merge};
     use crate::report::parse_summary;
     use crate::report::thresholds::Threshold;
 
-    fn point(name: &str, tags: &[(&str, &str)], value: f64) -> Point {
+    pub(in crate::report) fn point(name: &str, tags: &[(&str, &str)], value: f64) -> Point {
         Point {
             name: name.into(),
             tags: tags
@@ -188,7 +188,11 @@ mod tests {
     }
 
     /// A 10 s window starting `start_ms` with these counters and gauges.
-    fn window(start_ms: i64, counters: Vec<Point>, gauges: Vec<Point>) -> Window {
+    pub(in crate::report) fn window(
+        start_ms: i64,
+        counters: Vec<Point>,
+        gauges: Vec<Point>,
+    ) -> Window {
         Window {
             v: SCHEMA_VERSION,
             pod: "p".into(),

@@ -16,35 +16,37 @@ fn named_modules(page: &str) -> BTreeSet<String> {
         .collect()
 }
 
-/// The modules of a crate's `src/`, as paths relative to it; the crate roots and modules
-/// compiled only for unit tests are not steps of a flow.
-fn crate_modules(src: &Path) -> BTreeSet<String> {
-    let mut modules = BTreeSet::new();
+/// Every `.rs` file under a crate's `src/`: its path relative to `src/` and its text.
+fn rust_files(src: &Path) -> Vec<(String, String)> {
+    let mut files = Vec::new();
     let mut dirs = vec![src.to_path_buf()];
     while let Some(dir) = dirs.pop() {
         for entry in std::fs::read_dir(&dir).expect("a crate's src dir is readable") {
             let path = entry.expect("a directory entry").path();
             if path.is_dir() {
                 dirs.push(path);
-                continue;
-            }
-            let relative = path
-                .strip_prefix(src)
-                .expect("under src")
-                .to_string_lossy()
-                .into_owned();
-            let text = std::fs::read_to_string(&path).expect("a source file is readable");
-            let test_only = text.contains("#![cfg(test)]");
-            if relative.ends_with(".rs")
-                && !["lib.rs", "main.rs"].contains(&relative.as_str())
-                && !relative.starts_with("bin/")
-                && !test_only
-            {
-                modules.insert(relative);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let relative = path.strip_prefix(src).expect("under src");
+                let text = std::fs::read_to_string(&path).expect("a source file is readable");
+                files.push((relative.to_string_lossy().into_owned(), text));
             }
         }
     }
-    modules
+    files
+}
+
+/// The modules of a crate's `src/`, as paths relative to it; the crate roots and modules
+/// compiled only for unit tests are not steps of a flow.
+fn crate_modules(src: &Path) -> BTreeSet<String> {
+    rust_files(src)
+        .into_iter()
+        .filter(|(relative, text)| {
+            !["lib.rs", "main.rs"].contains(&relative.as_str())
+                && !relative.starts_with("bin/")
+                && !text.contains("#![cfg(test)]")
+        })
+        .map(|(relative, _)| relative)
+        .collect()
 }
 
 #[test]
@@ -142,30 +144,16 @@ fn module_graph(src: &Path) -> std::collections::BTreeMap<String, BTreeSet<Strin
     let lib = std::fs::read_to_string(src.join("lib.rs")).unwrap_or_default();
     let test_only = test_only_modules(&lib);
     let mut graph = std::collections::BTreeMap::<String, BTreeSet<String>>::new();
-    let mut dirs = vec![src.to_path_buf()];
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir).expect("a crate's src dir is readable") {
-            let path = entry.expect("a directory entry").path();
-            if path.is_dir() {
-                dirs.push(path);
-                continue;
-            }
-            if path.extension().is_none_or(|e| e != "rs") {
-                continue;
-            }
-            let relative = path.strip_prefix(src).expect("under src").to_string_lossy();
-            let text = std::fs::read_to_string(&path).expect("a source file is readable");
-            let Some(top) = top_module(&relative, &text, &test_only) else {
-                continue;
-            };
-            let edges = crate_edges(&text);
-            let uses = graph.entry(top.clone()).or_default();
-            uses.extend(
-                edges
-                    .into_iter()
-                    .filter(|t| *t != top && !test_only.contains(t)),
-            );
-        }
+    for (relative, text) in rust_files(src) {
+        let Some(top) = top_module(&relative, &text, &test_only) else {
+            continue;
+        };
+        let uses = graph.entry(top.clone()).or_default();
+        uses.extend(
+            crate_edges(&text)
+                .into_iter()
+                .filter(|t| *t != top && !test_only.contains(t)),
+        );
     }
     graph
 }
